@@ -1,0 +1,120 @@
+"""How model outputs transform under O(3): back-transformation to the input frame.
+
+An element ``Q`` (``det Q = -1`` for improper ones) maps positions ``x -> x Q^T``.
+A model output evaluated on the transformed input, ``f(Q x)``, is brought back
+to the input frame by ``rho(Q)^{-1}``:
+
+=================  ===========================  ===================  ===============
+kind               law ``f(Qx) = rho(Q) f(x)``  back-transform       irreps
+=================  ===========================  ===================  ===============
+scalar             ``e``                        ``e'``               (0,+1)
+pseudoscalar       ``det Q e``                  ``det Q e'``         (0,-1)
+vector             ``v Q^T`` (rows)             ``v' Q``             (1,+1)
+pseudovector       ``det Q v Q^T``              ``det Q v' Q``       (1,-1)
+tensor             ``Q T Q^T``                  ``Q^T T' Q``         (0,+1)+(1,-1)+(2,+1)
+symmetric_tensor   ``Q S Q^T``                  ``Q^T S' Q``         (0,+1)+(2,+1)
+feature            unknown                      none (spectrum only)  —
+=================  ===========================  ===================  ===============
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
+
+import torch
+
+from .irreps import Irrep
+
+BackTransform = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _identity(values, matrices, determinants):
+    return values
+
+
+def _pseudoscalar(values, matrices, determinants):
+    return values * _expand(determinants, values, 0)
+
+
+def _vector(values, matrices, determinants):
+    return torch.einsum("k...i,kij->k...j", values, matrices)
+
+
+def _pseudovector(values, matrices, determinants):
+    return _vector(values, matrices, determinants) * _expand(determinants, values, 0)
+
+
+def _tensor(values, matrices, determinants):
+    return torch.einsum("kai,k...ab,kbj->k...ij", matrices, values, matrices)
+
+
+def _expand(per_element: torch.Tensor, like: torch.Tensor, _axis: int) -> torch.Tensor:
+    return per_element.reshape((-1,) + (1,) * (like.dim() - 1))
+
+
+@dataclass(frozen=True)
+class Representation:
+    """A transformation law for one output.
+
+    :param name: identifier used throughout symmon (``"vector"``, ...)
+    :param item_shape: trailing shape of one transforming object
+    :param targets: irreps an exactly equivariant output occupies (``None``
+        for features, whose law is unknown)
+    """
+
+    name: str
+    item_shape: Tuple[int, ...]
+    targets: Optional[Tuple[Irrep, ...]]
+    _back: Optional[BackTransform]
+
+    @property
+    def has_law(self) -> bool:
+        """False for ``feature``: no equivariance error is defined."""
+        return self._back is not None
+
+    def check_shape(self, orbit_values: torch.Tensor) -> None:
+        n_item = len(self.item_shape)
+        if n_item and tuple(orbit_values.shape[orbit_values.dim() - n_item:]) != self.item_shape:
+            raise ValueError(
+                f"a {self.name} output must end with shape {self.item_shape}, "
+                f"got orbit values of shape {tuple(orbit_values.shape)}"
+            )
+
+    def back_transform(self, orbit_values: torch.Tensor, matrices: torch.Tensor,
+                       determinants: torch.Tensor) -> torch.Tensor:
+        """``rho(Q_k)^{-1} f(Q_k x)`` for values of shape ``(K, ..., *item_shape)``."""
+        if self._back is None:
+            raise ValueError("a 'feature' output has no transformation law; only its "
+                             "character spectrum is defined")
+        self.check_shape(orbit_values)
+        if orbit_values.shape[0] != matrices.shape[0]:
+            raise ValueError(f"got {orbit_values.shape[0]} orbit samples for "
+                             f"{matrices.shape[0]} group elements")
+        return self._back(orbit_values, matrices, determinants)
+
+
+_S, _P = Irrep(0, 1), Irrep(0, -1)
+REPRESENTATIONS = {
+    r.name: r
+    for r in (
+        Representation("scalar", (), (_S,), _identity),
+        Representation("pseudoscalar", (), (_P,), _pseudoscalar),
+        Representation("vector", (3,), (Irrep(1, 1),), _vector),
+        Representation("pseudovector", (3,), (Irrep(1, -1),), _pseudovector),
+        Representation("tensor", (3, 3), (_S, Irrep(1, -1), Irrep(2, 1)), _tensor),
+        Representation("symmetric_tensor", (3, 3), (_S, Irrep(2, 1)), _tensor),
+        Representation("feature", (), None, None),
+    )
+}
+
+
+def get_representation(kind) -> Representation:
+    """Look up a :class:`Representation` by name (or pass one through)."""
+    if isinstance(kind, Representation):
+        return kind
+    try:
+        return REPRESENTATIONS[kind]
+    except KeyError:
+        raise ValueError(f"unknown output kind {kind!r}; expected one of "
+                         f"{sorted(REPRESENTATIONS)}") from None
