@@ -1,0 +1,26 @@
+"""Model adapters: evaluate a model on the O(3) orbit of a structure."""
+
+from .ase_model import ASEOrbitModel
+from .base import OUTPUT_KINDS, OrbitModel, output_kind, output_unit, validate_atoms
+from .metatomic_model import MetatomicOrbitModel, load_metatomic_model
+
+
+def make_orbit_model(model, **kwargs) -> OrbitModel:
+    """The best adapter for ``model``: batched for metatomic models, else the ASE loop."""
+    if isinstance(model, OrbitModel):
+        return model
+    try:
+        metatomic_model = load_metatomic_model(model)
+    except TypeError:
+        metatomic_model = None
+    if metatomic_model is not None:
+        return MetatomicOrbitModel(metatomic_model, **kwargs)
+    if hasattr(model, "get_property"):
+        return ASEOrbitModel(model)
+    raise TypeError(f"cannot evaluate {type(model).__name__}: pass an ASE calculator, a "
+                    "metatomic model (.pt path or AtomisticModel) or a MetatomicCalculator")
+
+
+__all__ = ["ASEOrbitModel", "MetatomicOrbitModel", "OrbitModel", "OUTPUT_KINDS",
+           "load_metatomic_model", "make_orbit_model", "output_kind", "output_unit",
+           "validate_atoms"]

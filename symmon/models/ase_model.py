@@ -1,0 +1,50 @@
+"""Adapter for any ASE calculator: one calculation per transformed copy."""
+
+from __future__ import annotations
+
+from typing import Dict, Sequence
+
+import numpy as np
+import torch
+
+from .base import OrbitModel, transformed_atoms, validate_atoms, validate_matrices
+
+_ASE_NAMES = {"energy": "energy", "energies": "energies", "forces": "forces",
+              "stress": "stress"}
+
+
+class ASEOrbitModel(OrbitModel):
+    """Evaluate an ASE calculator on transformed copies (a Python loop over copies).
+
+    ``energy``, ``forces``, ``stress`` and per-atom ``energies`` are offered when the
+    calculator lists them in ``implemented_properties``.
+    """
+
+    def __init__(self, calculator):
+        self.calculator = calculator
+
+    @property
+    def available_outputs(self) -> Sequence[str]:
+        implemented = set(getattr(self.calculator, "implemented_properties", ()))
+        return tuple(name for name, ase_name in _ASE_NAMES.items() if ase_name in implemented)
+
+    def evaluate(self, atoms, matrices, outputs: Sequence[str]) -> Dict[str, torch.Tensor]:
+        self.check_outputs(outputs)
+        validate_atoms(atoms, outputs)
+        matrices = validate_matrices(matrices)
+        results = {name: [] for name in outputs}
+        for matrix in matrices:
+            copy = transformed_atoms(atoms, matrix)
+            for name in outputs:
+                value = self.calculator.get_property(_ASE_NAMES[name], copy)
+                if name == "stress":
+                    value = _voigt_to_matrix(np.asarray(value))
+                results[name].append(np.array(value, dtype=np.float64))
+        return {name: torch.from_numpy(np.stack(values)) for name, values in results.items()}
+
+
+def _voigt_to_matrix(stress: np.ndarray) -> np.ndarray:
+    if stress.shape == (3, 3):
+        return stress
+    xx, yy, zz, yz, xz, xy = stress
+    return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])

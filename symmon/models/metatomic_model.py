@@ -1,0 +1,235 @@
+"""Batched adapter for metatomic models: the whole orbit in a few forward calls.
+
+The structure's :class:`~metatomic.torch.System` and its neighbour lists are built
+once; :class:`metatomic.torch.o3.O3Transformations` rotates positions, cell *and*
+neighbour-list vectors of ``K`` copies (neighbour lists are never recomputed per copy),
+and the copies go through the model in chunks of ``chunk_size``. Direct outputs run
+under ``torch.no_grad()``; conservative forces/stress use autograd with one leaf
+per copy, so one backward pass gives every copy's gradient.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .base import OrbitModel, output_kind, validate_atoms, validate_matrices
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_DIRECT_UNITS = {"energy": "eV", "energies": "eV", "non_conservative_forces": "eV/Angstrom",
+                 "non_conservative_stress": "eV/Angstrom^3"}
+_GRADIENT_OUTPUTS = ("forces", "stress")
+
+
+def load_metatomic_model(model, extensions_directory=None):
+    """An :class:`~metatomic.torch.AtomisticModel` from a path, a model or a calculator."""
+    from metatomic.torch import load_atomistic_model
+
+    if isinstance(model, (str, bytes, os.PathLike)):
+        path = pathlib.Path(os.fsdecode(model))
+        if not path.exists():
+            raise FileNotFoundError(f"model file {str(path)!r} does not exist")
+        return load_atomistic_model(str(path), extensions_directory=extensions_directory)
+    if hasattr(model, "capabilities") and hasattr(model, "requested_neighbor_lists"):
+        return model
+    calculator_model = getattr(model, "_model", None)  # a metatomic_ase.MetatomicCalculator
+    if calculator_model is not None and hasattr(calculator_model, "capabilities"):
+        return calculator_model
+    raise TypeError(f"cannot use {type(model).__name__} as a metatomic model; pass a .pt "
+                    "path, an AtomisticModel or a MetatomicCalculator")
+
+
+class MetatomicOrbitModel(OrbitModel):
+    """Evaluate a metatomic model on O(3)-transformed copies in batched calls.
+
+    :param model: ``.pt`` path, :class:`~metatomic.torch.AtomisticModel` or
+        ``metatomic_ase.MetatomicCalculator``
+    :param device: torch device (default: the first of the model's supported devices
+        that is available, CUDA first when the model lists it)
+    :param chunk_size: copies per forward call
+    """
+
+    def __init__(self, model, *, device: Optional[str] = None, chunk_size: int = 32,
+                 extensions_directory=None):
+        from metatomic.torch import pick_device
+
+        self.model = load_metatomic_model(model, extensions_directory)
+        self.model_path = str(model) if isinstance(model, (str, os.PathLike)) else None
+        capabilities = self.model.capabilities()
+        self.capabilities = capabilities
+        self.dtype = _DTYPES[capabilities.dtype]
+        self.device = torch.device(pick_device(capabilities.supported_devices, device))
+        self.model.to(self.device)
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        self.chunk_size = chunk_size
+        self.atomic_types = sorted(int(t) for t in capabilities.atomic_types)
+        self._neighbor_calculators = self._make_neighbor_calculators()
+        self._outputs = dict(capabilities.outputs.items())
+        self._warm = False
+
+    # -- capabilities --------------------------------------------------------------
+    @property
+    def available_outputs(self) -> Sequence[str]:
+        names = [name for name in self._outputs if not name.startswith("o3::")]
+        if "energy" in self._outputs:
+            names += ["energies", "forces", "stress"]
+        return tuple(dict.fromkeys(names))
+
+    @property
+    def cutoff(self) -> float:
+        return float(self.capabilities.interaction_range)
+
+    def _make_neighbor_calculators(self):
+        from vesin.metatomic import neighbor_lists_for_model
+
+        return neighbor_lists_for_model("angstrom", self.model, skin=0.0)
+
+    # -- systems -------------------------------------------------------------------
+    def _check_species(self, atoms) -> None:
+        unknown = sorted(set(atoms.numbers.tolist()) - set(self.atomic_types))
+        if unknown:
+            raise ValueError(f"the model does not know atomic numbers {unknown}; it was "
+                             f"trained on {self.atomic_types}")
+
+    def system(self, atoms):
+        """The structure's System with every neighbour list the model requests."""
+        from metatomic.torch import System
+
+        system = System(
+            types=torch.as_tensor(atoms.numbers, dtype=torch.int32, device=self.device),
+            positions=torch.as_tensor(atoms.positions, dtype=self.dtype, device=self.device),
+            cell=torch.as_tensor(atoms.cell.array * atoms.pbc[:, None], dtype=self.dtype,
+                                 device=self.device),
+            pbc=torch.as_tensor(atoms.pbc, device=self.device),
+        )
+        for calculator in self._neighbor_calculators:
+            system.add_neighbor_list(calculator.options, calculator.compute(system))
+        return system
+
+    def _copies(self, system, matrices: torch.Tensor, positions=None, cell=None):
+        """Transformed copies; with ``positions``/``cell`` (one leaf each per copy)."""
+        from metatomic.torch import System
+        from metatomic.torch.o3 import O3Transformations
+
+        base = []
+        for k in range(matrices.shape[0]):
+            copy = System(types=system.types,
+                          positions=system.positions if positions is None else positions[k],
+                          cell=system.cell if cell is None else cell[k], pbc=system.pbc)
+            for options in system.known_neighbor_lists():
+                copy.add_neighbor_list(options, system.get_neighbor_list(options))
+            base.append(copy)
+        return O3Transformations(matrices, 0).transform_systems(base)
+
+    # -- evaluation ----------------------------------------------------------------
+    def _requests(self, outputs: Sequence[str]):
+        from metatomic.torch import ModelOutput
+
+        requests = {}
+        for name in outputs:
+            if name in _GRADIENT_OUTPUTS or name in ("energy", "energies"):
+                per_atom = name == "energies"
+                requests["energy" if name != "energies" else "energies"] = ModelOutput(
+                    quantity="energy", unit="eV", sample_kind="atom" if per_atom else "system")
+            elif name in _DIRECT_UNITS:
+                requests[name] = ModelOutput(quantity=self._outputs[name].quantity,
+                                             unit=_DIRECT_UNITS[name],
+                                             sample_kind=self._outputs[name].sample_kind)
+            else:
+                declared = self._outputs[name]
+                sample_kind = "atom" if declared.sample_kind == "atom" or declared.per_atom \
+                    else declared.sample_kind
+                requests[name] = ModelOutput(quantity=declared.quantity, unit=declared.unit,
+                                             sample_kind=sample_kind)
+        return requests
+
+    def _run(self, systems: List, requests) -> Dict:
+        from metatomic.torch import ModelEvaluationOptions
+
+        model_requests = dict(requests)
+        energies = model_requests.pop("energies", None)
+        if energies is not None:  # per-atom energies are the per-atom 'energy' output
+            model_requests["energy"] = energies if "energy" not in model_requests else \
+                model_requests["energy"]
+        options = ModelEvaluationOptions(length_unit="angstrom", outputs=model_requests)
+        return self.model(systems, options, check_consistency=False)
+
+    def evaluate(self, atoms, matrices, outputs: Sequence[str]) -> Dict[str, torch.Tensor]:
+        """Outputs on the copies ``x Q_k^T`` (transformed frame), float64 ``(K, ...)``."""
+        self.check_outputs(outputs)
+        validate_atoms(atoms, outputs)
+        self._check_species(atoms)
+        matrices = validate_matrices(matrices)
+        system = self.system(atoms)
+        n_atoms = len(atoms)
+        chunks: Dict[str, List[torch.Tensor]] = {name: [] for name in outputs}
+        for start in range(0, len(matrices), self.chunk_size):
+            block = torch.as_tensor(matrices[start:start + self.chunk_size], dtype=self.dtype,
+                                    device=self.device)
+            for name, value in self._evaluate_chunk(system, block, outputs, n_atoms,
+                                                    abs(atoms.cell.volume)).items():
+                chunks[name].append(value.detach().to("cpu", torch.float64))
+        return {name: torch.cat(values) for name, values in chunks.items()}
+
+    def _evaluate_chunk(self, system, matrices, outputs, n_atoms, volume):
+        direct = [name for name in outputs if name not in _GRADIENT_OUTPUTS]
+        gradient = [name for name in outputs if name in _GRADIENT_OUTPUTS]
+        results = {}
+        if gradient:
+            results.update(self._gradient_chunk(system, matrices, gradient, direct, n_atoms,
+                                                volume))
+        else:
+            with torch.no_grad():
+                copies = self._copies(system, matrices)
+                raw = self._run(copies, self._requests(direct))
+            results.update(self._unpack(raw, direct, len(copies), n_atoms))
+        return results
+
+    def _gradient_chunk(self, system, matrices, gradient, direct, n_atoms, volume):
+        k = matrices.shape[0]
+        positions = system.positions.detach().expand(k, -1, -1).clone().requires_grad_(True)
+        strain = torch.eye(3, dtype=self.dtype, device=self.device).expand(k, 3, 3) \
+            .clone().requires_grad_("stress" in gradient)
+        copies = self._copies(system, matrices, positions=positions @ strain,
+                              cell=system.cell.expand(k, 3, 3) @ strain)
+        names = list(dict.fromkeys(["energy"] + direct))
+        raw = self._run(copies, self._requests(names))
+        results = self._unpack(raw, direct, k, n_atoms)
+        energy = raw["energy"].block().values.reshape(-1)
+        wrt = [positions] + ([strain] if "stress" in gradient else [])
+        grads = torch.autograd.grad(energy.sum(), wrt)
+        if "forces" in gradient:  # -dE/dx in the input frame, rotated to the copy's frame
+            results["forces"] = torch.einsum("kni,kji->knj", -grads[0], matrices)
+        if "stress" in gradient:
+            stress_input_frame = grads[1] / volume
+            results["stress"] = matrices @ stress_input_frame @ matrices.transpose(1, 2)
+        return results
+
+    @staticmethod
+    def _unpack(raw, names, n_copies, n_atoms) -> Dict[str, torch.Tensor]:
+        results = {}
+        for name in names:
+            key = "energy" if name == "energies" else name
+            block = raw[key].block()
+            values = block.values
+            samples = block.samples
+            if "atom" in samples.names:
+                order = samples.column("system") * n_atoms + samples.column("atom")
+                if len(order) != n_copies * n_atoms:
+                    raise RuntimeError(f"output {name!r} has {len(order)} atom rows, expected "
+                                       f"{n_copies * n_atoms}")
+                values = values[torch.argsort(order)].reshape((n_copies, n_atoms) +
+                                                              tuple(values.shape[1:]))
+            else:
+                values = values[torch.argsort(samples.column("system"))]
+            if output_kind(name) != "feature" and values.shape[-1] == 1:
+                values = values[..., 0]
+            if name in ("energy",) and values.dim() > 1:
+                values = values.reshape(n_copies)
+            results[name] = values
+        return results
