@@ -218,7 +218,7 @@ class LogWriter:
             metadata_json = json.dumps(dict(metadata or {}), sort_keys=True)
         except TypeError as e:
             raise ValueError(f"metadata must be JSON-serialisable: {e}") from e
-        _check_path(self.path, mode)
+        check_log_path(self.path, mode)
 
         if mode == "append":
             self._file = self._open_append(metadata_json if metadata is not None else None)
@@ -720,7 +720,8 @@ def _check_pbc(pbc) -> tuple[bool, bool, bool]:
     return tuple(bool(x) for x in arr)
 
 
-def _check_path(path: str, mode: str) -> None:
+def check_log_path(path: str, mode: str) -> None:
+    """Raise a clear error now if a log cannot be written at ``path`` in ``mode``."""
     if mode not in ("create", "append", "overwrite"):
         raise ValueError(f"mode must be 'create', 'append' or 'overwrite', got {mode!r}")
     parent = os.path.dirname(os.path.abspath(path))
