@@ -1,0 +1,77 @@
+"""The ``symmon`` command line: ``symmon demo``, ``symmon report``, ..."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+
+def _demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(log=args.log, steps=args.steps, overwrite=args.overwrite, report=args.report,
+             seed=args.seed, full_every=args.full_every)
+    return 0
+
+
+def _report(args) -> int:
+    from .report import run_report
+
+    return run_report(args.logs, output=args.output, fmt=args.format, png_dir=args.png_dir,
+                      thresholds=args.threshold)
+
+
+def _threshold(text: str):
+    name, _, value = text.partition("=")
+    if not value:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE (e.g. forces=0.05), got {text!r}")
+    return name.strip(), float(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="symmon", description="Measure how well ML interatomic potentials respect O(3) "
+        "symmetry while they run.")
+    parser.add_argument("--version", action="version", version=f"symmon {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="short monitored MD with the bundled tiny PET")
+    demo.add_argument("--log", default="demo.h5", help="HDF5 log to write (default demo.h5)")
+    demo.add_argument("--steps", type=int, default=200, help="MD steps (default 200)")
+    demo.add_argument("--full-every", type=int, default=50,
+                      help="exact quadrature + spectra every n steps (default 50)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--overwrite", action="store_true", help="replace an existing log")
+    demo.add_argument("--report", default="demo.html",
+                      help="HTML report to write ('' to skip; default demo.html)")
+    demo.set_defaults(run=_demo)
+
+    report = commands.add_parser("report", help="figures and a verdict from symmon logs")
+    report.add_argument("logs", nargs="+", help="log file(s); several shards are merged")
+    report.add_argument("-o", "--output", default=None,
+                        help="output file (default: LOG.html / stdout for json and text)")
+    report.add_argument("--format", choices=("html", "json", "text"), default="html")
+    report.add_argument("--png-dir", default=None, help="also save the figures as PNG here")
+    report.add_argument("--threshold", type=_threshold, action="append", default=None,
+                        metavar="NAME=VALUE",
+                        help="verdict threshold on relative eps or contamination, e.g. "
+                        "forces_rel_eps=0.02 (repeatable)")
+    report.set_defaults(run=_report)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as error:
+        print(f"symmon {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""``symmon demo``: a short Langevin MD of a Cu/Ni cell with the bundled tiny PET, monitored."""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+
+import numpy as np
+
+#: bundled models (see examples/tiny_pet/): float32 as trained, and a float64 export
+BUNDLED_MODELS = ("tiny_pet_f32.pt", "tiny_pet.pt")
+
+
+def bundled_model_path(name: str = None) -> str:
+    """Path of a model shipped in ``symmon/data`` (the float32 tiny PET by default)."""
+    names = (name,) if name else BUNDLED_MODELS
+    for candidate in names:
+        path = resources.files("symmon") / "data" / candidate
+        if path.is_file():
+            return str(path)
+    raise FileNotFoundError(f"bundled model {names[0]!r} is missing from symmon/data; "
+                            "regenerate it with examples/tiny_pet/train.py")
+
+
+def demo_structure(seed: int = 0):
+    """A 32-atom Cu/Ni fcc cell (30 % Ni), slightly rattled."""
+    import ase.build
+
+    atoms = ase.build.bulk("Cu", "fcc", a=3.58, cubic=True).repeat((2, 2, 2))
+    rng = np.random.default_rng(seed)
+    atoms.numbers[rng.choice(len(atoms), size=10, replace=False)] = 28
+    atoms.rattle(0.03, seed=seed)
+    return atoms
+
+
+def run_demo(log: str = "demo.h5", steps: int = 200, overwrite: bool = False,
+             report: str = "demo.html", seed: int = 0, full_every: int = 50) -> str:
+    """Run the monitored MD, print a summary, write ``log`` (and ``report``)."""
+    import torch
+    from ase import units
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from metatomic_ase import MetatomicCalculator
+    from tqdm.auto import tqdm
+
+    from .monitor import SymmetryMonitor
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    model = bundled_model_path()
+    atoms = demo_structure(seed)
+    base = MetatomicCalculator(model, non_conservative=True, neighbor_skin=0.0)
+    monitor = SymmetryMonitor(base, log=log, log_mode="overwrite" if overwrite else "create",
+                              every=1, random_rotations=4, full_every=full_every, l_max=4,
+                              seed=seed, metadata={"demo": True})
+    atoms.calc = monitor
+    MaxwellBoltzmannDistribution(atoms, temperature_K=600, rng=np.random.default_rng(seed))
+    dynamics = Langevin(atoms, 2 * units.fs, temperature_K=600, friction=0.02,
+                        rng=np.random.default_rng(seed))
+    monitor.attach(dynamics)
+    with tqdm(total=steps, desc="symmon demo (MD steps)", unit="step") as bar:
+        dynamics.attach(lambda: bar.update(1) if dynamics.nsteps > 0 else None, interval=1)
+        dynamics.run(steps)
+    monitor.close()
+
+    from .report import run_report
+
+    run_report([log], output=None, fmt="text")
+    if report:
+        run_report([log], output=report, fmt="html")
+        print(f"report written to {report}")
+    print(f"log written to {log}")
+    return log
