@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 OUTPUT_KINDS = {
+    "non_conservative_force": "vector",
     "energy": "scalar",
     "energies": "scalar",
     "forces": "vector",
@@ -38,6 +39,7 @@ OUTPUT_KINDS = {
 }
 
 OUTPUT_UNITS = {
+    "non_conservative_force": "eV/angstrom",
     "energy": "eV", "energies": "eV", "forces": "eV/angstrom", "stress": "eV/angstrom^3",
     "non_conservative_forces": "eV/angstrom", "non_conservative_stress": "eV/angstrom^3",
 }

@@ -23,6 +23,10 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _DIRECT_UNITS = {"energy": "eV", "energies": "eV", "non_conservative_forces": "eV/Angstrom",
                  "non_conservative_stress": "eV/Angstrom^3"}
 _GRADIENT_OUTPUTS = ("forces", "stress")
+#: symmon name -> model output names that provide it, preferred first (metatomic's
+#: standard spelling changed from plural to singular in 0.1.19)
+_ALIASES = {"non_conservative_forces": ("non_conservative_force", "non_conservative_forces"),
+            "features": ("feature", "features")}
 
 
 def load_metatomic_model(model, extensions_directory=None):
@@ -76,9 +80,17 @@ class MetatomicOrbitModel(OrbitModel):
     @property
     def available_outputs(self) -> Sequence[str]:
         names = [name for name in self._outputs if not name.startswith("o3::")]
+        names += [name for name, keys in _ALIASES.items() if any(k in self._outputs for k in keys)]
         if "energy" in self._outputs:
             names += ["energies", "forces", "stress"]
         return tuple(dict.fromkeys(names))
+
+    def model_key(self, name: str) -> str:
+        """The model's own output name for symmon's ``name``."""
+        for key in _ALIASES.get(name, (name,)):
+            if key in self._outputs:
+                return key
+        return name
 
     @property
     def cutoff(self) -> float:
@@ -133,30 +145,22 @@ class MetatomicOrbitModel(OrbitModel):
         requests = {}
         for name in outputs:
             if name in _GRADIENT_OUTPUTS or name in ("energy", "energies"):
-                per_atom = name == "energies"
-                requests["energy" if name != "energies" else "energies"] = ModelOutput(
-                    quantity="energy", unit="eV", sample_kind="atom" if per_atom else "system")
-            elif name in _DIRECT_UNITS:
-                requests[name] = ModelOutput(quantity=self._outputs[name].quantity,
-                                             unit=_DIRECT_UNITS[name],
-                                             sample_kind=self._outputs[name].sample_kind)
+                # one 'energy' request; per atom when 'energies' is wanted (summed for totals)
+                per_atom = "energies" in outputs
+                requests["energy"] = ModelOutput(quantity="energy", unit="eV",
+                                                 sample_kind="atom" if per_atom else "system")
             else:
-                declared = self._outputs[name]
-                sample_kind = "atom" if declared.sample_kind == "atom" or declared.per_atom \
-                    else declared.sample_kind
-                requests[name] = ModelOutput(quantity=declared.quantity, unit=declared.unit,
-                                             sample_kind=sample_kind)
+                key = self.model_key(name)
+                declared = self._outputs[key]
+                unit = _DIRECT_UNITS.get(name, _DIRECT_UNITS.get(name + "s", declared.unit))
+                requests[key] = ModelOutput(quantity=declared.quantity, unit=unit,
+                                            sample_kind=declared.sample_kind)
         return requests
 
     def _run(self, systems: List, requests) -> Dict:
         from metatomic.torch import ModelEvaluationOptions
 
-        model_requests = dict(requests)
-        energies = model_requests.pop("energies", None)
-        if energies is not None:  # per-atom energies are the per-atom 'energy' output
-            model_requests["energy"] = energies if "energy" not in model_requests else \
-                model_requests["energy"]
-        options = ModelEvaluationOptions(length_unit="angstrom", outputs=model_requests)
+        options = ModelEvaluationOptions(length_unit="angstrom", outputs=requests)
         return self.model(systems, options, check_consistency=False)
 
     def evaluate(self, atoms, matrices, outputs: Sequence[str]) -> Dict[str, torch.Tensor]:
@@ -197,8 +201,7 @@ class MetatomicOrbitModel(OrbitModel):
             .clone().requires_grad_("stress" in gradient)
         copies = self._copies(system, matrices, positions=positions @ strain,
                               cell=system.cell.expand(k, 3, 3) @ strain)
-        names = list(dict.fromkeys(["energy"] + direct))
-        raw = self._run(copies, self._requests(names))
+        raw = self._run(copies, self._requests(["energy"] + direct))
         results = self._unpack(raw, direct, k, n_atoms)
         energy = raw["energy"].block().values.reshape(-1)
         wrt = [positions] + ([strain] if "stress" in gradient else [])
@@ -210,11 +213,10 @@ class MetatomicOrbitModel(OrbitModel):
             results["stress"] = matrices @ stress_input_frame @ matrices.transpose(1, 2)
         return results
 
-    @staticmethod
-    def _unpack(raw, names, n_copies, n_atoms) -> Dict[str, torch.Tensor]:
+    def _unpack(self, raw, names, n_copies, n_atoms) -> Dict[str, torch.Tensor]:
         results = {}
         for name in names:
-            key = "energy" if name == "energies" else name
+            key = "energy" if name == "energies" else self.model_key(name)
             block = raw[key].block()
             values = block.values
             samples = block.samples
@@ -229,7 +231,7 @@ class MetatomicOrbitModel(OrbitModel):
                 values = values[torch.argsort(samples.column("system"))]
             if output_kind(name) != "feature" and values.shape[-1] == 1:
                 values = values[..., 0]
-            if name in ("energy",) and values.dim() > 1:
-                values = values.reshape(n_copies)
+            if name == "energy" and values.dim() > 1:  # per-atom energies summed
+                values = values.reshape(n_copies, -1).sum(dim=1)
             results[name] = values
         return results
