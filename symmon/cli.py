@@ -22,6 +22,24 @@ def _report(args) -> int:
                       thresholds=args.threshold)
 
 
+def _layers(args) -> int:
+    from .analyze.cli import run_layers
+
+    return run_layers(args)
+
+
+def _checkpoints(args) -> int:
+    from .analyze.cli import run_checkpoints
+
+    return run_checkpoints(args)
+
+
+def _purify(args) -> int:
+    from .purify import run_purify
+
+    return run_purify(args)
+
+
 def _threshold(text: str):
     name, _, value = text.partition("=")
     if not value:
@@ -60,6 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="verdict threshold on relative eps or contamination, e.g. "
                         "forces_rel_eps=0.02 (repeatable)")
     report.set_defaults(run=_report)
+
+    from .analyze.cli import add_checkpoints_arguments, add_layers_arguments
+
+    layers = commands.add_parser("layers", help="character spectra of a model's internal layers")
+    add_layers_arguments(layers)
+    layers.set_defaults(run=_layers)
+    checkpoints = commands.add_parser(
+        "checkpoints", help="layer spectra, eps and RMSE across a training run's checkpoints")
+    add_checkpoints_arguments(checkpoints)
+    checkpoints.set_defaults(run=_checkpoints)
+
+    from .purify import add_purify_arguments
+
+    purify = commands.add_parser("purify", help="fit a symmetry-purified linear readout")
+    add_purify_arguments(purify)
+    purify.set_defaults(run=_purify)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Post-hoc analysis: character spectra of internal layers, across training checkpoints."""
