@@ -481,9 +481,6 @@ def test_tiny_pet_batched_matches_single_calls(tiny_pet):
     assert_matches(actual, expected, _pet_tol(tiny_pet))
 
 
-@pytest.mark.xfail(strict=True, reason="MetatomicOrbitModel._requests requests direct "
-                   "outputs with the model's declared sample_kind; PET declares "
-                   "non_conservative_stress per atom, so (K, N, 3, 3) comes back")
 def test_tiny_pet_non_conservative_stress(tiny_pet):
     atoms = _pet_structure(tiny_pet)
     matrices = _pet_matrices()

@@ -25,6 +25,10 @@ _DIRECT_UNITS = {"energy": "eV", "energies": "eV", "non_conservative_forces": "e
 _GRADIENT_OUTPUTS = ("forces", "stress")
 #: symmon name -> model output names that provide it, preferred first (metatomic's
 #: standard spelling changed from plural to singular in 0.1.19)
+#: standard outputs are requested per atom / per structure whatever the model declares
+#: (metatrain declares "atom" to mean "can also give per-atom contributions")
+_SAMPLE_KINDS = {"non_conservative_forces": "atom", "non_conservative_force": "atom",
+                 "non_conservative_stress": "system"}
 _ALIASES = {"non_conservative_forces": ("non_conservative_force", "non_conservative_forces"),
             "features": ("feature", "features")}
 
@@ -154,7 +158,8 @@ class MetatomicOrbitModel(OrbitModel):
                 declared = self._outputs[key]
                 unit = _DIRECT_UNITS.get(name, _DIRECT_UNITS.get(name + "s", declared.unit))
                 requests[key] = ModelOutput(quantity=declared.quantity, unit=unit,
-                                            sample_kind=declared.sample_kind)
+                                            sample_kind=_SAMPLE_KINDS.get(
+                                                name, declared.sample_kind))
         return requests
 
     def _run(self, systems: List, requests) -> Dict:
