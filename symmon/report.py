@@ -27,7 +27,7 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import numpy as np
 from matplotlib.colors import LogNorm
@@ -627,8 +627,8 @@ def make_figures(reader: LogReader, summary: dict | None = None,
 
 
 def _new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), layout="constrained")
-    return fig
+    """A detached Agg figure (no pyplot state) with constrained layout."""
+    return Figure(figsize=(width, height), layout="constrained")
 
 
 def _positive(values, floor=EPS_FLOOR) -> np.ndarray:
@@ -905,7 +905,8 @@ def _run_table(s):
 def _eps_table(s):
     rows = []
     for q, e in s["eps"].items():
-        rows.append([q, pretty_unit(e["unit"]), *(_fmt(e["abs"][k]) for k in ("median", "p95", "max")),
+        stats = ("median", "p95", "max")
+        rows.append([q, pretty_unit(e["unit"]), *(_fmt(e["abs"][k]) for k in stats),
                      *(_fmt(e["rel"][k]) for k in ("median", "p95", "max"))])
         if "abs_per_atom" in e:
             a = e["abs_per_atom"]

@@ -249,10 +249,12 @@ def test_corrupt_and_foreign_files_give_clear_errors(logs, tmp_path, capsys):
 def synthetic_specs(n_atoms, labels):
     specs = {"forces_error": ObservableSpec((), "eV/angstrom")}
     for q, unit in (("energy", "eV"), ("forces", "eV/angstrom")):
-        specs.update({f"{q}_eps": ObservableSpec((), unit), f"{q}_eps_err": ObservableSpec((), unit),
+        specs.update({f"{q}_eps": ObservableSpec((), unit),
+                      f"{q}_eps_err": ObservableSpec((), unit),
                       f"{q}_rel_eps": ObservableSpec(()),
                       f"{q}_spectrum": ObservableSpec((len(labels),), labels=labels),
-                      f"{q}_residual": ObservableSpec(()), f"{q}_contamination": ObservableSpec(())})
+                      f"{q}_residual": ObservableSpec(()),
+                      f"{q}_contamination": ObservableSpec(())})
     specs["forces_eps_per_atom"] = ObservableSpec((n_atoms,), "eV/angstrom")
     specs["full_orbit"] = ObservableSpec((), dtype="int64")
     return specs
