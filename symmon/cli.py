@@ -40,6 +40,12 @@ def _purify(args) -> int:
     return run_purify(args)
 
 
+def _ipi(args) -> int:
+    from .ipi import run_ipi
+
+    return run_ipi(args)
+
+
 def _threshold(text: str):
     name, _, value = text.partition("=")
     if not value:
@@ -94,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     purify = commands.add_parser("purify", help="fit a symmetry-purified linear readout")
     add_purify_arguments(purify)
     purify.set_defaults(run=_purify)
+
+    from .ipi import add_ipi_arguments
+
+    ipi = commands.add_parser("ipi", help="serve an i-PI server with the monitored model")
+    add_ipi_arguments(ipi)
+    ipi.set_defaults(run=_ipi)
     return parser
 
 

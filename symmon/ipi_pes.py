@@ -1,0 +1,112 @@
+"""i-PI PES file: symmon's monitored model, evaluated inside i-PI (or i-pi-py_driver).
+
+Use it with ``<ffdirect>`` (no socket, no client process)::
+
+    <ffdirect name='symmon'>
+      <pes> custom </pes>
+      <pes_path> /path/to/symmon/ipi_pes.py </pes_path>   <!-- symmon ipi --pes-path -->
+      <parameters> {template: init.xyz, model: emt, log: run.h5, every: 1} </parameters>
+    </ffdirect>
+
+or as a socket client: ``i-pi-py_driver -m custom -P $(symmon ipi --pes-path) -u -a NAME
+-o template=init.xyz,model=emt,log=run.h5``.
+
+Parameters (``<parameters>`` keys / ``-o`` keywords): ``template`` (required, structure
+file with the atoms in i-PI's order; its species are used), ``model`` (``emt`` or a
+metatomic ``.pt`` path; default ``emt``), ``log`` (HDF5 log, default none), ``overwrite``,
+``every``, ``random_rotations``, ``full_every``, ``l_max``, ``mode``, ``seed``,
+``flush_every``, ``non_conservative``, ``threads`` (torch threads, default 1), ``device``,
+``position_tolerance``. i-PI passes ``verbosity`` too; unknown keywords are refused.
+
+i-PI gives the cell as column vectors in bohr and positions in bohr, and wants energy in
+hartree, forces in hartree/bohr, the virial in hartree and a string of extras (JSON with
+the fixed key set ``symmon.ipi.EXTRAS_KEYS``, in ASE units).
+"""
+
+import json
+
+import numpy as np
+
+try:
+    from ipi.pes.dummy import Dummy_driver
+except ImportError:  # pragma: no cover - used without i-PI installed
+    class Dummy_driver:  # noqa: N801 - mirrors i-PI's base class
+        def __init__(self, verbose=False, *args, **kwargs):
+            self.verbose, self.args, self.kwargs = verbose, args, kwargs
+            self.check_parameters()
+
+        def check_parameters(self):
+            pass
+
+        def __call__(self, cell, pos):
+            if isinstance(cell, list):
+                return [self.compute_structure(c, p) for c, p in zip(cell, pos)]
+            return self.compute_structure(cell, pos)
+
+__DRIVER_NAME__ = "symmon"
+__DRIVER_CLASS__ = "SymmonDriver"
+
+_MONITOR_INTS = ("every", "random_rotations", "full_every", "l_max", "seed", "flush_every")
+_IPI_KWARGS = ("verbosity",)
+
+
+class SymmonDriver(Dummy_driver):
+    """A ``SymmetryMonitor``-wrapped model as an i-PI PES (see the module docstring)."""
+
+    def __init__(self, template=None, model="emt", log=None, overwrite=False,
+                 non_conservative=False, threads=1, device=None, position_tolerance=None,
+                 mode="monitor", verbose=False, *args, **kwargs):
+        if template is None:
+            raise ValueError("the symmon PES needs template=<structure file with the atoms "
+                             "in i-PI's order>")
+        options = {}
+        for name in _MONITOR_INTS:
+            if name in kwargs:
+                options[name] = int(kwargs.pop(name))
+        unknown = sorted(set(kwargs) - set(_IPI_KWARGS))
+        if unknown or args:
+            raise ValueError(f"unknown symmon PES parameters {unknown or list(args)}; known: "
+                             "template, model, log, overwrite, non_conservative, threads, "
+                             "device, position_tolerance, mode, " + ", ".join(_MONITOR_INTS))
+        self.template = str(template)
+        self.model = str(model)
+        self.log = None if log in (None, "", "none", "None") else str(log)
+        self.options = dict(options, mode=str(mode))
+        self.overwrite, self.non_conservative = overwrite, non_conservative
+        self.threads, self.device = threads, None if device in (None, "") else str(device)
+        self.position_tolerance = position_tolerance
+        super().__init__(verbose, **kwargs)
+
+    def check_parameters(self):
+        from symmon.ipi import (DEFAULT_POSITION_TOLERANCE, MonitoredEvaluator, _as_bool,
+                                make_base_calculator, read_template, set_threads)
+
+        set_threads(int(self.threads) if self.threads not in (None, "") else None)
+        template = read_template(self.template)
+        base = make_base_calculator(self.model, _as_bool(self.non_conservative), self.device)
+        tolerance = (DEFAULT_POSITION_TOLERANCE if self.position_tolerance in (None, "")
+                     else float(self.position_tolerance))
+        self.evaluator = MonitoredEvaluator(
+            template, base, log=self.log,
+            metadata={"ipi_route": "pes", "ipi_model": self.model},
+            log_mode="overwrite" if _as_bool(self.overwrite) else "create",
+            position_tolerance=tolerance, template_name=self.template, device=self.device,
+            **self.options)
+        try:  # close (flush) the log when i-PI exits, also on a soft exit
+            from ipi.utils.softexit import softexit
+
+            softexit.register_function(self.evaluator.close)
+        except ImportError:  # pragma: no cover
+            pass
+
+    def compute_structure(self, cell, pos):
+        from ase import units
+
+        cell = np.asarray(cell, dtype=np.float64).reshape(3, 3).T * units.Bohr  # rows, A
+        pos = np.asarray(pos, dtype=np.float64).reshape(-1, 3) * units.Bohr
+        energy, forces, virial, extras = self.evaluator.evaluate(pos, cell)
+        # same conversions as ase.calculators.socketio.IPIProtocol.sendforce
+        pot = np.float64(energy / units.Ha)
+        force = np.ascontiguousarray(forces * (units.Bohr / units.Ha), dtype=np.float64)
+        vir = np.ascontiguousarray(virial.T / units.Ha, dtype=np.float64)
+        return pot, force, vir, json.dumps(extras, allow_nan=True)
