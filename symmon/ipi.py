@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np
-from ase import units
 
 from .monitor import SymmetryMonitor
 
