@@ -211,7 +211,7 @@ class MonitoredEvaluator:
         atoms.positions[:] = positions
         monitor.request_id = int(request_id)
         monitor.reset()  # every i-PI request is a fresh calculation (and a log entry)
-        step = int(monitor._next_step)
+        step = int(monitor.step)
         energy = float(atoms.get_potential_energy())
         forces = np.array(atoms.get_forces(), dtype=np.float64)
         if self.periodic:

@@ -213,6 +213,11 @@ class SymmetryMonitor(Calculator):
         return load_readout(readout, self.orbit_model)
 
     # ------------------------------------------------------------------ dynamics
+    @property
+    def step(self) -> int:
+        """Step number the next calculation will be logged under."""
+        return self._next_step
+
     def attach(self, dynamics) -> None:
         """Record MD steps and times of ``dynamics`` (an ASE ``MolecularDynamics``)."""
         self._dynamics = dynamics
