@@ -149,6 +149,8 @@ def read_labels(atoms, keys: Dict[str, Optional[str]]) -> Dict[str, np.ndarray]:
             labels[what] = np.asarray(value, dtype=np.float64).reshape(len(atoms), 3)
         elif what == "stress":
             labels[what] = _stress_3x3(value)
+        else:  # any other target, e.g. {"mtt::pseudoscalar": "pseudoscalar"}
+            labels[what] = np.asarray(value, dtype=np.float64)
     return labels
 
 
@@ -269,7 +271,9 @@ def analyze_model(orbit_model, structures: Sequence, *, modules: Optional[Sequen
             if index == 0:
                 labels = read_labels(atoms, label_keys)
                 for name, values in capture.outputs.items():
-                    _add_output_metrics(per_output, name, values, grid, n_grid, labels)
+                    kind = _OUTPUT_KINDS.get(name) or orbit_model.output_kind(name)
+                    _add_output_metrics(per_output, name, kind, values, grid, n_grid,
+                                        labels)
             del capture
         if progress is not None:
             progress(1)
@@ -281,7 +285,7 @@ def analyze_model(orbit_model, structures: Sequence, *, modules: Optional[Sequen
         squared = data["squared"]
         squared_sym = data["squared_sym"]
         analysis.outputs[name] = OutputMetrics(
-            name=name, kind=_OUTPUT_KINDS[name], eps=np.array(data["eps"]),
+            name=name, kind=data["kind"], eps=np.array(data["eps"]),
             relative=np.array(data["relative"]), rms=np.array(data["rms"]),
             rmse=float(np.sqrt(np.mean(np.concatenate(squared)))) if squared else math.nan,
             rmse_symmetrized=float(np.sqrt(np.mean(np.concatenate(squared_sym))))
@@ -291,18 +295,17 @@ def analyze_model(orbit_model, structures: Sequence, *, modules: Optional[Sequen
     return analysis
 
 
-def _add_output_metrics(per_output, name, values, grid, n_grid, labels):
-    kind = _OUTPUT_KINDS.get(name)
+def _add_output_metrics(per_output, name, kind, values, grid, n_grid, labels):
     if kind is None:
         return
     orbit = values[:n_grid]
     error = equivariance_error(orbit, grid, kind)
     data = per_output.setdefault(name, {"eps": [], "relative": [], "rms": [], "squared": [],
-                                        "squared_sym": []})
+                                        "squared_sym": [], "kind": kind})
     data["eps"].append(error.eps)
     data["relative"].append(error.relative)
     data["rms"].append(error.rms)
-    label = labels.get(OUTPUT_LABEL_KEYS.get(name, ""))
+    label = labels.get(OUTPUT_LABEL_KEYS.get(name, name))
     if label is not None:
         lab_frame = values[n_grid].cpu().numpy()
         symmetrized = orbit_average(orbit, grid, kind).cpu().numpy()

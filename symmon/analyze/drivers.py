@@ -61,6 +61,8 @@ def label_keys_from_options(path: str) -> Dict[str, str]:
             keys.setdefault("forces", key)
         elif "stress" in name or quantity in ("pressure", "stress"):
             keys.setdefault("stress", key)
+        else:  # any other target: labelled by its own name
+            keys.setdefault(name, key)
     return keys
 
 

@@ -107,6 +107,18 @@ def load_metatrain_checkpoint(path, *, weights: str = "epoch", dtype=torch.float
     return model, info
 
 
+_SUFFIX = re.compile(r"^(node|edge|\d+)$")
+
+
+def split_suffix(name: str) -> Tuple[str, str]:
+    """``"backend.gnn_layers.0:edge"`` -> ``("backend.gnn_layers.0", "edge")``; module
+    names may themselves contain ``::`` (``node_heads.mtt::dipole.0``)."""
+    base, sep, suffix = name.rpartition(":")
+    if sep and base and not base.endswith(":") and _SUFFIX.match(suffix):
+        return base, suffix
+    return name, ""
+
+
 def _pet_like(model) -> bool:
     backend = getattr(model, "backend", None)
     return backend is not None and hasattr(backend, "gnn_layers") and \
@@ -140,8 +152,8 @@ def default_pet_modules(model) -> List[str]:
                 prefix = f"backend.{side}_last_layers.{target}.{j}."
                 modules += [n for n in names if n.startswith(prefix) and
                             "." not in n[len(prefix):]]
-    modules += [OUTPUT_PREFIX + t for t in targets if t in _DEFAULT_OUTPUTS]
-    return [m for m in modules if m.split(":")[0] in names or m.startswith(OUTPUT_PREFIX)]
+    modules += [OUTPUT_PREFIX + t for t in targets]
+    return [m for m in modules if split_suffix(m)[0] in names or m.startswith(OUTPUT_PREFIX)]
 
 
 @dataclass
@@ -201,7 +213,7 @@ class MetatrainOrbitModel(MetatomicOrbitModel):
         if supported is None and hasattr(self.model, "supported_outputs"):
             supported = self.model.supported_outputs()
         self._outputs = {k: v for k, v in dict(supported or {}).items()
-                         if not k.startswith("mtt::")}
+                         if not k.startswith(("mtt::aux::", "mtt::feature::"))}
         self._warm = False
         self._module_names = [n for n, _ in self.model.named_modules() if n]
         self.is_pet = _pet_like(self.model)
@@ -220,6 +232,24 @@ class MetatrainOrbitModel(MetatomicOrbitModel):
         """Every named sub-module (hookable) and ``output:NAME`` for each output."""
         return self._module_names + [OUTPUT_PREFIX + n for n in self.target_names]
 
+    def output_kind(self, name: str) -> Optional[str]:
+        """Transformation law of an output (``None`` when symmon has none for it)."""
+        from .base import OUTPUT_KINDS
+
+        if _symmon_name(name) in OUTPUT_KINDS:
+            return OUTPUT_KINDS[_symmon_name(name)]
+        targets = getattr(getattr(self.model, "dataset_info", None), "targets", {})
+        info = targets.get(self.model_key(name)) if targets else None
+        if info is None:
+            return None
+        keys = info.layout.keys
+        if "o3_lambda" in keys.names and len(keys) == 1:
+            l, sigma = int(keys.column("o3_lambda")[0]), int(keys.column("o3_sigma")[0])
+            return {(0, 1): "scalar", (0, -1): "pseudoscalar", (1, 1): "vector",
+                    (1, -1): "pseudovector"}.get((l, sigma))
+        components = info.layout.block().components
+        return {0: "scalar", 1: "vector"}.get(len(components))
+
     def default_modules(self) -> List[str]:
         if self.is_pet:
             return default_pet_modules(self.model)
@@ -236,14 +266,18 @@ class MetatrainOrbitModel(MetatomicOrbitModel):
             return self.default_modules()
         resolved: List[str] = []
         for pattern in patterns:
-            base, sep, suffix = pattern.partition(":") if not pattern.startswith(
-                OUTPUT_PREFIX) else (pattern, "", "")
+            base, suffix = split_suffix(pattern) if not pattern.startswith(
+                OUTPUT_PREFIX) else (pattern, "")
+            sep = ":" if suffix else ""
             if base.startswith(OUTPUT_PREFIX):
                 matches = fnmatch.filter([OUTPUT_PREFIX + n for n in self.target_names], base)
             else:
-                matches = fnmatch.filter(self._module_names, base)
+                # with a ':node'/':edge' suffix, '*' does not cross dots (the suffix only
+                # makes sense for the tuple-returning module itself, not its children)
+                match = _match_no_dots if suffix else fnmatch.filter
+                matches = match(self._module_names, base)
                 if not matches and not base.startswith("backend.") and self.is_pet:
-                    matches = fnmatch.filter(self._module_names, "backend." + base)
+                    matches = match(self._module_names, "backend." + base)
                 matches = [m + sep + suffix for m in matches]
             if not matches:
                 shown = self._module_names if len(self._module_names) <= 200 else \
@@ -268,7 +302,13 @@ class MetatrainOrbitModel(MetatomicOrbitModel):
         for name in names:
             key = self.model_key(name)
             declared = self._outputs[key]
-            sample_kind = "system" if key in _SYSTEM_OUTPUTS else declared.sample_kind
+            targets = getattr(getattr(self.model, "dataset_info", None), "targets", {})
+            if key in _SYSTEM_OUTPUTS:
+                sample_kind = "system"
+            elif targets and key in targets:  # as trained (PET declares 'atom' for all)
+                sample_kind = getattr(targets[key], "sample_kind", declared.sample_kind)
+            else:
+                sample_kind = declared.sample_kind
             requests[key] = ModelOutput(quantity=declared.quantity, unit=declared.unit,
                                         sample_kind=sample_kind)
         return requests
@@ -311,7 +351,8 @@ class MetatrainOrbitModel(MetatomicOrbitModel):
         matrices = validate_matrices(matrices)
         self._check_species(atoms)
         if outputs is None:
-            outputs = [n for n in self.target_names if n in _DEFAULT_OUTPUTS]
+            outputs = [n for n in self.target_names
+                       if n in _DEFAULT_OUTPUTS or self.output_kind(n) is not None]
         outputs = [self.model_key(n) for n in outputs]
         for name in outputs:
             if name not in self._outputs:
@@ -324,7 +365,7 @@ class MetatrainOrbitModel(MetatomicOrbitModel):
         for name in names:
             if name.startswith(OUTPUT_PREFIX):
                 continue
-            base, _, suffix = name.partition(":")
+            base, suffix = split_suffix(name)
             hooked.setdefault(base, []).append(suffix)
 
         system = self.system(atoms)
@@ -406,8 +447,9 @@ class MetatrainOrbitModel(MetatomicOrbitModel):
                 result.features[name], result.sample_kind[name] = value, kind
                 continue
             entries = [e for e in collected if e == name or e.startswith(name + "[")] if \
-                ":" in name else [e for e in collected if e == name or
-                                  e.startswith(name + ":") or e.startswith(name + "[")]
+                split_suffix(name)[1] else [e for e in collected if e == name or
+                                            e.startswith(name + ":") or
+                                            e.startswith(name + "[")]
             for entry in entries:
                 result.features[entry] = torch.cat(collected[entry])
                 result.sample_kind[entry] = kinds[entry]
@@ -502,6 +544,13 @@ class MetatrainOrbitModel(MetatomicOrbitModel):
             raise ValueError(f"cannot split the output of {base!r} (shape "
                              f"{tuple(tensor.shape)}) into {k} copies")
         return values.to("cpu", torch.float64), kind
+
+
+def _match_no_dots(names, pattern):
+    regex = re.compile("^" + ".*".join("[^.]*".join(re.escape(part) for part in
+                                                    chunk.split("*"))
+                                       for chunk in pattern.split("**")) + "$")
+    return [n for n in names if regex.match(n)]
 
 
 def _detach(output):
