@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import numpy as np
+import torch
 from ase import units
 from ase.calculators.calculator import Calculator, all_changes
 
@@ -206,11 +207,24 @@ class SymmetryMonitor(Calculator):
         return {name: float(value) for name, value in thresholds.items()}
 
     def _load_readout(self, readout):
+        """The purified readout, checked against the model and the monitored outputs."""
         if readout is None:
             raise ValueError("mode='purified' needs readout=<file written by symmon purify>")
-        from .purify import load_readout  # noqa: F401  (issue: readout purification)
+        if not isinstance(self.orbit_model, MetatomicOrbitModel):
+            raise ValueError("mode='purified' needs a metatomic model (its last-layer "
+                             "features); the base calculator is "
+                             f"{type(self.base).__name__}")
+        from .purify import load_readout
 
-        return load_readout(readout, self.orbit_model)
+        loaded = load_readout(readout, self.orbit_model)
+        sources = {"non_conservative_forces": ("forces", self._nc_forces),
+                   "non_conservative_stress": ("stress", self._nc_stress)}
+        if loaded.target not in sources or not sources[loaded.target][1]:
+            raise ValueError(
+                f"the readout corrects {loaded.target!r}, which this monitor does not return: "
+                "purified mode applies to direct (non-conservative) forces or stress; use "
+                "MetatomicCalculator(..., non_conservative=True)")
+        return loaded
 
     # ------------------------------------------------------------------ dynamics
     @property
@@ -257,7 +271,10 @@ class SymmetryMonitor(Calculator):
         if self.mode == "average":
             returned.update(self._averaged(atoms, quantities, diagnostics))
         elif self.mode == "purified":
-            returned.update(self.readout.predict(atoms, quantities, base))
+            identity = np.eye(3)[None]
+            returned.update({name: value[0].numpy() for name, value in
+                             self._evaluate(atoms, identity, quantities).items()
+                             if name in self._purified_quantities()})
         self.results = self._ase_results(returned, diagnostics, len(atoms))
         self.last_diagnostics = diagnostics
         if diagnostics is not None and (monitored or full):
@@ -286,10 +303,22 @@ class SymmetryMonitor(Calculator):
                  "stress": "non_conservative_stress" if self._nc_stress else "stress"}
         return {q: names[q] for q in quantities}
 
-    def _evaluate(self, atoms, grid: O3Grid, quantities) -> Dict[str, np.ndarray]:
+    def _purified_quantities(self):
+        return ("forces",) if self.readout.target == "non_conservative_forces" else ("stress",)
+
+    def _evaluate(self, atoms, matrices, quantities) -> Dict[str, np.ndarray]:
+        """Returned quantities on the copies ``x Q^T`` (purified when in that mode)."""
+        matrices = getattr(matrices, "matrices", matrices)
         names = self._orbit_names(quantities)
-        raw = self.orbit_model.evaluate(atoms, grid.matrices, list(names.values()))
+        requested = list(names.values())
+        if self.mode == "purified":
+            requested.append(self.readout.feature)
+        raw = self.orbit_model.evaluate(atoms, matrices, requested)
         values = {q: raw[names[q]] for q in quantities}
+        if self.mode == "purified":
+            (name,) = self._purified_quantities()
+            values[name] = torch.as_tensor(self.readout.correct(
+                values[name].numpy(), raw[self.readout.feature].numpy()))
         if self._nc_forces and "forces" in values:  # as MetatomicCalculator returns them
             values["forces"] = values["forces"] - values["forces"].mean(dim=1, keepdim=True)
         return values

@@ -14,8 +14,8 @@ Runs (each ~4-5 min on 2 CPU cores):
 Outputs (relative to the repository root):
   symmon/data/tiny_pet.pt            float64 AtomisticModel (best weights)
   symmon/data/tiny_pet_f32.pt        float32 AtomisticModel, as trained
-  symmon/data/tiny_pet_broken.pt     float64 AtomisticModel, no augmentation
-  symmon/data/tiny_pet.ckpt, tiny_pet_broken.ckpt
+  runs/broken/tiny_pet_broken.pt     float64 AtomisticModel, no augmentation (not shipped)
+  symmon/data/tiny_pet.ckpt
                                      slim float64 checkpoints (best weights,
                                      no optimizer state) for eager use
   symmon/data/tiny_structures.xyz    6 bulk + 2 slab labelled test structures
@@ -151,10 +151,10 @@ def main():
     if args.only in (None, "broken"):
         rundir = run_training("broken", augment=False)
         export(rundir, [
-            (os.path.join(DATA_OUT, "tiny_pet_broken.pt"), torch.float64),
-        ])
+            (os.path.join(rundir, "tiny_pet_broken.pt"), torch.float64),
+        ])  # not shipped in symmon/data (see README.md)
         slim_checkpoint(os.path.join(rundir, "model.ckpt"),
-                        os.path.join(DATA_OUT, "tiny_pet_broken.ckpt"))
+                        os.path.join(rundir, "tiny_pet_broken.ckpt"))
 
 
 if __name__ == "__main__":

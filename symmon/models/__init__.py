@@ -1,14 +1,19 @@
 """Model adapters: evaluate a model on the O(3) orbit of a structure."""
 
+import os
+
 from .ase_model import ASEOrbitModel
 from .base import OUTPUT_KINDS, OrbitModel, output_kind, output_unit, validate_atoms
 from .metatomic_model import MetatomicOrbitModel, load_metatomic_model
+from .metatrain_model import MetatrainOrbitModel
 
 
 def make_orbit_model(model, **kwargs) -> OrbitModel:
     """The best adapter for ``model``: batched for metatomic models, else the ASE loop."""
     if isinstance(model, OrbitModel):
         return model
+    if isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".ckpt"):
+        return MetatrainOrbitModel(model, **kwargs)
     try:
         metatomic_model = load_metatomic_model(model)
     except TypeError:
@@ -21,6 +26,6 @@ def make_orbit_model(model, **kwargs) -> OrbitModel:
                     "metatomic model (.pt path or AtomisticModel) or a MetatomicCalculator")
 
 
-__all__ = ["ASEOrbitModel", "MetatomicOrbitModel", "OrbitModel", "OUTPUT_KINDS",
+__all__ = ["ASEOrbitModel", "MetatomicOrbitModel", "MetatrainOrbitModel", "OrbitModel", "OUTPUT_KINDS",
            "load_metatomic_model", "make_orbit_model", "output_kind", "output_unit",
            "validate_atoms"]

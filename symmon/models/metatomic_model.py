@@ -51,6 +51,14 @@ def load_metatomic_model(model, extensions_directory=None):
                     "path, an AtomisticModel or a MetatomicCalculator")
 
 
+def _model_file(model) -> Optional[str]:
+    """The file a model came from (a path, or a MetatomicCalculator's ``model`` parameter)."""
+    if isinstance(model, (str, os.PathLike)):
+        return os.fspath(model)
+    parameters = getattr(model, "parameters", None)
+    return parameters.get("model") if isinstance(parameters, dict) else None
+
+
 class MetatomicOrbitModel(OrbitModel):
     """Evaluate a metatomic model on O(3)-transformed copies in batched calls.
 
@@ -66,7 +74,7 @@ class MetatomicOrbitModel(OrbitModel):
         from metatomic.torch import pick_device
 
         self.model = load_metatomic_model(model, extensions_directory)
-        self.model_path = str(model) if isinstance(model, (str, os.PathLike)) else None
+        self.model_path = _model_file(model)
         capabilities = self.model.capabilities()
         self.capabilities = capabilities
         self.dtype = _DTYPES[capabilities.dtype]

@@ -1,0 +1,155 @@
+"""Readout purification: closed-form fit, exact scores, files, purified MD."""
+
+import os
+import sys
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+
+from symmon import equivariance_error, quadrature_grid
+from symmon.purify import (NormalEquations, Readout, apply_correction, choose_lambda,
+                           sweep_structures)
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "symmon", "data")
+TINY_PET = os.path.join(DATA, "tiny_pet.pt")
+GRID = quadrature_grid(4)
+
+
+def synthetic(seed, contamination=(0.2, 0.1)):
+    """Per-atom 'features' in each copy's frame: 3 covariant + 6 lab-frame columns, and a
+    'model' force that leaks two lab-frame columns into its output."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(5, 3))
+    rotated = np.einsum("kij,nj->kni", GRID.matrices, x)
+    v = rotated - rotated.mean(1, keepdims=True)
+    lab = np.stack([v[..., 2] ** 2, v[..., 0] * v[..., 1], np.ones_like(v[..., 0])], -1)
+    phi = np.concatenate([v, lab, v * lab[..., :1]], -1)
+    readout = np.zeros((3, phi.shape[-1]))
+    readout[:, :3] = 1.3 * np.eye(3)
+    readout[0, 3], readout[2, 4] = contamination
+    return phi, np.einsum("md,knd->knm", readout, phi), 1.3 * (x - x.mean(0))
+
+
+def test_representable_contamination_is_removed():
+    data = [synthetic(seed) for seed in range(7)]
+    equations = NormalEquations("vector", True, 9)
+    for phi, forces, _ in data[:6]:
+        equations.add(GRID, forces, phi)
+    phi, forces, _ = data[6]
+    before = equivariance_error(forces, GRID, "vector").relative
+    assert before > 0.05
+    for lam in (0.0, 10.0, 1e6):
+        corrected = apply_correction(forces, phi, equations.solve(lam), "vector", True)
+        assert equivariance_error(corrected, GRID, "vector").relative < 1e-8 * before / 0.05
+
+
+def test_scores_equal_direct_recomputation():
+    phi, forces, labels = synthetic(3)
+    equations = NormalEquations("vector", True, 9)
+    equations.add(GRID, forces, phi, target=labels)
+    matrix = np.random.default_rng(1).normal(scale=0.1, size=(3, 9))
+    corrected = apply_correction(forces, phi, matrix, "vector", True)
+    error = equivariance_error(corrected, GRID, "vector")
+    from symmon.metrics import back_transform
+
+    back = back_transform(torch.tensor(corrected), GRID, "vector").numpy()
+    mse = np.einsum("k,knm->", GRID.weights, (back - labels) ** 2)
+    assert equations.losses(matrix) == pytest.approx((mse, error.eps_sq), rel=1e-10)
+
+
+def test_lambda_zero_on_model_average_only_removes_non_equivariant_part():
+    data = [synthetic(seed, contamination=(0.5, 0.3)) for seed in range(5)]
+    equations = NormalEquations("vector", True, 9)
+    for phi, forces, _ in data:
+        equations.add(GRID, forces, phi)
+    matrix = equations.solve(0.0)
+    for phi, forces, _ in data:
+        correction = apply_correction(forces, phi, matrix, "vector", True) - forces
+        eps = equivariance_error(forces, GRID, "vector").eps
+        rms = np.sqrt(np.einsum("k,knm->", GRID.weights, correction ** 2))
+        assert rms <= 2 * eps + 1e-12
+    # a larger lambda trades data fit for equivariance monotonically
+    rows = [equations.scores(equations.solve(lam)) for lam in (0.0, 1.0, 100.0)]
+    assert rows[0]["eps"] >= rows[1]["eps"] >= rows[2]["eps"]
+
+
+def test_bad_inputs():
+    phi, forces, labels = synthetic(0)
+    equations = NormalEquations("vector", True, 9)
+    with pytest.raises(ValueError, match="no structures"):
+        equations.solve(1.0)
+    with pytest.raises(ValueError, match="do not match"):
+        equations.add(GRID, forces, phi[..., :5])
+    with pytest.raises(ValueError, match="labels of shape"):
+        equations.add(GRID, forces, phi, target=labels[:3])
+    with pytest.raises(ValueError, match="non-negative"):
+        NormalEquations("vector", True, 9).solve(-1.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_pet():
+    from symmon.models import MetatomicOrbitModel
+
+    return MetatomicOrbitModel(TINY_PET)
+
+
+@pytest.fixture(scope="module")
+def structures():
+    return ase.io.read(os.path.join(DATA, "tiny_structures.xyz"), ":")
+
+
+def test_tiny_pet_purification_and_purified_md(tiny_pet, structures, tmp_path):
+    from metatomic_ase import MetatomicCalculator
+
+    from symmon.monitor import SymmetryMonitor
+
+    periodic = [a for a in structures if all(a.pbc)]
+    sweep = sweep_structures(tiny_pet, periodic, "non_conservative_forces", quadrature_grid(2),
+                             holdout=0.3, progress=False)
+    table = sweep.scan([0.0, 10.0, 1000.0])
+    assert table[-1]["holdout_eps"] < table[0]["holdout_eps"]  # big lambda: more symmetric
+    chosen = choose_lambda(table, max_rmse_increase=10.0)
+    path = tmp_path / "readout.h5"
+    from symmon.purify import _file_sha256
+
+    Readout("non_conservative_forces", sweep.feature, chosen["matrix"], chosen["lambda"],
+            False, _file_sha256(TINY_PET), table).save(path)
+    loaded = Readout.load(path)
+    assert np.array_equal(loaded.matrix, chosen["matrix"])
+
+    atoms = periodic[0].copy()
+    base = MetatomicCalculator(TINY_PET, non_conservative=True, neighbor_skin=0.0)
+    monitor = SymmetryMonitor(base, mode="purified", readout=str(path), random_rotations=3)
+    atoms.calc = monitor
+    forces = atoms.get_forces()
+    raw = tiny_pet.evaluate(atoms, np.eye(3)[None], ["non_conservative_forces", sweep.feature])
+    expected = loaded.correct(raw["non_conservative_forces"][0].numpy(),
+                              raw[sweep.feature][0].numpy())
+    assert np.allclose(forces, expected - expected.mean(0), atol=1e-8)
+    assert not np.allclose(forces, base.get_forces(atoms), atol=1e-6)
+    assert np.isfinite(monitor.results["forces_eps"])
+
+    with pytest.raises(ValueError, match="non-conservative"):
+        SymmetryMonitor(MetatomicCalculator(TINY_PET, neighbor_skin=0.0), mode="purified",
+                        readout=str(path))
+    with pytest.raises(ValueError, match="different model"):
+        SymmetryMonitor(MetatomicCalculator(os.path.join(DATA, "tiny_pet_f32.pt"),
+                                            non_conservative=True), mode="purified",
+                        readout=str(path))
+
+
+def test_model_without_last_layer_features_is_refused(structures):
+    from analytic_models import make_analytic_model
+
+    from symmon.models import MetatomicOrbitModel
+
+    model = MetatomicOrbitModel(make_analytic_model(break_symmetry=0.1))
+    with pytest.raises(ValueError, match="no last-layer features"):
+        sweep_structures(model, structures[:3], "non_conservative_forces", GRID,
+                         progress=False)
+    with pytest.raises(ValueError, match="cannot purify"):
+        sweep_structures(model, structures[:3], "dipole", GRID, progress=False)
