@@ -130,10 +130,8 @@ class IPIMonitor(SymmetryMonitor):
             "component; -1 if unknown)", dtype="int64")
         return specs
 
-    def _diagnose(self, atoms, quantities, step, full, base):
-        out = super()._diagnose(atoms, quantities, step, full, base)
-        out.values["ipi_request_id"] = int(self.request_id)
-        return out
+    def _extra_values(self):
+        return {"ipi_request_id": int(self.request_id)}
 
 
 # ---------------------------------------------------------------------------- evaluator

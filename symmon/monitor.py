@@ -18,7 +18,6 @@ was a step, so re-evaluations never corrupt the step count.
 from __future__ import annotations
 
 import atexit
-import hashlib
 import os
 import warnings
 import weakref
@@ -32,9 +31,10 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from . import __version__
 from .log import LogWriter, ObservableSpec, check_log_path
+from .utils import file_sha256
 from .metrics import character_spectrum, equivariance_error
 from .models.ase_model import ASEOrbitModel
-from .models.base import output_kind, validate_atoms
+from .models.base import validate_atoms, voigt_to_matrix
 from .models.metatomic_model import MetatomicOrbitModel
 from .o3.grids import O3Grid, quadrature_grid, random_grid
 from .o3.irreps import irrep_labels, irreps_up_to
@@ -64,14 +64,6 @@ class StepDiagnostics:
     positions: Optional[np.ndarray] = None
     cell: Optional[np.ndarray] = None
     violations: List[str] = field(default_factory=list)
-
-
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _step_seed(seed: int, step: int) -> int:
@@ -262,14 +254,15 @@ class SymmetryMonitor(Calculator):
         step = self._next_step
         monitored = step % self.every == 0
         full = self.full_every > 0 and step % self.full_every == 0
-        diagnostics = None
+        diagnostics = grid = orbit = None
         if monitored or full or self.mode == "average":
-            diagnostics = self._diagnose(atoms, quantities, step, full, base)
-        if diagnostics is not None:
+            grid, spectrum_grid = self._grids(step, full)
+            orbit = self._evaluate(atoms, grid, quantities)
+            diagnostics = self._diagnose(atoms, quantities, base, grid, spectrum_grid, orbit)
             self._handle_violations(diagnostics)
         returned = dict(base)
         if self.mode == "average":
-            returned.update(self._averaged(atoms, quantities, diagnostics))
+            returned.update(self._averaged(atoms, quantities, grid, orbit))
         elif self.mode == "purified":
             identity = np.eye(3)[None]
             returned.update({name: value[0].numpy() for name, value in
@@ -292,9 +285,7 @@ class SymmetryMonitor(Calculator):
         for name in quantities:
             results[name] = np.array(self.base.get_property(name, atoms), dtype=np.float64)
         if "stress" in results and results["stress"].shape == (6,):
-            from .models.ase_model import _voigt_to_matrix
-
-            results["stress"] = _voigt_to_matrix(results["stress"])
+            results["stress"] = voigt_to_matrix(results["stress"])
         return results
 
     def _orbit_names(self, quantities):
@@ -332,10 +323,8 @@ class SymmetryMonitor(Calculator):
             return quadrature_grid(self.average_degree), None
         return random_grid(self.random_rotations, _step_seed(self.seed, step)), None
 
-    def _diagnose(self, atoms, quantities, step, full, base) -> StepDiagnostics:
-        grid, spectrum_grid = self._grids(step, full)
-        orbit = self._evaluate(atoms, grid, quantities)
-        self._orbit_cache = (grid, orbit)
+    def _diagnose(self, atoms, quantities, base, grid, spectrum_grid, orbit) -> StepDiagnostics:
+        """ε (and spectra on full steps) of the returned quantities on ``grid``'s orbit."""
         out = StepDiagnostics(positions=atoms.get_positions(), cell=atoms.cell.array.copy())
         v = out.values
         for name in quantities:
@@ -352,12 +341,17 @@ class SymmetryMonitor(Calculator):
                 v[f"{name}_contamination"] = spectrum.contamination(
                     get_representation(_KINDS[name]).targets)
             v[name] = base[name]
-        v["full_orbit"] = int(full)
+        v["full_orbit"] = int(spectrum_grid is not None)
         v["n_elements"] = len(grid)
         out.violations = [name for name, limit in self.thresholds.items()
                           if name in quantities and v[f"{name}_rel_eps"] > limit]
         v["violation"] = int(bool(out.violations))
+        v.update(self._extra_values())
         return out
+
+    def _extra_values(self) -> Dict[str, object]:
+        """Hook for subclasses: more values to log with each monitored step."""
+        return {}
 
     def _handle_violations(self, diagnostics: StepDiagnostics) -> None:
         if not diagnostics.violations:
@@ -379,15 +373,14 @@ class SymmetryMonitor(Calculator):
             warnings.warn(f"symmetry violation at step {self._next_step}: {text}",
                           SymmetryViolationWarning, stacklevel=3)
 
-    def _averaged(self, atoms, quantities, diagnostics) -> Dict[str, np.ndarray]:
-        """O(3)-averaged predictions over the averaging quadrature."""
+    def _averaged(self, atoms, quantities, grid, orbit) -> Dict[str, np.ndarray]:
+        """O(3)-averaged predictions over the averaging quadrature (reusing ``orbit``)."""
         from .metrics import orbit_average
 
-        grid = quadrature_grid(self.average_degree)
-        cached_grid, orbit = getattr(self, "_orbit_cache", (None, None))
-        if cached_grid is not grid:
-            orbit = self._evaluate(atoms, grid, quantities)
-        return {name: orbit_average(orbit[name], grid, _KINDS[name]).numpy()
+        average_grid = quadrature_grid(self.average_degree)
+        if grid is not average_grid:
+            orbit = self._evaluate(atoms, average_grid, quantities)
+        return {name: orbit_average(orbit[name], average_grid, _KINDS[name]).numpy()
                 for name in quantities}
 
     def _ase_results(self, returned, diagnostics, n_atoms) -> Dict[str, object]:
@@ -441,8 +434,7 @@ class SymmetryMonitor(Calculator):
             "symmon_version": __version__,
             "base_calculator": type(self.base).__name__,
             "model_file": model_path,
-            "model_sha256": _file_sha256(model_path) if model_path and
-            os.path.exists(model_path) else None,
+            "model_sha256": file_sha256(model_path),
             "mode": self.mode, "every": self.every, "full_every": self.full_every,
             "random_rotations": self.random_rotations, "seed": self.seed,
             "degree": self.degree, "l_max": self.l_max, "average_degree": self.average_degree,

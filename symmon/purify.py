@@ -26,7 +26,6 @@ relative to the mean diagonal). Derivation and advice: docs/purification.md.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
@@ -35,6 +34,8 @@ import numpy as np
 import torch
 
 from .metrics import back_transform
+from .models.base import voigt_to_matrix
+from .utils import file_sha256
 from .o3.grids import O3Grid
 from .o3.representations import get_representation
 
@@ -210,16 +211,6 @@ def feature_name(target_key: str) -> str:
     return f"mtt::aux::{target_key}_last_layer_features"
 
 
-def _file_sha256(path) -> Optional[str]:
-    if path is None or not os.path.exists(path):
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @dataclass
 class PurificationSweep:
     """Accumulated normal equations of the fit and held-out structures for one target."""
@@ -316,8 +307,7 @@ def _labels(atoms, key, kind, per_atom) -> np.ndarray:
     item = get_representation(kind).item_shape
     expected = ((len(atoms),) if per_atom else ()) + item
     if value.size == 6 and kind == "symmetric_tensor":  # Voigt xx yy zz yz xz xy
-        xx, yy, zz, yz, xz, xy = value
-        value = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+        value = voigt_to_matrix(value.reshape(6))
     if value.size != int(np.prod(expected, dtype=int)):
         raise ValueError(f"label {key!r} has shape {value.shape}, expected {expected}")
     return value.reshape(expected)
@@ -379,7 +369,7 @@ class Readout:
 
     def check_model(self, orbit_model) -> None:
         """Refuse a readout fitted for another model."""
-        sha = _file_sha256(getattr(orbit_model, "model_path", None))
+        sha = file_sha256(getattr(orbit_model, "model_path", None))
         if self.model_sha256 and sha and sha != self.model_sha256:
             raise ValueError(f"readout was fitted for a different model (sha256 "
                              f"{self.model_sha256[:12]}…, this model {sha[:12]}…)")
@@ -462,7 +452,7 @@ def run_purify(args) -> int:
     chosen = choose_lambda(table, args.max_rmse_increase)
     print(format_table(table, result))
     readout = Readout(args.target, result.feature, chosen["matrix"], chosen["lambda"],
-                      result.train.intercept, _file_sha256(args.model), table)
+                      result.train.intercept, file_sha256(args.model), table)
     readout.save(args.output)
     figure = os.path.splitext(args.output)[0] + "_tradeoff.png"
     tradeoff_figure(table, figure, args.target)

@@ -114,10 +114,10 @@ def test_tiny_pet_purification_and_purified_md(tiny_pet, structures, tmp_path):
     assert table[-1]["holdout_eps"] < table[0]["holdout_eps"]  # big lambda: more symmetric
     chosen = choose_lambda(table, max_rmse_increase=10.0)
     path = tmp_path / "readout.h5"
-    from symmon.purify import _file_sha256
+    from symmon.utils import file_sha256
 
     Readout("non_conservative_forces", sweep.feature, chosen["matrix"], chosen["lambda"],
-            False, _file_sha256(TINY_PET), table).save(path)
+            False, file_sha256(TINY_PET), table).save(path)
     loaded = Readout.load(path)
     assert np.array_equal(loaded.matrix, chosen["matrix"])
 

@@ -7,7 +7,8 @@ from typing import Dict, Sequence
 import numpy as np
 import torch
 
-from .base import OrbitModel, transformed_atoms, validate_atoms, validate_matrices
+from .base import (OrbitModel, transformed_atoms, validate_atoms, validate_matrices,
+                   voigt_to_matrix)
 
 _ASE_NAMES = {"energy": "energy", "energies": "energies", "forces": "forces",
               "stress": "stress"}
@@ -38,13 +39,6 @@ class ASEOrbitModel(OrbitModel):
             for name in outputs:
                 value = self.calculator.get_property(_ASE_NAMES[name], copy)
                 if name == "stress":
-                    value = _voigt_to_matrix(np.asarray(value))
+                    value = voigt_to_matrix(np.asarray(value))
                 results[name].append(np.array(value, dtype=np.float64))
         return {name: torch.from_numpy(np.stack(values)) for name, values in results.items()}
-
-
-def _voigt_to_matrix(stress: np.ndarray) -> np.ndarray:
-    if stress.shape == (3, 3):
-        return stress
-    xx, yy, zz, yz, xz, xy = stress
-    return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])

@@ -83,6 +83,15 @@ def validate_matrices(matrices) -> np.ndarray:
     return matrices
 
 
+def voigt_to_matrix(stress: np.ndarray) -> np.ndarray:
+    """3x3 stress from ASE's Voigt order ``xx yy zz yz xz xy`` (3x3 passes through)."""
+    stress = np.asarray(stress, dtype=np.float64)
+    if stress.shape == (3, 3):
+        return stress
+    xx, yy, zz, yz, xz, xy = stress
+    return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+
+
 def transformed_atoms(atoms, matrix: np.ndarray):
     """A copy of ``atoms`` with positions ``x Q^T`` and cell ``C Q^T``."""
     copy = atoms.copy()

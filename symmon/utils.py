@@ -1,0 +1,18 @@
+"""Small helpers shared by front-ends (no math here)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Optional
+
+
+def file_sha256(path) -> Optional[str]:
+    """SHA-256 of a file's bytes, or ``None`` when ``path`` is not an existing file."""
+    if path is None or not os.path.isfile(path):
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
