@@ -22,3 +22,11 @@ __all__ = [
     "transform_points", "Irrep", "O3Grid", "irreps_up_to", "make_grid", "quadrature_grid",
     "random_grid", "randomized_quadrature_grid",
 ]
+
+
+def __getattr__(name):  # front-ends are imported lazily: the engine needs no ASE
+    if name == "SymmetryMonitor":
+        from .monitor import SymmetryMonitor
+
+        return SymmetryMonitor
+    raise AttributeError(f"module 'symmon' has no attribute {name!r}")
