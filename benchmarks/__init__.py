@@ -1,0 +1,1 @@
+"""symmon benchmarks: ``python -m benchmarks.<name> [--device cpu|cuda] [--quick]``."""

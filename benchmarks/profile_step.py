@@ -1,0 +1,145 @@
+"""Profile of a monitored MD step (cProfile), torch threads 1 vs N, TorchScript warm-up.
+
+1. cProfile of ``--steps`` Langevin steps of a 32-atom Cu/Ni cell under the default
+   SymmetryMonitor (every 1, 4 random rotations, log written), grouped into the parts
+   that matter (cumulative seconds per step of selected functions) + the raw top list;
+2. the plain and the monitored step with ``torch.set_num_threads(1)`` and ``(N)``
+   (N = os.cpu_count()), switched back and forth in the same process, interleaved;
+3. TorchScript warm-up: the first calls of a fresh plain calculator.
+
+    python -m benchmarks.profile_step [--quick] [--steps 40]
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import os
+import pstats
+import tempfile
+import time
+import warnings
+
+from . import _common as C
+
+#: label -> (file suffix, function name) whose cumulative time is reported
+PARTS = [
+    ("monitored step total (SymmetryMonitor.calculate)", "symmon/monitor.py", "calculate"),
+    ("  base calculator (MetatomicCalculator.calculate)", "metatomic_ase/_calculator.py",
+     "calculate"),
+    ("  random grid (symmon random_grid)", "symmon/o3/grids.py", "random_grid"),
+    ("  orbit: MetatomicOrbitModel.evaluate", "symmon/models/metatomic_model.py", "evaluate"),
+    ("    System + neighbour list (system)", "symmon/models/metatomic_model.py", "system"),
+    ("    copies (_copies)", "symmon/models/metatomic_model.py", "_copies"),
+    ("      O3Transformations.__init__ (Wigner cache)",
+     "metatomic/torch/o3/_transformations.py", "__init__"),
+    ("      transform_systems", "metatomic/torch/o3/_transformations.py",
+     "transform_systems"),
+    ("    model forward (_run)", "symmon/models/metatomic_model.py", "_run"),
+    ("      AtomisticModel unit conversion (_convert_systems_units)",
+     "metatomic/torch/model.py", "_convert_systems_units"),
+    ("    unpack outputs (_unpack)", "symmon/models/metatomic_model.py", "_unpack"),
+    ("  metrics (_diagnose)", "symmon/monitor.py", "_diagnose"),
+    ("  log (_write, incl. flushes)", "symmon/monitor.py", "_write"),
+    ("  ASE check_state (dynamics observer + calculator)", "ase/calculators/calculator.py",
+     "check_state"),
+]
+
+
+def make_run(name, options, atoms, workdir):
+    from .md_overhead import Run
+
+    return Run(name, options, C.model_path("tiny_pet_f32.pt"), atoms, "cpu", workdir, 64)
+
+
+def profile(run, steps):
+    profiler = cProfile.Profile()
+    profiler.enable()
+    start = time.perf_counter()
+    run.run(steps)
+    wall = time.perf_counter() - start
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    rows = []
+    for label, suffix, function in PARTS:
+        cumulative = 0.0
+        calls = 0
+        for (filename, _, fname), (cc, nc, tt, ct, _) in stats.stats.items():
+            if fname == function and filename.endswith(suffix):
+                cumulative += ct
+                calls += nc
+        rows.append([label, calls, 1000 * cumulative / steps])
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(15)
+    return wall, rows, text.getvalue()
+
+
+def main(argv=None):
+    p = C.parser(__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=None)
+    args = p.parse_args(argv)
+    C.setup_torch(args.threads)
+    warnings.filterwarnings("ignore")
+    import torch
+
+    print(C.machine_info("cpu"))
+    steps = args.steps or (10 if args.quick else 40)
+    with tempfile.TemporaryDirectory() as workdir:
+        atoms = C.cell_with(32)
+
+        # 3. warm-up of a fresh calculator (first calls)
+        from metatomic_ase import MetatomicCalculator
+
+        calc = MetatomicCalculator(C.model_path("tiny_pet_f32.pt"), non_conservative=True,
+                                   neighbor_skin=0.0)
+        fresh = atoms.copy()
+        warm = []
+        for _ in range(5):
+            fresh.positions[0, 0] += 1e-4
+            start = time.perf_counter()
+            calc.calculate(fresh, ["energy", "forces"], ["positions"])
+            warm.append(1000 * (time.perf_counter() - start))
+
+        # 1. cProfile
+        run = make_run("default", {}, atoms, workdir)
+        run.run(3)
+        wall, rows, raw = profile(run, steps)
+        run.close()
+        print(f"\n## cProfile of {steps} monitored MD steps (32 atoms, default monitor, "
+              f"{torch.get_num_threads()} thread(s)): {1000 * wall / steps:.1f} ms/step "
+              "under the profiler\n")
+        print(C.table(["part", "calls", "ms / step (cumulative)"], rows))
+        print("\nraw top 15 by own time:\n")
+        print("\n".join(line[:160] for line in raw.splitlines()[:40] if line.strip()))
+
+        # 2. threads
+        n = os.cpu_count() or 1
+        plain = make_run("unmonitored", None, atoms, workdir)
+        monitored = make_run("default", {}, atoms, workdir)
+        block = 5  # 2 threads can be ~50x slower on a loaded machine
+
+        def with_threads(threads, target):
+            def go():
+                torch.set_num_threads(threads)
+                target.run(block)
+            return go
+
+        variants = {("unmonitored", 1): with_threads(1, plain),
+                    ("unmonitored", n): with_threads(n, plain),
+                    ("monitored", 1): with_threads(1, monitored),
+                    ("monitored", n): with_threads(n, monitored)}
+        times = C.interleaved(variants, 1 if args.quick else 2, "cpu")
+        monitored.close()
+        torch.set_num_threads(args.threads)
+        rows = [[kind, threads, 1000 * C.median(t) / block,
+                 C.median(t) / C.median(times[(kind, 1)])]
+                for (kind, threads), t in times.items()]
+        print(f"\n## torch threads (32 atoms, blocks of {block} steps, interleaved)\n")
+        print(C.table(["step", "threads", "ms/step", "x 1 thread"], rows))
+
+    print("\n## TorchScript warm-up: first 5 calls of a fresh MetatomicCalculator (ms)\n")
+    print(" ".join(f"{t:.0f}" for t in warm))
+
+
+if __name__ == "__main__":
+    main()
