@@ -45,7 +45,10 @@ def run_demo(log: str = "demo.h5", steps: int = 200, overwrite: bool = False,
 
     from .monitor import SymmetryMonitor
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    if "OMP_NUM_THREADS" not in os.environ:
+        # small models on a shared CPU: one thread avoids oversubscription, which was
+        # measured to make steps 20-80x slower (docs/performance.md)
+        torch.set_num_threads(1)
     model = bundled_model_path()
     atoms = demo_structure(seed)
     base = MetatomicCalculator(model, non_conservative=True, neighbor_skin=0.0)

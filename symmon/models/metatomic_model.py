@@ -1,11 +1,13 @@
 """Batched adapter for metatomic models: the whole orbit in a few forward calls.
 
 The structure's :class:`~metatomic.torch.System` and its neighbour lists are built
-once; :class:`metatomic.torch.o3.O3Transformations` rotates positions, cell *and*
-neighbour-list vectors of ``K`` copies (neighbour lists are never recomputed per copy),
-and the copies go through the model in chunks of ``chunk_size``. Direct outputs run
-under ``torch.no_grad()``; conservative forces/stress use autograd with one leaf
-per copy, so one backward pass gives every copy's gradient.
+once; ``K`` copies are made by rotating positions, cell *and* neighbour-list vectors
+in one batched product (neighbour lists are never recomputed per copy; this is what
+``metatomic.torch.o3.O3Transformations.transform_systems`` does, without its per-copy
+Python loop of small matrix products), and the copies go through the model in chunks
+of ``chunk_size``. Direct outputs run under ``torch.no_grad()``; conservative
+forces/stress use autograd with one leaf per copy, so one backward pass gives every
+copy's gradient.
 """
 
 from __future__ import annotations
@@ -66,11 +68,11 @@ class MetatomicOrbitModel(OrbitModel):
         ``metatomic_ase.MetatomicCalculator``
     :param device: torch device (default: the first of the model's supported devices
         that is available, CUDA first when the model lists it)
-    :param chunk_size: copies per forward call
+    :param chunk_size: copies per forward call (default 32 on CPU, 256 on GPUs)
     """
 
-    def __init__(self, model, *, device: Optional[str] = None, chunk_size: int = 32,
-                 extensions_directory=None):
+    def __init__(self, model, *, device: Optional[str] = None,
+                 chunk_size: Optional[int] = None, extensions_directory=None):
         from metatomic.torch import pick_device
 
         self.model = load_metatomic_model(model, extensions_directory)
@@ -80,13 +82,17 @@ class MetatomicOrbitModel(OrbitModel):
         self.dtype = _DTYPES[capabilities.dtype]
         self.device = torch.device(pick_device(capabilities.supported_devices, device))
         self.model.to(self.device)
-        if not isinstance(chunk_size, int) or chunk_size < 1:
+        if chunk_size is None:  # small batches are fastest on CPU, large ones on GPUs
+            chunk_size = 32 if self.device.type == "cpu" else 256
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
         self.chunk_size = chunk_size
         self.atomic_types = sorted(int(t) for t in capabilities.atomic_types)
         self._neighbor_calculators = self._make_neighbor_calculators()
         self._outputs = dict(capabilities.outputs.items())
-        self._warm = False
+        self._direct = (capabilities.length_unit.lower() in ("angstrom", "a")
+                        and not self.model.requested_inputs(use_new_names=True)
+                        and hasattr(self.model, "module"))
 
     # -- capabilities --------------------------------------------------------------
     @property
@@ -136,19 +142,41 @@ class MetatomicOrbitModel(OrbitModel):
         return system
 
     def _copies(self, system, matrices: torch.Tensor, positions=None, cell=None):
-        """Transformed copies; with ``positions``/``cell`` (one leaf each per copy)."""
-        from metatomic.torch import System
-        from metatomic.torch.o3 import O3Transformations
+        """Copies with positions ``x Q^T``, cell ``C Q^T`` and neighbour vectors ``r Q^T``.
 
-        base = []
+        The neighbour lists are transported, not recomputed: pairs and cell shifts are
+        invariant, only the vectors rotate (the same operation as metatomic's
+        ``O3Transformations.transform_systems``, done here as one batched product for
+        all copies instead of a Python loop of small ones). With ``positions``/``cell``
+        (one tensor per copy, e.g. autograd leaves) the neighbour vectors are
+        registered for autograd against each copy.
+        """
+        from metatensor.torch import TensorBlock
+        from metatomic.torch import System, register_autograd_neighbors
+
+        def rotate(vectors):  # (..., n, 3) with or without a leading copy axis
+            pattern = "kni,kji->knj" if vectors.dim() == 3 else "ni,kji->knj"
+            return torch.einsum(pattern, vectors, matrices)
+
+        rotated_positions = rotate(system.positions if positions is None else positions)
+        rotated_cells = rotate(system.cell if cell is None else cell)
+        neighbors = [(options, system.get_neighbor_list(options))
+                     for options in system.known_neighbor_lists()]
+        rotated_vectors = [rotate(block.values.detach()[..., 0]).unsqueeze(-1)
+                           for _, block in neighbors]
+        track_gradients = positions is not None
+        copies = []
         for k in range(matrices.shape[0]):
-            copy = System(types=system.types,
-                          positions=system.positions if positions is None else positions[k],
-                          cell=system.cell if cell is None else cell[k], pbc=system.pbc)
-            for options in system.known_neighbor_lists():
-                copy.add_neighbor_list(options, system.get_neighbor_list(options))
-            base.append(copy)
-        return O3Transformations(matrices, 0).transform_systems(base)
+            copy = System(types=system.types, positions=rotated_positions[k],
+                          cell=rotated_cells[k], pbc=system.pbc)
+            for (options, block), vectors in zip(neighbors, rotated_vectors):
+                rotated = TensorBlock(vectors[k], block.samples, block.components,
+                                      block.properties)
+                if track_gradients:
+                    register_autograd_neighbors(copy, rotated)
+                copy.add_neighbor_list(options, rotated)
+            copies.append(copy)
+        return copies
 
     # -- evaluation ----------------------------------------------------------------
     def _requests(self, outputs: Sequence[str]):
@@ -171,6 +199,25 @@ class MetatomicOrbitModel(OrbitModel):
         return requests
 
     def _run(self, systems: List, requests) -> Dict:
+        """The model on ``systems``, outputs in the requested units.
+
+        When the model works in Å and needs no extra inputs, its inner module is called
+        directly (``AtomisticModel.module``): the wrapper would otherwise copy every
+        System for a unit conversion that is the identity; output units are then
+        converted here.
+        """
+        if self._direct:
+            import metatensor.torch as mts
+            from metatomic.torch import unit_conversion_factor
+
+            raw = self.model.module(systems=systems, outputs=requests, selected_atoms=None)
+            for name, tensor in raw.items():
+                declared, wanted = self._outputs[name].unit, requests[name].unit
+                factor = unit_conversion_factor(declared, wanted) if declared and wanted \
+                    else 1.0
+                if factor != 1.0:
+                    raw[name] = mts.multiply(tensor, factor)
+            return raw
         from metatomic.torch import ModelEvaluationOptions
 
         options = ModelEvaluationOptions(length_unit="angstrom", outputs=requests)

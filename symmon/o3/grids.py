@@ -69,14 +69,15 @@ def _zyz_matrices(alpha: np.ndarray, beta: np.ndarray, gamma: np.ndarray) -> np.
 
 
 def _haar_rotations(n: int, seed: int) -> np.ndarray:
-    """``n`` Haar-random proper rotations from metatomic's sampler (seeded)."""
-    from metatomic.torch.o3 import random_transformations
+    """``n`` Haar-random proper rotations (seeded).
 
-    generator = torch.Generator().manual_seed(int(seed))
-    transformations = random_transformations(
-        n, 0, device=torch.device("cpu"), dtype=torch.float64, generator=generator
-    )
-    return transformations.matrices.numpy().copy()
+    SciPy's sampler (uniform unit quaternions); metatomic's ``random_transformations``
+    draws from the same distribution but also builds Wigner-D matrices for every
+    element (~0.3 ms each), too slow to call on every MD step.
+    """
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.random(n, random_state=np.random.default_rng(seed)).as_matrix()
 
 
 @dataclass(frozen=True, eq=False)
