@@ -26,16 +26,15 @@ from . import _common as C
 #: name -> SymmetryMonitor options (None: plain calculator)
 VARIANTS = {
     "unmonitored": None,
-    "default (every 1, 4 rot, full 0)": {},
-    "2 rotations": {"random_rotations": 2},
-    "8 rotations": {"random_rotations": 8},
-    "every 10": {"every": 10},
-    "full_every 50": {"full_every": 50},
+    "default (every 10, 3 rot)": {},
+    "every 1, 2 rot": {"every": 1, "random_rotations": 2},
+    "every 1, 4 rot": {"every": 1, "random_rotations": 4},
+    "every 25": {"every": 25},
     "every 10, full_every 50": {"every": 10, "full_every": 50},
 }
-QUICK_VARIANTS = ("unmonitored", "default (every 1, 4 rot, full 0)", "every 10")
+QUICK_VARIANTS = ("unmonitored", "default (every 10, 3 rot)", "every 25")
 #: variants run on the larger cells by default (all of them with --all)
-LARGE_VARIANTS = ("unmonitored", "default (every 1, 4 rot, full 0)", "every 10",
+LARGE_VARIANTS = ("unmonitored", "default (every 10, 3 rot)", "every 25",
                   "every 10, full_every 50")
 
 

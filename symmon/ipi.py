@@ -385,10 +385,10 @@ def add_ipi_arguments(parser) -> None:
                         help="one log per client: --log run.h5 --shard ID writes "
                         "run.client-ID.h5 (bare --shard: ID = process id)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing log")
-    parser.add_argument("--every", type=int, default=1,
-                        help="monitor every n-th force call (default 1)")
-    parser.add_argument("--random-rotations", type=int, default=4,
-                        help="random rotations per monitored call (default 4)")
+    parser.add_argument("--every", type=int, default=10,
+                        help="monitor every n-th force call (default 10, as SymmetryMonitor)")
+    parser.add_argument("--random-rotations", type=int, default=3,
+                        help="random rotations per monitored call (default 3)")
     parser.add_argument("--full-every", type=int, default=0,
                         help="exact quadrature + spectra every n calls (default 0: never)")
     parser.add_argument("--l-max", type=int, default=4, help="spectra up to l_max (default 4)")

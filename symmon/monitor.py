@@ -77,7 +77,8 @@ class SymmetryMonitor(Calculator):
         fast batched path), or a path to a metatomic ``.pt`` model
     :param log: HDF5 log path (``None``: keep diagnostics in ``results`` only)
     :param log_mode: ``"create"`` (refuse an existing file), ``"append"``, ``"overwrite"``
-    :param every: monitor every n-th step
+    :param every: monitor every n-th step (default 10: the orbit costs about
+        ``2 * random_rotations`` model calls, see docs/performance.md)
     :param random_rotations: Haar-random rotations per monitored step (each paired with
         its improper partner); at least 2, and 3 for error bars
     :param full_every: every m-th step use the exact quadrature and compute character
@@ -104,7 +105,7 @@ class SymmetryMonitor(Calculator):
     ]
 
     def __init__(self, base, log: Optional[str] = None, *, log_mode: str = "create",
-                 every: int = 1, random_rotations: int = 4, full_every: int = 0,
+                 every: int = 10, random_rotations: int = 3, full_every: int = 0,
                  degree: Optional[int] = None, l_max: int = 4, mode: str = "monitor",
                  average_degree: int = 5, readout=None, thresholds=None,
                  on_violation: str = "warn", seed: int = 0, flush_every: int = 10,

@@ -14,7 +14,7 @@ from symmon.monitor import SymmetryMonitor
 log, steps = sys.argv[1], int(sys.argv[2])
 atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
 atoms.rattle(0.05, seed=3)
-monitor = SymmetryMonitor(EMT(), log=log, random_rotations=2, flush_every=1000)
+monitor = SymmetryMonitor(EMT(), every=1, log=log, random_rotations=2, flush_every=1000)
 atoms.calc = monitor
 dynamics = VelocityVerlet(atoms, 2 * units.fs)
 monitor.attach(dynamics)

@@ -63,7 +63,7 @@ def _forcefield_direct(log: str) -> str:
     return f"""<ffdirect name='symmon'>
     <pes> custom </pes>
     <pes_path> {pes_path()} </pes_path>
-    <parameters> {{template: init.xyz, model: emt, log: {log}, flush_every: 1}} </parameters>
+    <parameters> {{template: init.xyz, model: emt, log: {log}, flush_every: 1, every: 1}} </parameters>
   </ffdirect>"""
 
 
@@ -114,6 +114,7 @@ def _start_client(folder: Path, address: str, *extra: str):
     out = open(folder / "client.log", "w")
     cmd = [sys.executable, "-m", "symmon.cli", "ipi", "--model", "emt", "--structure",
            "init.xyz", "--unix", address, "--log", "run.h5", "--flush-every", "1",
+           "--every", "1",
            "--connect-wait", "60", *extra]
     return subprocess.Popen(cmd, cwd=folder, stdout=out, stderr=subprocess.STDOUT,
                             env=_env())

@@ -43,7 +43,7 @@ def run_md(monitor, atoms, steps=6, seed=0):
 
 def test_emt_is_equivariant_at_every_step(tmp_path):
     log = tmp_path / "emt.h5"
-    run_md(SymmetryMonitor(EMT(), log=str(log), full_every=3, l_max=2, random_rotations=3),
+    run_md(SymmetryMonitor(EMT(), every=1, log=str(log), full_every=3, l_max=2, random_rotations=3),
            cu_ni(), steps=6)
     with read_log(str(log)) as reader:
         steps, _, _ = reader.observable("forces_rel_eps")
@@ -65,7 +65,7 @@ def test_emt_is_equivariant_at_every_step(tmp_path):
 
 
 def test_broken_control_exceeds_threshold_and_warns(tmp_path):
-    monitor = SymmetryMonitor(LabFrameEMT(), log=str(tmp_path / "b.h5"),
+    monitor = SymmetryMonitor(LabFrameEMT(), every=1, log=str(tmp_path / "b.h5"),
                               thresholds={"forces": 0.01}, on_violation="warn")
     with pytest.warns(SymmetryViolationWarning, match="forces relative eps"):
         run_md(monitor, cu_ni(), steps=2)
@@ -92,7 +92,7 @@ def test_raise_stops_cleanly_with_log_flushed(tmp_path):
 
 def test_average_switch_returns_the_orbit_average(tmp_path):
     atoms = cu_ni()
-    monitor = SymmetryMonitor(LabFrameEMT(), thresholds={"forces": 0.01},
+    monitor = SymmetryMonitor(LabFrameEMT(), every=1, thresholds={"forces": 0.01},
                               on_violation="average", average_degree=3)
     atoms.calc = monitor
     with pytest.warns(SymmetryViolationWarning, match="switching to O\\(3\\) averaging"):
@@ -110,7 +110,7 @@ def test_monitor_mode_is_bit_identical_and_average_matches_engine():
     base = LabFrameEMT()
     direct = atoms.copy()
     direct.calc = LabFrameEMT()
-    atoms.calc = SymmetryMonitor(base, random_rotations=2)
+    atoms.calc = SymmetryMonitor(base, every=1, random_rotations=2)
     assert np.array_equal(atoms.get_forces(), direct.get_forces())
     assert atoms.get_potential_energy() == direct.get_potential_energy()
     assert np.array_equal(atoms.get_stress(), direct.get_stress())
@@ -118,7 +118,7 @@ def test_monitor_mode_is_bit_identical_and_average_matches_engine():
     assert atoms.calc.get_property("forces_eps_per_atom").shape == (len(atoms),)
 
     averaged = atoms.copy()
-    averaged.calc = SymmetryMonitor(LabFrameEMT(), mode="average", average_degree=4)
+    averaged.calc = SymmetryMonitor(LabFrameEMT(), every=1, mode="average", average_degree=4)
     grid = quadrature_grid(4)
     orbit = ASEOrbitModel(LabFrameEMT()).evaluate(atoms, grid.matrices, ["forces", "stress"])
     assert np.allclose(averaged.get_forces(), orbit_average(orbit["forces"], grid, "vector"),
@@ -130,14 +130,14 @@ def test_monitor_mode_is_bit_identical_and_average_matches_engine():
 def test_same_seed_gives_identical_log(tmp_path):
     contents = []
     for name in ("a.h5", "b.h5"):
-        run_md(SymmetryMonitor(LabFrameEMT(), log=str(tmp_path / name), seed=7,
+        run_md(SymmetryMonitor(LabFrameEMT(), every=1, log=str(tmp_path / name), seed=7,
                                random_rotations=3), cu_ni(), steps=3)
         with read_log(str(tmp_path / name)) as reader:
             contents.append({n: reader.observable(n)[2] for n in reader.observable_names})
     assert contents[0].keys() == contents[1].keys()
     for name in contents[0]:
         assert np.array_equal(contents[0][name], contents[1][name], equal_nan=True), name
-    run_md(SymmetryMonitor(LabFrameEMT(), log=str(tmp_path / "c.h5"), seed=8,
+    run_md(SymmetryMonitor(LabFrameEMT(), every=1, log=str(tmp_path / "c.h5"), seed=8,
                            random_rotations=3), cu_ni(), steps=3)
     with read_log(str(tmp_path / "c.h5")) as reader:
         assert not np.array_equal(reader.observable("forces_eps")[2], contents[0]["forces_eps"])
@@ -183,7 +183,7 @@ def test_sigkill_leaves_a_readable_log(tmp_path):
 @pytest.mark.parametrize("problem", ["nan", "empty", "stress_molecule"])
 def test_bad_structures_leave_no_log(tmp_path, problem):
     log = tmp_path / "bad.h5"
-    monitor = SymmetryMonitor(EMT(), log=str(log))
+    monitor = SymmetryMonitor(EMT(), every=1, log=str(log))
     if problem == "nan":
         atoms = cu_ni()
         atoms.positions[2, 1] = np.nan
@@ -201,13 +201,13 @@ def test_bad_structures_leave_no_log(tmp_path, problem):
 
 def test_bad_options_and_paths(tmp_path):
     existing = tmp_path / "old.h5"
-    run_md(SymmetryMonitor(EMT(), log=str(existing), random_rotations=2), cu_ni(), steps=1)
+    run_md(SymmetryMonitor(EMT(), every=1, log=str(existing), random_rotations=2), cu_ni(), steps=1)
     before = existing.read_bytes()
     with pytest.raises(FileExistsError, match="append"):
-        SymmetryMonitor(EMT(), log=str(existing))
+        SymmetryMonitor(EMT(), every=1, log=str(existing))
     assert existing.read_bytes() == before
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        SymmetryMonitor(EMT(), log=str(tmp_path / "missing" / "x.h5"))
+        SymmetryMonitor(EMT(), every=1, log=str(tmp_path / "missing" / "x.h5"))
     for options, message in [({"mode": "symmetrize"}, "mode must be"),
                              ({"on_violation": "ignore"}, "on_violation"),
                              ({"every": 0}, "every"),
@@ -221,7 +221,7 @@ def test_bad_options_and_paths(tmp_path):
         SymmetryMonitor(object())
 
     # append continues the same log
-    run_md(SymmetryMonitor(EMT(), log=str(existing), log_mode="append", random_rotations=2),
+    run_md(SymmetryMonitor(EMT(), every=1, log=str(existing), log_mode="append", random_rotations=2),
            cu_ni(), steps=1)
     with read_log(str(existing)) as reader:
         assert reader.count("forces_eps") == 4

@@ -123,7 +123,7 @@ def test_tiny_pet_purification_and_purified_md(tiny_pet, structures, tmp_path):
 
     atoms = periodic[0].copy()
     base = MetatomicCalculator(TINY_PET, non_conservative=True, neighbor_skin=0.0)
-    monitor = SymmetryMonitor(base, mode="purified", readout=str(path), random_rotations=3)
+    monitor = SymmetryMonitor(base, every=1, mode="purified", readout=str(path), random_rotations=3)
     atoms.calc = monitor
     forces = atoms.get_forces()
     raw = tiny_pet.evaluate(atoms, np.eye(3)[None], ["non_conservative_forces", sweep.feature])
@@ -134,11 +134,11 @@ def test_tiny_pet_purification_and_purified_md(tiny_pet, structures, tmp_path):
     assert np.isfinite(monitor.results["forces_eps"])
 
     with pytest.raises(ValueError, match="non-conservative"):
-        SymmetryMonitor(MetatomicCalculator(TINY_PET, neighbor_skin=0.0), mode="purified",
+        SymmetryMonitor(MetatomicCalculator(TINY_PET, neighbor_skin=0.0), every=1, mode="purified",
                         readout=str(path))
     with pytest.raises(ValueError, match="different model"):
         SymmetryMonitor(MetatomicCalculator(os.path.join(DATA, "tiny_pet_f32.pt"),
-                                            non_conservative=True), mode="purified",
+                                            non_conservative=True), every=1, mode="purified",
                         readout=str(path))
 
 

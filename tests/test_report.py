@@ -57,7 +57,7 @@ def cu_ni_cell():
 
 def monitored_md(calc, path, steps=4, full_every=3):
     atoms = cu_ni_cell()
-    monitor = SymmetryMonitor(calc, log=str(path), full_every=full_every, l_max=2,
+    monitor = SymmetryMonitor(calc, every=1, log=str(path), full_every=full_every, l_max=2,
                               random_rotations=3)
     atoms.calc = monitor
     dynamics = Langevin(atoms, 2 * units.fs, temperature_K=300, friction=0.02,
