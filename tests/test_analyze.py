@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-ase = pytest.importorskip("ase")
-pytest.importorskip("metatrain")
+import ase  # noqa: E402
+import metatrain  # noqa: E402,F401
 
 from symmon.analyze.core import column_labels  # noqa: E402
 from symmon.analyze.drivers import analyze_checkpoints, analyze_layers  # noqa: E402
@@ -207,7 +207,7 @@ def _trained_tiny_pet():
     for path in candidates:
         if os.path.exists(path):
             return path
-    pytest.skip("no trained tiny PET checkpoint (symmon/data/tiny_pet.ckpt) available")
+    raise FileNotFoundError("the bundled checkpoint symmon/data/tiny_pet.ckpt is missing")
 
 
 def test_trained_force_output_is_a_vector():

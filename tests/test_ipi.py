@@ -27,7 +27,8 @@ from symmon.ipi import (EXTRAS_KEYS, MonitoredEvaluator, StructureMismatch, enco
 from symmon.log import read_log
 
 IPI = shutil.which("i-pi")
-needs_ipi = pytest.mark.skipif(IPI is None, reason="i-PI (i-pi) is not installed")
+assert IPI is not None, "i-PI's `i-pi` command is missing: install symmon's dependencies (ipi)"
+needs_ipi = pytest.mark.usefixtures()  # i-PI is a dependency: never skipped
 STEPS = 6
 SCALAR_KEYS = [k for k in EXTRAS_KEYS if k != "forces_eps_per_atom"]
 N_ATOMS = 4
@@ -223,8 +224,6 @@ def test_shard_names():
 @pytest.fixture(scope="module")
 def socket_run(tmp_path_factory):
     """A short NVT run served by ``symmon ipi`` (shared by the tests below)."""
-    if IPI is None:
-        pytest.skip("i-PI is not installed")
     folder = tmp_path_factory.mktemp("ipi_socket")
     address = f"symmon-{uuid.uuid4().hex[:12]}"
     _write_structure(folder)

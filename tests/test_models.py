@@ -436,8 +436,7 @@ PET_FILES = {"float64": TINY_PET, "float32": TINY_PET.with_name("tiny_pet_f32.pt
 
 
 def _load_pet(path):
-    if not path.exists():
-        pytest.skip(f"{path} is absent")
+    assert path.exists(), f"bundled model {path} is missing"
     from metatomic.torch import load_atomistic_model
 
     return load_atomistic_model(str(path))
