@@ -378,10 +378,16 @@ class Readout:
 
 
 def choose_lambda(table: List[Dict[str, float]], max_rmse_increase: float = 0.01) -> Dict:
-    """The row with the lowest held-out eps whose RMSE rose by at most the given fraction."""
-    rows = [row for row in table[1:] if row["rmse_change"] <= max_rmse_increase]
+    """The row with the lowest held-out eps whose RMSE rose by at most the given fraction.
+
+    When no lambda lowers the held-out eps within that budget, the model's own row is
+    returned (``lambda`` NaN, a zero correction): purification would not help.
+    """
+    baseline = table[0]
+    rows = [row for row in table[1:] if row["rmse_change"] <= max_rmse_increase
+            and row["holdout_eps"] < baseline["holdout_eps"]]
     if not rows:
-        rows = table[1:]
+        return baseline
     return min(rows, key=lambda row: row["holdout_eps"])
 
 
@@ -451,6 +457,11 @@ def run_purify(args) -> int:
     table = result.scan(args.lambdas or DEFAULT_LAMBDAS, args.ridge)
     chosen = choose_lambda(table, args.max_rmse_increase)
     print(format_table(table, result))
+    if chosen["matrix"] is None:
+        print("no lambda lowers the held-out eps within the RMSE budget: the readout is the "
+              "model's own (zero correction); try more structures or a larger "
+              "--max-rmse-increase")
+        chosen = dict(chosen, matrix=np.zeros((result.train.m, result.train.d)))
     readout = Readout(args.target, result.feature, chosen["matrix"], chosen["lambda"],
                       result.train.intercept, file_sha256(args.model), table)
     readout.save(args.output)

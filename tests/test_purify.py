@@ -153,3 +153,13 @@ def test_model_without_last_layer_features_is_refused(structures):
                          progress=False)
     with pytest.raises(ValueError, match="cannot purify"):
         sweep_structures(model, structures[:3], "dipole", GRID, progress=False)
+
+
+def test_choose_lambda_keeps_the_model_when_nothing_helps():
+    base = {"lambda": float("nan"), "holdout_eps": 1.0, "rmse_change": 0.0, "matrix": None}
+    worse = {"lambda": 1.0, "holdout_eps": 2.0, "rmse_change": 0.0, "matrix": np.ones(1)}
+    costly = {"lambda": 9.0, "holdout_eps": 0.1, "rmse_change": 0.5, "matrix": np.ones(1)}
+    good = {"lambda": 3.0, "holdout_eps": 0.5, "rmse_change": 0.005, "matrix": np.ones(1)}
+    assert choose_lambda([base, worse, costly]) is base
+    assert choose_lambda([base, worse, costly, good]) is good
+    assert choose_lambda([base, worse, costly, good], max_rmse_increase=1.0) is costly
