@@ -29,7 +29,7 @@ degree ``>= 2 l_max`` (orthogonality of ``D^l`` and ``D^l'`` for
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Optional, Tuple
 
 import numpy as np
 import torch

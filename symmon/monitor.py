@@ -36,7 +36,7 @@ from .metrics import character_spectrum, equivariance_error
 from .models.ase_model import ASEOrbitModel
 from .models.base import validate_atoms, voigt_to_matrix
 from .models.metatomic_model import MetatomicOrbitModel
-from .o3.grids import O3Grid, quadrature_grid, random_grid
+from .o3.grids import quadrature_grid, random_grid
 from .o3.irreps import irrep_labels, irreps_up_to
 from .o3.representations import get_representation
 

@@ -3,7 +3,6 @@
 import sys
 import time
 
-import numpy as np
 from ase import units
 from ase.build import bulk
 from ase.calculators.emt import EMT

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-import symmon
 from symmon import (Irrep, character_spectrum, equivariance_error, orbit_metrics,
                     quadrature_grid, random_grid, randomized_quadrature_grid, transform_points)
 

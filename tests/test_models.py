@@ -8,7 +8,6 @@ vesin) or with the ASE calculator directly.
 
 import pathlib
 import sys
-import warnings
 
 import numpy as np
 import pytest

@@ -8,7 +8,6 @@ metatomic divides a block's variance by 2l+1 and reports projections per o3_mu.
 
 import os
 
-import numpy as np
 import pytest
 import torch
 from ase.build import bulk

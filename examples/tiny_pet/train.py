@@ -24,7 +24,6 @@ Outputs (relative to the repository root):
 """
 
 import argparse
-import glob
 import os
 import shutil
 import subprocess

@@ -16,7 +16,6 @@ import os
 import pathlib
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 
 from .base import OrbitModel, output_kind, validate_atoms, validate_matrices
