@@ -301,7 +301,7 @@ class SymmetryMonitor(Calculator):
     def _purified_quantities(self):
         return ("forces",) if self.readout.target == "non_conservative_forces" else ("stress",)
 
-    def _evaluate(self, atoms, matrices, quantities) -> Dict[str, np.ndarray]:
+    def _evaluate(self, atoms, matrices, quantities) -> Dict[str, torch.Tensor]:
         """Returned quantities on the copies ``x Q^T`` (purified when in that mode)."""
         matrices = getattr(matrices, "matrices", matrices)
         names = self._orbit_names(quantities)
