@@ -58,7 +58,7 @@ def run_demo(log: str = "demo.h5", steps: int = 200, overwrite: bool = False,
     atoms.calc = monitor
     MaxwellBoltzmannDistribution(atoms, temperature_K=600, rng=np.random.default_rng(seed))
     dynamics = Langevin(atoms, 2 * units.fs, temperature_K=600, friction=0.02,
-                        rng=np.random.default_rng(seed))
+                        fixcm=False, rng=np.random.default_rng(seed))
     monitor.attach(dynamics)
     with tqdm(total=steps, desc="symmon demo (MD steps)", unit="step") as bar:
         dynamics.attach(lambda: bar.update(1) if dynamics.nsteps > 0 else None, interval=1)
