@@ -186,13 +186,13 @@ class MetatomicOrbitModel(OrbitModel):
             if name in _GRADIENT_OUTPUTS or name in ("energy", "energies"):
                 # one 'energy' request; per atom when 'energies' is wanted (summed for totals)
                 per_atom = "energies" in outputs
-                requests["energy"] = ModelOutput(quantity="energy", unit="eV",
+                requests["energy"] = ModelOutput(unit="eV",
                                                  sample_kind="atom" if per_atom else "system")
             else:
                 key = self.model_key(name)
                 declared = self._outputs[key]
                 unit = _DIRECT_UNITS.get(name, _DIRECT_UNITS.get(name + "s", declared.unit))
-                requests[key] = ModelOutput(quantity=declared.quantity, unit=unit,
+                requests[key] = ModelOutput(unit=unit,
                                             sample_kind=_SAMPLE_KINDS.get(
                                                 name, declared.sample_kind))
         return requests

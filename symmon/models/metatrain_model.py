@@ -309,7 +309,7 @@ class MetatrainOrbitModel(MetatomicOrbitModel):
                 sample_kind = getattr(targets[key], "sample_kind", declared.sample_kind)
             else:
                 sample_kind = declared.sample_kind
-            requests[key] = ModelOutput(quantity=declared.quantity, unit=declared.unit,
+            requests[key] = ModelOutput(unit=declared.unit,
                                         sample_kind=sample_kind)
         return requests
 
@@ -320,7 +320,7 @@ class MetatrainOrbitModel(MetatomicOrbitModel):
         requests = self._output_requests(names)
         if any(n in outputs for n in ("energy", "energies", "forces", "stress")):
             requests["energy"] = ModelOutput(
-                quantity="energy", unit="eV",
+                unit="eV",
                 sample_kind="atom" if "energies" in outputs else "system")
         return requests
 
