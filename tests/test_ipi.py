@@ -68,7 +68,7 @@ def _forcefield_direct(log: str) -> str:
   </ffdirect>"""
 
 
-def _write_input(folder: Path, forcefield: str, steps: int) -> Path:
+def _write_input(folder: Path, forcefield: str, steps: int, nbeads: int = 1) -> Path:
     extra_type = ",".join(EXTRAS_KEYS)
     text = f"""<simulation verbosity='medium'>
   <output prefix='sim'>
@@ -79,7 +79,7 @@ def _write_input(folder: Path, forcefield: str, steps: int) -> Path:
   <prng><seed> 31415 </seed></prng>
   {forcefield}
   <system>
-    <initialize nbeads='1'>
+    <initialize nbeads='{nbeads}'>
       <file mode='ase'> init.xyz </file>
       <velocities mode='thermal' units='kelvin'> 300 </velocities>
     </initialize>
@@ -327,3 +327,34 @@ def test_client_killed_server_exits(tmp_path):
     assert step.tolist() == list(range(n))
     assert done_before_kill - 1 <= n <= len(props) + 1
     np.testing.assert_allclose(energy, props[:n, 3], rtol=1e-6, atol=1e-9)
+
+
+def test_two_clients_serve_a_ring_polymer_and_shards_merge(tmp_path):
+    """4 beads, 2 symmon clients with their own log shards; the reader merges them."""
+    steps, nbeads = 3, 4
+    address = f"symmon-{uuid.uuid4().hex[:12]}"
+    _write_structure(tmp_path)
+    _write_input(tmp_path, _forcefield_socket(address), steps, nbeads=nbeads)
+    server = clients = None
+    try:
+        server = _start_server(tmp_path)
+        clients = [_start_client(tmp_path, address, "--shard", name) for name in ("a", "b")]
+        for client in clients:
+            _wait(client, 120, "symmon ipi client")
+        _wait(server, 60, "i-PI server")
+    finally:
+        _kill(server, *(clients or []))
+        _cleanup_socket(address)
+    assert _properties(tmp_path)[-1, 0] == steps
+    shards = sorted(str(p) for p in tmp_path.glob("run.client-*.h5"))
+    assert len(shards) == 2
+    counts = []
+    for shard in shards:
+        with read_log(shard) as reader:
+            counts.append(reader.count("forces_eps"))
+    assert min(counts) > 0  # both clients did work
+    with read_log(shards) as reader:
+        assert reader.count("forces_eps") == sum(counts) == nbeads * (steps + 1)
+        _, _, beads = reader.observable("ipi_request_id")
+        assert sorted(set(beads.tolist())) == list(range(nbeads))
+        assert np.all(np.isfinite(reader.observable("forces_rel_eps")[2]))
