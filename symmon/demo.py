@@ -40,10 +40,9 @@ def run_demo(log: str = "demo.h5", steps: int = 200, overwrite: bool = False,
     from ase import units
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-    from metatomic_ase import MetatomicCalculator
     from tqdm.auto import tqdm
 
-    from .monitor import SymmetryMonitor
+    from .monitor import SymmetryMonitor, metatomic_calculator
 
     if "OMP_NUM_THREADS" not in os.environ:
         # small models on a shared CPU: one thread avoids oversubscription, which was
@@ -51,7 +50,7 @@ def run_demo(log: str = "demo.h5", steps: int = 200, overwrite: bool = False,
         torch.set_num_threads(1)
     model = bundled_model_path()
     atoms = demo_structure(seed)
-    base = MetatomicCalculator(model, non_conservative=True, neighbor_skin=0.0)
+    base = metatomic_calculator(model, non_conservative=True)
     monitor = SymmetryMonitor(base, log=log, log_mode="overwrite" if overwrite else "create",
                               every=1, random_rotations=4, full_every=full_every, l_max=4,
                               seed=seed, metadata={"demo": True})

@@ -77,14 +77,14 @@ def make_base_calculator(model: str, non_conservative: bool = False,
         from ase.calculators.emt import EMT
 
         return EMT()
-    path = os.fspath(model)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"model file {path!r} does not exist (use a metatomic "
-                                ".pt file, or 'emt' for ASE's EMT)")
-    from metatomic_ase import MetatomicCalculator
+    from .monitor import metatomic_calculator
 
-    return MetatomicCalculator(path, non_conservative=bool(non_conservative),
-                               device=device, neighbor_skin=0.0)
+    try:
+        return metatomic_calculator(model, device=device,
+                                    non_conservative=bool(non_conservative))
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{error} (use a metatomic .pt file, or 'emt' for "
+                                "ASE's EMT)") from None
 
 
 def shard_log_path(log: str, shard) -> str:

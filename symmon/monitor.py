@@ -66,6 +66,17 @@ class StepDiagnostics:
     violations: List[str] = field(default_factory=list)
 
 
+def metatomic_calculator(path, *, device: Optional[str] = None,
+                         non_conservative=False):
+    """``MetatomicCalculator`` for a ``.pt`` file, with exact neighbour lists (no skin)."""
+    from metatomic_ase import MetatomicCalculator
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model file {os.fspath(path)!r} does not exist")
+    return MetatomicCalculator(os.fspath(path), device=device,
+                               non_conservative=non_conservative, neighbor_skin=0.0)
+
+
 def _step_seed(seed: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
 
@@ -139,11 +150,7 @@ class SymmetryMonitor(Calculator):
     @staticmethod
     def _make_base(base, device):
         if isinstance(base, (str, os.PathLike)):
-            from metatomic_ase import MetatomicCalculator
-
-            if not os.path.exists(base):
-                raise FileNotFoundError(f"model file {os.fspath(base)!r} does not exist")
-            return MetatomicCalculator(os.fspath(base), device=device, neighbor_skin=0.0)
+            return metatomic_calculator(base, device=device)
         if not isinstance(base, Calculator) and not hasattr(base, "get_property"):
             raise TypeError(f"base must be an ASE calculator or a model path, got "
                             f"{type(base).__name__}")
@@ -463,8 +470,8 @@ class SymmetryMonitor(Calculator):
                 metadata=self.metadata() if self.log_mode != "append" else None,
                 mode=self.log_mode, flush_every=self.flush_every)
         self._writer.append_frame(step, time_ps, diagnostics.positions, diagnostics.cell)
-        nan_free = {k: v for k, v in diagnostics.values.items() if k in self._writer.specs}
-        self._writer.append_many(step, time_ps, nan_free)
+        logged = {k: v for k, v in diagnostics.values.items() if k in self._writer.specs}
+        self._writer.append_many(step, time_ps, logged)
 
     def flush(self) -> None:
         if self._writer is not None:

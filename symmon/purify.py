@@ -75,8 +75,7 @@ def _flatten_features(features: np.ndarray, per_atom: bool, intercept: bool) -> 
     if not per_atom and features.shape[1] != 1:
         features = features.sum(axis=1, keepdims=True)
     if intercept:
-        ones = np.ones(features.shape[:2] + (1,))
-        features = np.concatenate([features, ones if per_atom else ones], axis=-1)
+        features = np.concatenate([features, np.ones(features.shape[:2] + (1,))], axis=-1)
     return features
 
 
@@ -115,7 +114,7 @@ class NormalEquations:
             model's own orbit average
         """
         weights = grid.weights
-        rho_inv = inverse_representation(grid, self.kind)
+        rho_inv = self._inverse_representation(grid)
         back = back_transform(torch.as_tensor(np.asarray(orbit_outputs, dtype=np.float64)),
                               grid, self.kind).numpy()
         y = _flatten_outputs(back, self.kind, self.per_atom)                     # (K, S, m)
@@ -139,6 +138,12 @@ class NormalEquations:
         self.sq_eq += float(np.einsum("k,ksm->", weights, (y - ybar[None]) ** 2))
         self.sq_norm += float(np.einsum("k,ksm->", weights, y ** 2))
         self.n_samples += y.shape[1]
+
+    def _inverse_representation(self, grid: O3Grid) -> np.ndarray:
+        """``rho(Q)^-1`` of the grid, computed once per grid (every structure uses it)."""
+        if getattr(self, "_rho_grid", None) is not grid:
+            self._rho_grid, self._rho_inv = grid, inverse_representation(grid, self.kind)
+        return self._rho_inv
 
     def losses(self, matrix: np.ndarray):
         """``(L_MSE, L_eq)`` of the corrected outputs, exactly, from the accumulators.

@@ -60,6 +60,18 @@ def _model_file(model) -> Optional[str]:
     return parameters.get("model") if isinstance(parameters, dict) else None
 
 
+def per_copy_values(block, n_copies: int, n_atoms: int, name: str = "output") -> torch.Tensor:
+    """Block values ordered by copy: ``(K, N, ...)`` for per-atom, ``(K, ...)`` otherwise."""
+    values, samples = block.values, block.samples
+    if "atom" not in samples.names:
+        return values[torch.argsort(samples.column("system"))]
+    order = samples.column("system") * n_atoms + samples.column("atom")
+    if len(order) != n_copies * n_atoms:
+        raise RuntimeError(f"{name!r} has {len(order)} atom rows, expected "
+                           f"{n_copies * n_atoms}")
+    return values[torch.argsort(order)].reshape((n_copies, n_atoms) + tuple(values.shape[1:]))
+
+
 class MetatomicOrbitModel(OrbitModel):
     """Evaluate a metatomic model on O(3)-transformed copies in batched calls.
 
@@ -276,18 +288,7 @@ class MetatomicOrbitModel(OrbitModel):
         results = {}
         for name in names:
             key = "energy" if name == "energies" else self.model_key(name)
-            block = raw[key].block()
-            values = block.values
-            samples = block.samples
-            if "atom" in samples.names:
-                order = samples.column("system") * n_atoms + samples.column("atom")
-                if len(order) != n_copies * n_atoms:
-                    raise RuntimeError(f"output {name!r} has {len(order)} atom rows, expected "
-                                       f"{n_copies * n_atoms}")
-                values = values[torch.argsort(order)].reshape((n_copies, n_atoms) +
-                                                              tuple(values.shape[1:]))
-            else:
-                values = values[torch.argsort(samples.column("system"))]
+            values = per_copy_values(raw[key].block(), n_copies, n_atoms, name)
             if output_kind(name) != "feature" and values.shape[-1] == 1:
                 values = values[..., 0]
             if name == "energy" and values.dim() > 1:  # per-atom energies summed

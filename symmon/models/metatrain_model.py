@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from .base import validate_atoms, validate_matrices
-from .metatomic_model import MetatomicOrbitModel
+from .metatomic_model import MetatomicOrbitModel, per_copy_values
 
 __all__ = ["CaptureResult", "MetatrainOrbitModel", "default_pet_modules",
            "load_metatrain_checkpoint", "checkpoint_epoch", "OUTPUT_PREFIX"]
@@ -214,7 +214,6 @@ class MetatrainOrbitModel(MetatomicOrbitModel):
             supported = self.model.supported_outputs()
         self._outputs = {k: v for k, v in dict(supported or {}).items()
                          if not k.startswith(("mtt::aux::", "mtt::feature::"))}
-        self._warm = False
         self._module_names = [n for n, _ in self.model.named_modules() if n]
         self.is_pet = _pet_like(self.model)
 
@@ -324,18 +323,10 @@ class MetatrainOrbitModel(MetatomicOrbitModel):
                 sample_kind="atom" if "energies" in outputs else "system")
         return requests
 
-    def _unpack_output(self, tensor_map, n_copies: int, n_atoms: int) -> torch.Tensor:
-        block = tensor_map.block()
-        values, samples = block.values, block.samples
-        if "atom" in samples.names:
-            order = samples.column("system") * n_atoms + samples.column("atom")
-            values = values[torch.argsort(order)].reshape((n_copies, n_atoms) +
-                                                          tuple(values.shape[1:]))
-        else:
-            values = values[torch.argsort(samples.column("system"))]
-        if values.shape[-1] == 1:
-            values = values[..., 0]
-        return values
+    @staticmethod
+    def _unpack_output(tensor_map, n_copies: int, n_atoms: int) -> torch.Tensor:
+        values = per_copy_values(tensor_map.block(), n_copies, n_atoms)
+        return values[..., 0] if values.shape[-1] == 1 else values
 
     def capture(self, atoms, matrices, modules: Optional[Sequence[str]] = None,
                 outputs: Optional[Sequence[str]] = None, progress=None) -> CaptureResult:
