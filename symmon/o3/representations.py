@@ -34,7 +34,7 @@ def _identity(values, matrices, determinants):
 
 
 def _pseudoscalar(values, matrices, determinants):
-    return values * _expand(determinants, values, 0)
+    return values * _per_element(determinants, values)
 
 
 def _vector(values, matrices, determinants):
@@ -42,15 +42,16 @@ def _vector(values, matrices, determinants):
 
 
 def _pseudovector(values, matrices, determinants):
-    return _vector(values, matrices, determinants) * _expand(determinants, values, 0)
+    return _vector(values, matrices, determinants) * _per_element(determinants, values)
 
 
 def _tensor(values, matrices, determinants):
     return torch.einsum("kai,k...ab,kbj->k...ij", matrices, values, matrices)
 
 
-def _expand(per_element: torch.Tensor, like: torch.Tensor, _axis: int) -> torch.Tensor:
-    return per_element.reshape((-1,) + (1,) * (like.dim() - 1))
+def _per_element(factors: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``(K,)`` factors shaped to broadcast over ``like``'s trailing axes."""
+    return factors.reshape((-1,) + (1,) * (like.dim() - 1))
 
 
 @dataclass(frozen=True)
