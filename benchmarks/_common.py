@@ -150,6 +150,6 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def model_path(name: str = "tiny_pet.pt") -> str:
-    from symmon.demo import bundled_model_path
+    from symmon.frontends.demo import bundled_model_path
 
     return bundled_model_path(name)

@@ -23,9 +23,9 @@ def main() -> int:
     from metatomic_ase import MetatomicCalculator
 
     import symmon
-    from symmon.demo import bundled_model_path, demo_structure
-    from symmon.models import MetatomicOrbitModel
-    from symmon.monitor import SymmetryMonitor
+    from symmon.frontends.demo import bundled_model_path, demo_structure
+    from symmon.adapters import MetatomicOrbitModel
+    from symmon.frontends.calculator import SymmetryMonitor
 
     atoms = demo_structure()
     grid = symmon.quadrature_grid(4)

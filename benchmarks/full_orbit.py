@@ -152,7 +152,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     C.setup_torch(args.threads)
     import symmon
-    from symmon.models.metatomic_model import MetatomicOrbitModel
+    from symmon.adapters.metatomic import MetatomicOrbitModel
     from vesin.metatomic import neighbor_lists_for_model
 
     print(C.machine_info(args.device))

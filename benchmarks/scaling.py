@@ -84,7 +84,7 @@ def main(argv=None):
     from metatomic_ase import MetatomicCalculator
 
     from symmon import SymmetryMonitor
-    from symmon.models.metatomic_model import MetatomicOrbitModel
+    from symmon.adapters.metatomic import MetatomicOrbitModel
 
     print(C.machine_info(args.device))
     path = C.model_path("tiny_pet_f32.pt")

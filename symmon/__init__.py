@@ -10,10 +10,10 @@ The array engine (no ASE, no I/O):
 
 __version__ = "0.1.0"
 
-from .metrics import (CharacterSpectrum, EquivarianceError, OrbitMetrics, back_transform,
+from .core.metrics import (CharacterSpectrum, EquivarianceError, OrbitMetrics, back_transform,
                       character_spectrum, equivariance_error, orbit_average, orbit_metrics,
                       transform_points)
-from .o3 import (Irrep, O3Grid, irreps_up_to, make_grid, quadrature_grid, random_grid,
+from .core import (Irrep, O3Grid, irreps_up_to, make_grid, quadrature_grid, random_grid,
                  randomized_quadrature_grid)
 
 __all__ = [
@@ -26,7 +26,7 @@ __all__ = [
 
 def __getattr__(name):  # front-ends are imported lazily: the engine needs no ASE
     if name == "SymmetryMonitor":
-        from .monitor import SymmetryMonitor
+        from .frontends.calculator import SymmetryMonitor
 
         return SymmetryMonitor
     raise AttributeError(f"module 'symmon' has no attribute {name!r}")

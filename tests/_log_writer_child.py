@@ -1,4 +1,4 @@
-"""Subprocess writer for the crash / live-read tests of symmon.log.
+"""Subprocess writer for the crash / live-read tests of symmon.io.log.
 
 Usage: python _log_writer_child.py PATH FLUSH_EVERY BATCHES END
 
@@ -22,7 +22,7 @@ LABELS = np.array([[l, s] for l in range(5) for s in (1, -1)])
 
 
 def specs():
-    from symmon.log import ObservableSpec
+    from symmon.io.log import ObservableSpec
 
     return {
         "energy_eps": ObservableSpec(shape=(), unit="eV", description="energy error"),
@@ -52,7 +52,7 @@ def write_step(log, step):
 
 
 def main(path, flush_every, batches, end):
-    from symmon.log import LogWriter
+    from symmon.io.log import LogWriter
 
     log = LogWriter(path, specs(), SPECIES, metadata={"seed": 7}, flush_every=int(flush_every))
     step = 0

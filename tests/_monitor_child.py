@@ -8,7 +8,7 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.md.verlet import VelocityVerlet
 
-from symmon.monitor import SymmetryMonitor
+from symmon.frontends.calculator import SymmetryMonitor
 
 log, steps = sys.argv[1], int(sys.argv[2])
 atoms = bulk("Cu", "fcc", a=3.6, cubic=True)

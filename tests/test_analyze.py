@@ -18,9 +18,9 @@ import torch
 import ase  # noqa: E402
 import metatrain  # noqa: E402,F401
 
-from symmon.analyze.core import column_labels  # noqa: E402
-from symmon.analyze.drivers import analyze_checkpoints, analyze_layers  # noqa: E402
-from symmon.models.metatrain_model import MetatrainOrbitModel  # noqa: E402
+from symmon.frontends.analyze.core import column_labels  # noqa: E402
+from symmon.frontends.analyze.drivers import analyze_checkpoints, analyze_layers  # noqa: E402
+from symmon.adapters.metatrain import MetatrainOrbitModel  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 L_MAX = 2
@@ -113,14 +113,14 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def layers(run):
-    from symmon.cli import main
+    from symmon.frontends.cli import main
 
     output = str(run["folder"] / "layers.h5")
     code = main(["layers", run["checkpoints"][-1], run["structures"], "--l-max", str(L_MAX),
                  "-o", output, "--no-progress"])
     assert code == 0
     with h5py.File(output, "r") as f:
-        from symmon.analyze.io import read_analysis
+        from symmon.frontends.analyze.io import read_analysis
 
         return read_analysis(f), output
 
@@ -188,8 +188,8 @@ def test_backbone_invariant_and_outputs(run, layers):
     # after the first GNN layer, edge tokens carry l >= 1 content (unconstrained model)
     assert _column(modules["backend.gnn_layers.0:edge"], "(1,+1)") > 1e-4
     # the output metrics agree with symmon's orbit engine through the plain adapter
-    from symmon.metrics import equivariance_error
-    from symmon.o3.grids import quadrature_grid
+    from symmon.core.metrics import equivariance_error
+    from symmon.core.grids import quadrature_grid
 
     model = MetatrainOrbitModel(run["checkpoints"][-1], device="cpu")
     atoms = ase.io.read(run["structures"], index=0)
@@ -226,7 +226,7 @@ def test_trained_force_output_is_a_vector():
             break
         except ValueError:
             continue
-    from symmon.analyze.core import analyze_model
+    from symmon.frontends.analyze.core import analyze_model
 
     analysis = analyze_model(model, [atoms], modules=["output:non_conservative_force*"],
                              l_max=1)
@@ -300,7 +300,7 @@ def test_bad_module_pattern(run, capsys):
     model = MetatrainOrbitModel(run["checkpoints"][-1], device="cpu")
     with pytest.raises(ValueError, match="matches no module.*backend.gnn_layers.0"):
         model.resolve_modules(["backend.no_such_layer*"])
-    from symmon.cli import main
+    from symmon.frontends.cli import main
 
     code = main(["layers", run["checkpoints"][-1], run["structures"], "--modules", "nope",
                  "-o", str(run["folder"] / "bad.h5"), "--no-progress"])

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from symmon.ipi import (EXTRAS_KEYS, MonitoredEvaluator, StructureMismatch, encode_extras,
+from symmon.frontends.ipi import (EXTRAS_KEYS, MonitoredEvaluator, StructureMismatch, encode_extras,
                         pes_path, shard_log_path)
-from symmon.log import read_log
+from symmon.io.log import read_log
 
 IPI = shutil.which("i-pi")
 assert IPI is not None, "i-PI's `i-pi` command is missing: install symmon's dependencies (ipi)"
@@ -113,7 +113,7 @@ def _start_server(folder: Path):
 
 def _start_client(folder: Path, address: str, *extra: str):
     out = open(folder / "client.log", "w")
-    cmd = [sys.executable, "-m", "symmon.cli", "ipi", "--model", "emt", "--structure",
+    cmd = [sys.executable, "-m", "symmon.frontends.cli", "ipi", "--model", "emt", "--structure",
            "init.xyz", "--unix", address, "--log", "run.h5", "--flush-every", "1",
            "--every", "1",
            "--connect-wait", "60", *extra]

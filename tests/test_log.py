@@ -1,4 +1,4 @@
-"""Tests of symmon.log on real HDF5 files (SWMR, crash safety, shards)."""
+"""Tests of symmon.io.log on real HDF5 files (SWMR, crash safety, shards)."""
 
 import os
 import pathlib
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import _log_writer_child as child
-from symmon.log import (
+from symmon.io.log import (
     SCHEMA_VERSION,
     LogFormatError,
     LogReader,

@@ -1,4 +1,4 @@
-"""Tests of the model adapters (:mod:`symmon.models`).
+"""Tests of the model adapters (:mod:`symmon.adapters`).
 
 References are computed independently of the adapters: every transformed copy is built
 as a fresh ``ase.Atoms`` (positions ``x Q^T``, cell ``C Q^T``) and evaluated with
@@ -25,7 +25,7 @@ from analytic_models import make_analytic_model  # noqa: E402
 
 import symmon  # noqa: E402
 from symmon import quadrature_grid, random_grid  # noqa: E402
-from symmon.models import (ASEOrbitModel, MetatomicOrbitModel, OrbitModel,  # noqa: E402
+from symmon.adapters import (ASEOrbitModel, MetatomicOrbitModel, OrbitModel,  # noqa: E402
                            make_orbit_model, output_kind)
 
 pytestmark = pytest.mark.filterwarnings("ignore")

@@ -14,9 +14,9 @@ from ase.md.langevin import Langevin
 from ase.md.verlet import VelocityVerlet
 
 from symmon import orbit_average, quadrature_grid
-from symmon.log import read_log
-from symmon.models import ASEOrbitModel
-from symmon.monitor import SymmetryMonitor, SymmetryViolation, SymmetryViolationWarning
+from symmon.io.log import read_log
+from symmon.adapters import ASEOrbitModel
+from symmon.frontends.calculator import SymmetryMonitor, SymmetryViolation, SymmetryViolationWarning
 
 from broken import LabFrameEMT
 

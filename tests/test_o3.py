@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from symmon.o3 import (Irrep, irreps_up_to, make_grid, positive_lebedev_order,
+from symmon.core import (Irrep, irreps_up_to, make_grid, positive_lebedev_order,
                        quadrature_grid, random_grid, randomized_quadrature_grid)
 
 from analytic import real_sh

@@ -15,7 +15,7 @@ from metatomic.torch import ModelEvaluationOptions, ModelOutput, load_atomistic_
 from metatomic.torch.o3 import SymmetrizedModel
 
 import symmon
-from symmon.models import MetatomicOrbitModel
+from symmon.adapters import MetatomicOrbitModel
 
 MODEL = os.path.join(os.path.dirname(__file__), "..", "symmon", "data", "tiny_pet.pt")
 L_MAX, DEGREE = 2, 4

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from symmon import equivariance_error, quadrature_grid
-from symmon.purify import (NormalEquations, Readout, apply_correction, choose_lambda,
+from symmon.frontends.purify import (NormalEquations, Readout, apply_correction, choose_lambda,
                            sweep_structures)
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -54,7 +54,7 @@ def test_scores_equal_direct_recomputation():
     matrix = np.random.default_rng(1).normal(scale=0.1, size=(3, 9))
     corrected = apply_correction(forces, phi, matrix, "vector", True)
     error = equivariance_error(corrected, GRID, "vector")
-    from symmon.metrics import back_transform
+    from symmon.core.metrics import back_transform
 
     back = back_transform(torch.tensor(corrected), GRID, "vector").numpy()
     mse = np.einsum("k,knm->", GRID.weights, (back - labels) ** 2)
@@ -92,7 +92,7 @@ def test_bad_inputs():
 
 @pytest.fixture(scope="module")
 def tiny_pet():
-    from symmon.models import MetatomicOrbitModel
+    from symmon.adapters import MetatomicOrbitModel
 
     return MetatomicOrbitModel(TINY_PET)
 
@@ -105,7 +105,7 @@ def structures():
 def test_tiny_pet_purification_and_purified_md(tiny_pet, structures, tmp_path):
     from metatomic_ase import MetatomicCalculator
 
-    from symmon.monitor import SymmetryMonitor
+    from symmon.frontends.calculator import SymmetryMonitor
 
     periodic = [a for a in structures if all(a.pbc)]
     sweep = sweep_structures(tiny_pet, periodic, "non_conservative_forces", quadrature_grid(2),
@@ -114,7 +114,7 @@ def test_tiny_pet_purification_and_purified_md(tiny_pet, structures, tmp_path):
     assert table[-1]["holdout_eps"] < table[0]["holdout_eps"]  # big lambda: more symmetric
     chosen = choose_lambda(table, max_rmse_increase=10.0)
     path = tmp_path / "readout.h5"
-    from symmon.utils import file_sha256
+    from symmon.io.files import file_sha256
 
     Readout("non_conservative_forces", sweep.feature, chosen["matrix"], chosen["lambda"],
             False, file_sha256(TINY_PET), table).save(path)
@@ -145,7 +145,7 @@ def test_tiny_pet_purification_and_purified_md(tiny_pet, structures, tmp_path):
 def test_model_without_last_layer_features_is_refused(structures):
     from analytic_models import make_analytic_model
 
-    from symmon.models import MetatomicOrbitModel
+    from symmon.adapters import MetatomicOrbitModel
 
     model = MetatomicOrbitModel(make_analytic_model(break_symmetry=0.1))
     with pytest.raises(ValueError, match="no last-layer features"):

@@ -18,12 +18,12 @@ from ase.md.langevin import Langevin
 from matplotlib.collections import QuadMesh
 from matplotlib.lines import Line2D
 
-from symmon import report
-from symmon.cli import main
-from symmon.log import LogFormatError, LogReader, LogWriter, ObservableSpec
-from symmon.monitor import SymmetryMonitor
-from symmon.o3.irreps import irrep_labels, irreps_up_to
-from symmon.report import make_figures, render_html, render_text, run_report, summarize
+from symmon.frontends import report
+from symmon.frontends.cli import main
+from symmon.io.log import LogFormatError, LogReader, LogWriter, ObservableSpec
+from symmon.frontends.calculator import SymmetryMonitor
+from symmon.core.irreps import irrep_labels, irreps_up_to
+from symmon.frontends.report import make_figures, render_html, render_text, run_report, summarize
 
 LAB_FORCE = np.array([0.05, 0.0, 0.0])             # eV/angstrom on every atom
 LAB_STRESS = np.array([2e-3, 0, 0, 0, 0, 0])        # eV/angstrom^3, Voigt

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import ase.io
 
-from symmon.demo import bundled_model_path, demo_structure
-from symmon.ipi import pes_path
+from symmon.frontends.demo import bundled_model_path, demo_structure
+from symmon.frontends.ipi import pes_path
 
 HERE = Path(__file__).resolve().parent
 

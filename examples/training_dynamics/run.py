@@ -131,7 +131,7 @@ def train(rundir: str, options: str) -> None:
 
 
 def analyse(rundir: str, structures: str, modules, l_max: int, extra) -> None:
-    from symmon.cli import main
+    from symmon.frontends.cli import main
 
     args = ["checkpoints", os.path.join(rundir, "outputs"), structures, "--l-max",
             str(l_max), "-o", os.path.join(rundir, "training.h5")] + list(extra)
@@ -172,7 +172,7 @@ def pseudoscalar(args) -> None:
 
 
 def _print_pseudoscalar_channel(path: str) -> None:
-    from symmon.analyze.drivers import read_training
+    from symmon.frontends.analyze.drivers import read_training
 
     result = read_training(path)
     column = result["columns"].index("(0,-1)")

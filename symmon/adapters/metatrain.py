@@ -8,8 +8,8 @@ weights (``model_state_dict``, ``context="restart"``) are used; ``mtt export`` a
 instead — pass ``weights="best"`` for those. The model is converted to float64 and
 put in eval mode (so the scaler and the composition model are applied).
 
-:class:`MetatrainOrbitModel` is an :class:`~symmon.models.base.OrbitModel` (it
-reuses :class:`~symmon.models.metatomic_model.MetatomicOrbitModel`'s construction
+:class:`MetatrainOrbitModel` is an :class:`~symmon.adapters.base.OrbitModel` (it
+reuses :class:`~symmon.adapters.metatomic.MetatomicOrbitModel`'s construction
 of the System, its neighbour lists and the ``K`` rotated copies made with
 ``metatomic.torch.o3.O3Transformations``: the neighbour list is rotated, never
 recomputed, so atoms and edges keep their order in every copy). On top of
@@ -43,8 +43,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..core.outputs import canonical_name, output
 from .base import validate_atoms, validate_matrices
-from .metatomic_model import MetatomicOrbitModel, per_copy_values
+from .metatomic import MetatomicOrbitModel, per_copy_values
 
 __all__ = ["CaptureResult", "MetatrainOrbitModel", "default_pet_modules",
            "load_metatrain_checkpoint", "checkpoint_epoch", "OUTPUT_PREFIX"]
@@ -233,10 +234,9 @@ class MetatrainOrbitModel(MetatomicOrbitModel):
 
     def output_kind(self, name: str) -> Optional[str]:
         """Transformation law of an output (``None`` when symmon has none for it)."""
-        from .base import OUTPUT_KINDS
-
-        if _symmon_name(name) in OUTPUT_KINDS:
-            return OUTPUT_KINDS[_symmon_name(name)]
+        row = output(name)
+        if row is not None:
+            return row.kind
         targets = getattr(getattr(self.model, "dataset_info", None), "targets", {})
         info = targets.get(self.model_key(name)) if targets else None
         if info is None:
@@ -454,7 +454,7 @@ class MetatrainOrbitModel(MetatomicOrbitModel):
                           "in this configuration); they are left out", stacklevel=2)
         for name in outputs:
             value = torch.cat(out_chunks[name])
-            result.outputs[_symmon_name(name)] = value
+            result.outputs[canonical_name(name)] = value
         return result
 
     # -- helpers -------------------------------------------------------------------
@@ -552,5 +552,3 @@ def _detach(output):
     return output
 
 
-def _symmon_name(name: str) -> str:
-    return {"non_conservative_force": "non_conservative_forces"}.get(name, name)

@@ -42,7 +42,7 @@ def run_demo(log: str = "demo.h5", steps: int = 200, overwrite: bool = False,
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
     from tqdm.auto import tqdm
 
-    from .monitor import SymmetryMonitor, metatomic_calculator
+    from .calculator import SymmetryMonitor, metatomic_calculator
 
     if "OMP_NUM_THREADS" not in os.environ:
         # small models on a shared CPU: one thread avoids oversubscription, which was

@@ -54,7 +54,7 @@ def _threshold(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(
         prog="symmon", description="Measure how well ML interatomic potentials respect O(3) "

@@ -3,21 +3,9 @@
 An adapter takes an ``ase.Atoms``, a stack of group elements ``Q`` ``(K, 3, 3)`` and
 output names, and returns each output evaluated on the copies ``x Q^T`` (cell
 ``C Q^T``) *in the transformed frame*, as float64 torch tensors with a leading axis
-``K``. The orbit engine (:mod:`symmon.metrics`) brings them back and measures them.
+``K``. The orbit engine (:mod:`symmon.core.metrics`) brings them back and measures them.
 
-Output names and units (ASE's, eV and Å):
-
-=========================== ============ ================== =====================
-name                        shape        kind               unit
-=========================== ============ ================== =====================
-``energy``                  ``()``       scalar             eV
-``energies`` (per atom)     ``(N,)``     scalar             eV
-``forces`` (conservative)   ``(N, 3)``   vector             eV/Å
-``stress`` (conservative)   ``(3, 3)``   symmetric_tensor   eV/Å^3
-``non_conservative_forces`` ``(N, 3)``   vector             eV/Å
-``non_conservative_stress`` ``(3, 3)``   symmetric_tensor   eV/Å^3
-anything else (features)    ``(N, d)``   feature            model's
-=========================== ============ ================== =====================
+Output names, laws and units are those of :mod:`symmon.core.outputs`.
 """
 
 from __future__ import annotations
@@ -28,32 +16,9 @@ from typing import Dict, Iterable, Sequence
 import numpy as np
 import torch
 
-OUTPUT_KINDS = {
-    "non_conservative_force": "vector",
-    "energy": "scalar",
-    "energies": "scalar",
-    "forces": "vector",
-    "stress": "symmetric_tensor",
-    "non_conservative_forces": "vector",
-    "non_conservative_stress": "symmetric_tensor",
-}
+from ..core.outputs import OUTPUTS, output_kind, voigt_to_matrix  # noqa: F401 (re-exported)
 
-OUTPUT_UNITS = {
-    "non_conservative_force": "eV/angstrom",
-    "energy": "eV", "energies": "eV", "forces": "eV/angstrom", "stress": "eV/angstrom^3",
-    "non_conservative_forces": "eV/angstrom", "non_conservative_stress": "eV/angstrom^3",
-}
-
-STRESS_OUTPUTS = ("stress", "non_conservative_stress")
-
-
-def output_kind(name: str) -> str:
-    """Transformation law of an output name (``"feature"`` for unknown ones)."""
-    return OUTPUT_KINDS.get(name, "feature")
-
-
-def output_unit(name: str) -> str:
-    return OUTPUT_UNITS.get(name, "1")
+STRESS_OUTPUTS = tuple(name for name, o in OUTPUTS.items() if o.quantity == "stress")
 
 
 def validate_atoms(atoms, outputs: Iterable[str] = ()) -> None:
@@ -81,15 +46,6 @@ def validate_matrices(matrices) -> np.ndarray:
     if not np.allclose(matrices @ matrices.transpose(0, 2, 1), np.eye(3), atol=1e-8):
         raise ValueError("group elements must be orthogonal matrices")
     return matrices
-
-
-def voigt_to_matrix(stress: np.ndarray) -> np.ndarray:
-    """3x3 stress from ASE's Voigt order ``xx yy zz yz xz xy`` (3x3 passes through)."""
-    stress = np.asarray(stress, dtype=np.float64)
-    if stress.shape == (3, 3):
-        return stress
-    xx, yy, zz, yz, xz, xy = stress
-    return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
 
 
 def transformed_atoms(atoms, matrix: np.ndarray):

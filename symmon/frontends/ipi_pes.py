@@ -4,7 +4,7 @@ Use it with ``<ffdirect>`` (no socket, no client process)::
 
     <ffdirect name='symmon'>
       <pes> custom </pes>
-      <pes_path> /path/to/symmon/ipi_pes.py </pes_path>   <!-- symmon ipi --pes-path -->
+      <pes_path> /path/to/symmon/frontends/ipi_pes.py </pes_path>   <!-- symmon ipi --pes-path -->
       <parameters> {template: init.xyz, model: emt, log: run.h5, every: 1} </parameters>
     </ffdirect>
 
@@ -20,7 +20,7 @@ metatomic ``.pt`` path; default ``emt``), ``log`` (HDF5 log, default none), ``ov
 
 i-PI gives the cell as column vectors in bohr and positions in bohr, and wants energy in
 hartree, forces in hartree/bohr, the virial in hartree and a string of extras (JSON with
-the fixed key set ``symmon.ipi.EXTRAS_KEYS``, in ASE units).
+the fixed key set ``symmon.frontends.ipi.EXTRAS_KEYS``, in ASE units).
 """
 
 import json
@@ -78,7 +78,7 @@ class SymmonDriver(Dummy_driver):
         super().__init__(verbose, **kwargs)
 
     def check_parameters(self):
-        from symmon.ipi import (DEFAULT_POSITION_TOLERANCE, MonitoredEvaluator, _as_bool,
+        from symmon.frontends.ipi import (DEFAULT_POSITION_TOLERANCE, MonitoredEvaluator, _as_bool,
                                 make_base_calculator, read_template, set_threads)
 
         set_threads(int(self.threads) if self.threads not in (None, "") else None)

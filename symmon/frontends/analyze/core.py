@@ -1,8 +1,8 @@
 """Character spectra of a model's internal features, summarised over structures.
 
-For every hooked module (see :mod:`symmon.models.metatrain_model`) and every
+For every hooked module (see :mod:`symmon.adapters.metatrain`) and every
 structure, the module's output on the orbit of a quadrature grid, ``(K, n_samples,
-d)``, goes through :func:`symmon.metrics.character_spectrum` with one spectrum per
+d)``, goes through :func:`symmon.core.metrics.character_spectrum` with one spectrum per
 sample (atom, edge or structure; the power is summed over the ``d`` channels).
 The columns of every summary are the irreps ``(l, sigma)`` with ``l <= l_max``
 followed by ``residual`` (the fraction of the power beyond ``l_max``), so that
@@ -31,9 +31,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..metrics import character_spectrum, equivariance_error, orbit_average
-from ..o3.grids import O3Grid, quadrature_grid
-from ..o3.irreps import irreps_up_to
+from ...core.metrics import character_spectrum, equivariance_error, orbit_average
+from ...core.grids import O3Grid, quadrature_grid
+from ...core.irreps import irreps_up_to
 
 __all__ = ["ModuleSpectrum", "OutputMetrics", "LayerAnalysis", "analyze_model",
            "column_labels", "read_labels", "OUTPUT_LABEL_KEYS"]
@@ -228,7 +228,7 @@ def analyze_model(orbit_model, structures: Sequence, *, modules: Optional[Sequen
                   progress: Optional[Callable[[int], None]] = None) -> LayerAnalysis:
     """Character spectra of hooked modules and output metrics over ``structures``.
 
-    :param orbit_model: a :class:`~symmon.models.metatrain_model.MetatrainOrbitModel`
+    :param orbit_model: a :class:`~symmon.adapters.metatrain.MetatrainOrbitModel`
     :param structures: ``ase.Atoms`` objects
     :param modules: module names / fnmatch patterns (default: the model's default set)
     :param l_max: largest ``l`` resolved; the power beyond it is the ``residual``

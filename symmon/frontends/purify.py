@@ -33,11 +33,11 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .metrics import back_transform
-from .models.base import voigt_to_matrix
-from .utils import file_sha256
-from .o3.grids import O3Grid
-from .o3.representations import get_representation
+from ..core.metrics import back_transform
+from ..adapters.base import voigt_to_matrix
+from ..io.files import file_sha256
+from ..core.grids import O3Grid
+from ..core.representations import get_representation
 
 #: purifiable targets -> (kind, per atom?)
 TARGETS = {
@@ -261,7 +261,7 @@ def sweep_structures(orbit_model, structures, target: str, grid: O3Grid,
                      intercept: Optional[bool] = None, progress: bool = True) -> PurificationSweep:
     """One pass over ``structures``: LLF and outputs on the orbit, normal equations.
 
-    :param orbit_model: a :class:`~symmon.models.MetatomicOrbitModel`
+    :param orbit_model: a :class:`~symmon.adapters.MetatomicOrbitModel`
     :param target: ``energy``, ``non_conservative_forces`` or ``non_conservative_stress``
     :param labels_key: ``atoms.info``/``atoms.arrays`` key of reference labels (eV, eV/Å,
         eV/Å^3, stress as 3x3 or 9 values); ``None``: the model's own orbit average
@@ -345,7 +345,7 @@ class Readout:
     def save(self, path) -> None:
         import h5py
 
-        from . import __version__
+        from .. import __version__
 
         with h5py.File(path, "w") as f:
             f.attrs.update({"format": "symmon-readout", "version": 1, "target": self.target,
@@ -449,8 +449,8 @@ def add_purify_arguments(parser) -> None:
 def run_purify(args) -> int:
     import ase.io
 
-    from .models import MetatomicOrbitModel
-    from .o3.grids import quadrature_grid
+    from ..adapters import MetatomicOrbitModel
+    from ..core.grids import quadrature_grid
 
     if not os.path.exists(args.structures):
         raise FileNotFoundError(f"structures file {args.structures!r} does not exist")

@@ -29,16 +29,16 @@ import torch
 from ase import units
 from ase.calculators.calculator import Calculator, all_changes
 
-from . import __version__
-from .log import LogWriter, ObservableSpec, check_log_path
-from .utils import file_sha256
-from .metrics import character_spectrum, equivariance_error
-from .models.ase_model import ASEOrbitModel
-from .models.base import validate_atoms, voigt_to_matrix
-from .models.metatomic_model import MetatomicOrbitModel
-from .o3.grids import quadrature_grid, random_grid
-from .o3.irreps import irrep_labels, irreps_up_to
-from .o3.representations import get_representation
+from .. import __version__
+from ..io.log import LogWriter, ObservableSpec, check_log_path
+from ..io.files import file_sha256
+from ..core.metrics import character_spectrum, equivariance_error
+from ..adapters.ase import ASEOrbitModel
+from ..adapters.base import validate_atoms, voigt_to_matrix
+from ..adapters.metatomic import MetatomicOrbitModel
+from ..core.grids import quadrature_grid, random_grid
+from ..core.irreps import irrep_labels, irreps_up_to
+from ..core.representations import get_representation
 
 MODES = ("monitor", "average", "purified")
 VIOLATION_ACTIONS = ("warn", "raise", "average")
@@ -386,7 +386,7 @@ class SymmetryMonitor(Calculator):
 
     def _averaged(self, atoms, quantities, grid, orbit) -> Dict[str, np.ndarray]:
         """O(3)-averaged predictions over the averaging quadrature (reusing ``orbit``)."""
-        from .metrics import orbit_average
+        from ..core.metrics import orbit_average
 
         average_grid = quadrature_grid(self.average_degree)
         if grid is not average_grid:

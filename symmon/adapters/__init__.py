@@ -2,10 +2,10 @@
 
 import os
 
-from .ase_model import ASEOrbitModel
-from .base import OUTPUT_KINDS, OrbitModel, output_kind, output_unit, validate_atoms
-from .metatomic_model import MetatomicOrbitModel, load_metatomic_model
-from .metatrain_model import MetatrainOrbitModel
+from .ase import ASEOrbitModel
+from .base import OrbitModel, output_kind, validate_atoms
+from .metatomic import MetatomicOrbitModel, load_metatomic_model
+from .metatrain import MetatrainOrbitModel
 
 
 def make_orbit_model(model, **kwargs) -> OrbitModel:
@@ -26,6 +26,6 @@ def make_orbit_model(model, **kwargs) -> OrbitModel:
                     "metatomic model (.pt path or AtomisticModel) or a MetatomicCalculator")
 
 
-__all__ = ["ASEOrbitModel", "MetatomicOrbitModel", "MetatrainOrbitModel", "OrbitModel", "OUTPUT_KINDS",
-           "load_metatomic_model", "make_orbit_model", "output_kind", "output_unit",
+__all__ = ["ASEOrbitModel", "MetatomicOrbitModel", "MetatrainOrbitModel", "OrbitModel",
+           "load_metatomic_model", "make_orbit_model", "output_kind",
            "validate_atoms"]

@@ -359,7 +359,7 @@ class LogWriter:
                 raise LogFormatError(
                     f"{self.path}: log was not closed cleanly (writer killed, or still "
                     f"running). If no writer is running, call "
-                    f"symmon.log.recover_log({self.path!r}) and append again."
+                    f"symmon.io.log.recover_log({self.path!r}) and append again."
                 ) from e
             raise LogFormatError(f"{self.path}: cannot open as HDF5 for appending: {e}") from e
         try:

@@ -101,7 +101,7 @@ def analyze_layers(model: str, structures: str, output: str = "layers.h5", *,
                    index: str = ":", label_keys=None, overwrite: bool = False,
                    figure: bool = True, progress: bool = True) -> Dict:
     """Spectra of one checkpoint's modules; writes ``output`` and ``<stem>.png``."""
-    from ..models.metatrain_model import MetatrainOrbitModel
+    from ...adapters.metatrain import MetatrainOrbitModel
 
     if os.path.exists(output) and not overwrite:
         raise FileExistsError(f"{output!r} exists; pass --overwrite to replace it")
@@ -180,7 +180,7 @@ def analyze_checkpoints(inputs: Sequence[str], structures: str, output: str = "t
                         overwrite: bool = False, figures: bool = True,
                         progress: bool = True, log=print) -> Dict:
     """Layer spectra, eps and RMSE of every checkpoint; resumable (see :mod:`.io`)."""
-    from ..models.metatrain_model import MetatrainOrbitModel
+    from ...adapters.metatrain import MetatrainOrbitModel
 
     checkpoints = find_checkpoints(inputs)
     if every > 1:

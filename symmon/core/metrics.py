@@ -1,7 +1,7 @@
 """Equivariance error and character spectra of outputs sampled on an O(3) orbit.
 
 Given an output ``f`` evaluated on the orbit ``{Q_k x}`` of a grid (see
-:mod:`symmon.o3.grids`), with weights ``w_k`` summing to one:
+:mod:`symmon.core.grids`), with weights ``w_k`` summing to one:
 
 Equivariance error (paper Eq. 1-2). With ``y_k = rho(Q_k)^{-1} f(Q_k x)`` the
 output brought back to the input frame,
@@ -34,9 +34,9 @@ from typing import Callable, Iterable, Optional, Tuple
 import numpy as np
 import torch
 
-from .o3.grids import O3Grid, make_grid
-from .o3.irreps import Irrep, irreps_up_to
-from .o3.representations import Representation, get_representation
+from .grids import O3Grid, make_grid
+from .irreps import Irrep, irreps_up_to
+from .representations import Representation, get_representation
 
 __all__ = [
     "EquivarianceError", "CharacterSpectrum", "OrbitMetrics", "back_transform",
@@ -162,7 +162,7 @@ def equivariance_error(values, grid: O3Grid, kind) -> EquivarianceError:
     """Equivariance error (paper Eq. 1-2) of an output sampled on ``grid``'s orbit.
 
     :param values: ``(len(grid), ...)`` outputs ``f(Q_k x)``, any float dtype/device
-    :param grid: the :class:`~symmon.o3.grids.O3Grid` the orbit was sampled on
+    :param grid: the :class:`~symmon.core.grids.O3Grid` the orbit was sampled on
     :param kind: output kind (``"scalar"``, ``"vector"``, ``"symmetric_tensor"``, ...)
     """
     representation = get_representation(kind)

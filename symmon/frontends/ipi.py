@@ -7,7 +7,7 @@ Two routes, same physics and the same diagnostics:
   i-PI's force requests with ``SymmetryMonitor(base)`` and returns the diagnostics
   as JSON "extras";
 * **in-process** (``<ffdirect><pes>custom</pes><pes_path>...``): the PES file
-  ``symmon/ipi_pes.py`` (``symmon ipi --pes-path`` prints its path).
+  ``symmon/frontends/ipi_pes.py`` (``symmon ipi --pes-path`` prints its path).
 
 Both go through :class:`MonitoredEvaluator`, which owns the template structure,
 checks what i-PI sends against it and builds the extras.
@@ -29,7 +29,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from .monitor import SymmetryMonitor
+from .calculator import SymmetryMonitor
 
 #: Keys of the JSON extras returned to i-PI with *every* force (NaN where a value was
 #: not computed on this call): i-PI raises KeyError if a key named in a trajectory's
@@ -77,7 +77,7 @@ def make_base_calculator(model: str, non_conservative: bool = False,
         from ase.calculators.emt import EMT
 
         return EMT()
-    from .monitor import metatomic_calculator
+    from .calculator import metatomic_calculator
 
     try:
         return metatomic_calculator(model, device=device,
@@ -122,7 +122,7 @@ class IPIMonitor(SymmetryMonitor):
     request_id: int = -1
 
     def _observable_specs(self, n_atoms, periodic):
-        from .log import ObservableSpec
+        from ..io.log import ObservableSpec
 
         specs = super()._observable_specs(n_atoms, periodic)
         specs["ipi_request_id"] = ObservableSpec(

@@ -12,7 +12,7 @@ their own:
 Memory: scalar series (8 bytes per step each) are read one at a time; per-atom arrays
 and spectra are only ever read as evenly strided samples of bounded size
 (:data:`SAMPLE_BUDGET` values), and plotted curves hold at most :data:`MAX_POINTS`
-points.  Unreadable or non-symmon files raise :class:`symmon.log.LogFormatError`
+points.  Unreadable or non-symmon files raise :class:`symmon.io.log.LogFormatError`
 (a ``ValueError``; the CLI exits with code 2).
 """
 
@@ -34,7 +34,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .log import LogFormatError, LogReader
+from ..io.log import LogFormatError, LogReader
 
 __all__ = ["run_report", "summarize", "make_figures", "render_text", "render_html",
            "render_json", "resolve_thresholds", "CRITERIA", "FORMATS"]
@@ -406,7 +406,7 @@ def _contamination_summary(reader, q, limits) -> tuple[dict | None, list]:
 
 def target_irreps(q: str) -> list[tuple[int, int]]:
     """Irreps ``(l, sigma)`` an exactly equivariant output ``q`` occupies."""
-    from .o3.representations import get_representation
+    from ..core.representations import get_representation
 
     return [(ir.l, ir.sigma) for ir in get_representation(_KINDS[q]).targets]
 
