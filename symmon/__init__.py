@@ -6,27 +6,38 @@ The array engine (no ASE, no I/O):
 >>> grid = symmon.quadrature_grid(8)                       # exact O(3) quadrature
 >>> result = symmon.orbit_metrics(fn, points, "vector_per_point", l_max=4, grid=grid)
 >>> result.error.eps, result.spectrum.normalized
+
+Names are imported on first use, so ``import symmon`` (and ``symmon report --help``)
+costs no torch import.
 """
 
 __version__ = "0.1.0"
 
-from .core.metrics import (CharacterSpectrum, EquivarianceError, OrbitMetrics, back_transform,
-                      character_spectrum, equivariance_error, orbit_average, orbit_metrics,
-                      transform_points)
-from .core import (Irrep, O3Grid, irreps_up_to, make_grid, quadrature_grid, random_grid,
-                 randomized_quadrature_grid)
+#: public name -> module that defines it
+_PUBLIC = {
+    **{name: "symmon.core.metrics" for name in (
+        "CharacterSpectrum", "EquivarianceError", "OrbitMetrics", "back_transform",
+        "character_spectrum", "equivariance_error", "orbit_average", "orbit_metrics",
+        "transform_points")},
+    **{name: "symmon.core.grids" for name in (
+        "O3Grid", "make_grid", "quadrature_grid", "random_grid", "randomized_quadrature_grid")},
+    "Irrep": "symmon.core.irreps", "irreps_up_to": "symmon.core.irreps",
+    "SymmetryMonitor": "symmon.frontends.calculator",
+}
 
-__all__ = [
-    "CharacterSpectrum", "EquivarianceError", "OrbitMetrics", "back_transform",
-    "character_spectrum", "equivariance_error", "orbit_average", "orbit_metrics",
-    "transform_points", "Irrep", "O3Grid", "irreps_up_to", "make_grid", "quadrature_grid",
-    "random_grid", "randomized_quadrature_grid",
-]
+__all__ = sorted(_PUBLIC)
 
 
-def __getattr__(name):  # front-ends are imported lazily: the engine needs no ASE
-    if name == "SymmetryMonitor":
-        from .frontends.calculator import SymmetryMonitor
+def __getattr__(name):
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'symmon' has no attribute {name!r}")
+    import importlib
 
-        return SymmetryMonitor
-    raise AttributeError(f"module 'symmon' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))

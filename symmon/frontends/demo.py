@@ -72,3 +72,21 @@ def run_demo(log: str = "demo.h5", steps: int = 200, overwrite: bool = False,
         print(f"report written to {report}")
     print(f"log written to {log}")
     return log
+
+
+def add_demo_arguments(parser) -> None:
+    parser.add_argument("--log", default="demo.h5", help="HDF5 log to write (default demo.h5)")
+    parser.add_argument("--steps", type=int, default=200, help="MD steps (default 200)")
+    parser.add_argument("--full-every", type=int, default=50,
+                        help="exact quadrature + spectra every n steps (default 50)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing log")
+    parser.add_argument("--report", default="demo.html",
+                        help="HTML report to write ('' to skip; default demo.html)")
+
+
+def demo_command(args) -> int:
+    """``symmon demo``."""
+    run_demo(log=args.log, steps=args.steps, overwrite=args.overwrite, report=args.report,
+             seed=args.seed, full_every=args.full_every)
+    return 0

@@ -128,6 +128,33 @@ CAPTIONS = {
 # ============================================================== entry point
 
 
+def _threshold(text: str):
+    import argparse
+
+    name, _, value = text.partition("=")
+    if not value:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE (e.g. forces=0.05), got {text!r}")
+    return name.strip(), float(value)
+
+
+def add_report_arguments(parser) -> None:
+    parser.add_argument("logs", nargs="+", help="log file(s); several shards are merged")
+    parser.add_argument("-o", "--output", default=None,
+                        help="output file (default: LOG.html / stdout for json and text)")
+    parser.add_argument("--format", choices=FORMATS, default="html")
+    parser.add_argument("--png-dir", default=None, help="also save the figures as PNG here")
+    parser.add_argument("--threshold", type=_threshold, action="append", default=None,
+                        metavar="NAME=VALUE",
+                        help="verdict threshold on relative eps or contamination, e.g. "
+                        "forces_rel_eps=0.02 (repeatable)")
+
+
+def report_command(args) -> int:
+    """``symmon report``."""
+    return run_report(args.logs, output=args.output, fmt=args.format, png_dir=args.png_dir,
+                      thresholds=args.threshold)
+
+
 def run_report(paths, output: str | None = None, fmt: str = "html",
                png_dir: str | None = None, thresholds=None) -> int:
     """Summarise log(s) ``paths`` and write the report; returns the exit code 0.
