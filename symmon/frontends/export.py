@@ -405,9 +405,13 @@ def run_export(paths, output: str, *, fmt: Optional[str] = None, worst: Optional
         all_steps = True
     paths = [os.fspath(paths)] if isinstance(paths, (str, os.PathLike)) else list(paths)
     with _open(paths) as reader:
-        keys, rank = select_steps(reader, worst=worst, steps=steps, all_steps=all_steps,
-                                  quantity=quantity)
-        frames = exported_frames(reader, keys, rank, quantity)
+        try:
+            keys, rank = select_steps(reader, worst=worst, steps=steps, all_steps=all_steps,
+                                      quantity=quantity)
+            frames = exported_frames(reader, keys, rank, quantity)
+        except (OSError, KeyError) as error:  # h5py on a damaged file
+            raise LogFormatError(f"{_names(reader)}: damaged or incomplete symmon log: "
+                                 f"{error}") from error
     if fmt == "chemiscope":
         write_chemiscope(output, frames, os.path.basename(paths[0]))
     else:
