@@ -27,6 +27,11 @@ and 200 epochs, with and without O(3) augmentation; degree-4 orbit of a 32-atom 
 forces ε 0.13 vs 0.23 eV/Å per atom, energy 3.2 vs 9.0 meV/atom, stress 3.9 vs
 37 meV/Å³ (relative 0.07 vs 0.7): ``caution`` vs ``problem``; EMT is ``ok``.
 
+Why ε is a fair thing to hold against an error: the RMSE of a model's predictions over
+the orbit of a structure, against the (exactly symmetric) truth, is at least ε — the
+orbit variance is part of the error whatever the labels — so ε is a lower bound on the
+error of the model on randomly oriented inputs.
+
 Reference errors (typical test RMSEs of universal MLIPs such as PET-MAD, MACE-MP, Orb on
 their own test sets, rounded): energy 5 meV/atom, forces 50 meV/Å, stress 3 meV/Å³
 (0.5 GPa). Floors are the same numbers: below the field's typical error a quantity is
