@@ -107,6 +107,13 @@ class Monitor:
         pending.step, pending.time_ps = step, self.clock.time_ps(step)
         self._commit(pending, "driver_step")
 
+    def _commit_left_initial_state(self) -> None:
+        pending = self._pending
+        if pending is not None and self.clock.left_initial_state(
+                pending.step, pending.positions, pending.at_driver):
+            self._pending = None
+            self._commit(pending, "driver_step")
+
     # -- one calculation ---------------------------------------------------------------
     def calculate(self, atoms, extra_values: Optional[Mapping] = None
                   ) -> Tuple[Dict[str, np.ndarray], Dict[str, object]]:
@@ -115,6 +122,7 @@ class Monitor:
         validate_atoms(atoms)
         quantities = self.source.quantities(atoms)
         self._say_not_monitored(atoms)
+        self._commit_left_initial_state()
         step = self.clock.next_step()
         plan = self.schedule.plan(step, self.averaging)
         base = self.source.predictions(atoms, quantities)
@@ -139,6 +147,7 @@ class Monitor:
                                       atoms.get_masses(), periodic=bool(any(atoms.pbc))))
         self.last_values = values
         if self.clock.attached:
+            record.at_driver = self.clock.confirms(record.positions)
             self._pending = record
         else:
             self._commit(record, "single_point")

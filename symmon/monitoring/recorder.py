@@ -28,6 +28,7 @@ class StepRecord:
     cell: np.ndarray
     monitored: bool
     values: Dict[str, object] = field(default_factory=dict)
+    at_driver: bool = False  # made at the attached driver's positions
 
 
 class Recorder:

@@ -50,6 +50,18 @@ def find_metatomic(base) -> Tuple[Optional[object], str]:
                   "per transformed copy")
 
 
+def ase_predictions(calculator, atoms, names: Sequence[str]) -> Dict[str, np.ndarray]:
+    """``names`` from an ASE calculator, float64 (stress as 3x3)."""
+    if hasattr(calculator, "get_properties"):  # one state check, one calculation
+        raw = calculator.get_properties(list(names), atoms)
+    else:
+        raw = {name: calculator.get_property(name, atoms) for name in names}
+    values = {name: np.array(raw[name], dtype=np.float64) for name in names}
+    if "stress" in values:
+        values["stress"] = voigt_to_matrix(values["stress"])
+    return values
+
+
 def _same_predictions(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> bool:
     return all(np.allclose(a[name], b[name], rtol=1e-6, atol=1e-8) for name in a)
 
@@ -120,13 +132,7 @@ class ModelSource:
     # -- evaluation --------------------------------------------------------------------
     def predictions(self, atoms, quantities: Sequence[str]) -> Dict[str, np.ndarray]:
         """The base calculator's own predictions, float64 (stress as 3x3), untouched."""
-        if hasattr(self.base, "get_properties"):  # one state check, one calculation
-            raw = self.base.get_properties(list(quantities), atoms)
-        else:
-            raw = {name: self.base.get_property(name, atoms) for name in quantities}
-        values = {name: np.array(raw[name], dtype=np.float64) for name in quantities}
-        if "stress" in values:
-            values["stress"] = voigt_to_matrix(values["stress"])
+        values = ase_predictions(self.base, atoms, quantities)
         if not self._inner_checked:
             self._check_inner(atoms, values)
         return values
@@ -134,12 +140,7 @@ class ModelSource:
     def _check_inner(self, atoms, values) -> None:
         """A wrapper's batched path is used only if it returns its inner model's values."""
         self._inner_checked = True
-        copy = atoms.copy()
-        inner = self.inner.get_properties(list(values), copy)
-        inner = {name: np.asarray(inner[name], dtype=np.float64) for name in values}
-        if "stress" in inner:
-            inner["stress"] = voigt_to_matrix(inner["stress"])
-        if not _same_predictions(values, inner):
+        if not _same_predictions(values, ase_predictions(self.inner, atoms.copy(), list(values))):
             self._fall_back("its predictions differ from the inner model's")
 
     def orbit(self, atoms, matrices, quantities: Sequence[str],

@@ -10,8 +10,9 @@ committed record counts them (``calls``), so nothing disappears unseen.
 
 The step number is decided when the calculation is made (it selects the schedule's
 grid): the first calculation after attaching is step ``nsteps`` (the driver's initial
-evaluation, also when continuing a driver that has already run), later ones are
-``last observed step + 1``. Without a driver every calculation is a single point,
+evaluation), later ones are ``last finished step + 1``. A driver continued from
+``nsteps > 0`` calls no observer for its initial state (ASE skips it on restarts), so
+that state is committed when the driver first moves the atoms away from it. Without a driver every calculation is a single point,
 numbered in call order. Times are the driver's ``get_time()`` in ps (NaN for drivers
 without a time, such as optimizers).
 """
@@ -37,7 +38,7 @@ class StepClock:
 
     def __init__(self):
         self.dynamics = None
-        self._observed: Optional[int] = None  # nsteps at the driver's last observer call
+        self._finished: Optional[int] = None  # the driver's last step known to be done
         self._next_single = 0
         self.calls = 0  # calculations since the last committed step
 
@@ -50,7 +51,7 @@ class StepClock:
             if not hasattr(dynamics, needed):
                 raise TypeError(f"attach() needs an ASE Dynamics (MD or optimizer); "
                                 f"{type(dynamics).__name__} has no {needed!r}")
-        self.dynamics, self._observed = dynamics, None
+        self.dynamics, self._finished = dynamics, None
 
     def next_step(self) -> int:
         """The step number of the calculation being made now (counts the call)."""
@@ -61,9 +62,9 @@ class StepClock:
         """The step number the next calculation will get."""
         if self.dynamics is None:
             return self._next_single
-        if self._observed is None:
+        if self._finished is None:
             return int(self.dynamics.nsteps)
-        return self._observed + 1
+        return self._finished + 1
 
     def single_point_done(self) -> None:
         self._next_single += 1
@@ -71,8 +72,18 @@ class StepClock:
 
     def observe(self) -> int:
         """Driver observer: the driver finished step ``nsteps``; returns it."""
-        self._observed = int(self.dynamics.nsteps)
-        return self._observed
+        self._finished = int(self.dynamics.nsteps)
+        return self._finished
+
+    def left_initial_state(self, step: int, positions: np.ndarray, at_driver: bool) -> bool:
+        """True if a calculation of step ``step`` was the initial state of a continued
+        driver (made at the driver's positions, at ``nsteps``, before any observer call)
+        and the driver has now moved on; the step is then done."""
+        if (self.dynamics is None or self._finished is not None or not at_driver
+                or step != int(self.dynamics.nsteps) or self.confirms(positions)):
+            return False
+        self._finished = step
+        return True
 
     def confirms(self, positions: np.ndarray) -> bool:
         """True if ``positions`` are those of the driver's atoms now."""
