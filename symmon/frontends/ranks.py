@@ -4,8 +4,9 @@ The offline analyses (``symmon eval``, ``symmon checkpoints``, ``symmon layers``
 unchanged as one process or under ``torchrun --nproc-per-node N`` (multi-node too)::
 
     with Ranks.from_environment(device) as ranks:
-        mine = ranks.share(todo)              # items of this rank (round-robin)
-        ...                                   # evaluate them on ranks.device
+        parts = PartialResults(output, ranks, settings)
+        for key in parts.mine(keys):          # unfinished items of this rank
+            parts.add(key, evaluate(key))     # kept (fsync'ed) as each one finishes
         totals = ranks.sum(partial_sums)      # torch.distributed all-reduce
         if ranks.is_main: write(...)          # rank 0 writes the one output file
 
@@ -136,6 +137,13 @@ class PartialResults:
         self._path = os.path.join(self.folder, f"rank-{ranks.rank:05d}-of-"
                                                f"{ranks.world_size:05d}.jsonl")
         self._check_settings()
+        #: items finished by earlier attempts, read by every rank before any writes
+        self.finished = self.done()
+        ranks.barrier()
+
+    def mine(self, keys: Sequence) -> List:
+        """This rank's share of the ``keys`` not finished by an earlier attempt."""
+        return self.ranks.share([key for key in keys if _key(key) not in self.finished])
 
     def done(self) -> Dict[Hashable, Any]:
         """Every finished item of every rank of every earlier attempt: key -> value."""
