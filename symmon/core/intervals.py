@@ -42,70 +42,88 @@ _PRIOR_DOF = 2.0
 
 @dataclass(frozen=True)
 class PairEstimate:
-    """Unbiased ``eps^2`` from random pairs, its parts and its intervals (on ``eps^2``)."""
+    """Unbiased ``eps^2`` from random pairs, its parts and its intervals (on ``eps^2``).
 
-    eps_sq: float
-    within: float  # W, the odd (within-pair) part
-    between: float  # B, the even (between-pair) part
-    log_se: float  # s, standard error of log eps_hat^2
-    dof: float
+    Fields are arrays over the leading (batch) axes of the values given to
+    :func:`pair_estimate` (0-d for one orbit).
+    """
+
+    eps_sq: np.ndarray
+    within: np.ndarray  # W, the odd (within-pair) part
+    between: np.ndarray  # B, the even (between-pair) part
+    log_se: np.ndarray  # s, standard error of log eps_hat^2 (0 where degenerate)
+    dof: np.ndarray
     n_pairs: int
 
-    def eps_sq_interval(self, level: float) -> Tuple[float, float]:
+    def eps_sq_interval(self, level: float) -> Tuple[np.ndarray, np.ndarray]:
         """``(low, high)`` of ``eps^2`` with the given two-sided coverage."""
-        if self.eps_sq <= 0 or self.log_se == 0:
-            return self.eps_sq, self.eps_sq
         from scipy.stats import t as student_t
 
-        half = float(student_t.ppf((1 + level) / 2, self.dof)) * self.log_se
-        return self.eps_sq * float(np.exp(-half)), self.eps_sq * float(np.exp(half))
+        dof = np.where(np.isfinite(self.dof), self.dof, 1e12)
+        half = student_t.ppf((1 + level) / 2, dof) * self.log_se
+        return self.eps_sq * np.exp(-half), self.eps_sq * np.exp(half)
 
-    def eps_interval(self, level: float) -> Tuple[float, float]:
+    def eps_interval(self, level: float) -> Tuple[np.ndarray, np.ndarray]:
         """``(low, high)`` of ``eps`` (square roots of the ``eps^2`` bounds)."""
         low, high = self.eps_sq_interval(level)
-        return float(np.sqrt(max(low, 0.0))), float(np.sqrt(max(high, 0.0)))
+        return np.sqrt(np.maximum(low, 0.0)), np.sqrt(np.maximum(high, 0.0))
 
 
-def pair_estimate(plus: torch.Tensor, minus: torch.Tensor) -> PairEstimate:
-    """:class:`PairEstimate` from back-transformed values ``(P, ...)`` at ``R_i`` and ``-R_i``."""
-    n_pairs = plus.shape[0]
+def pair_estimate(plus, minus) -> PairEstimate:
+    """:class:`PairEstimate` from back-transformed values at ``R_i`` and ``-R_i``.
+
+    :param plus, minus: ``(P, *components)`` for one orbit (``(S, P, ...)`` for ``S``
+        orbits: :func:`batched_pair_estimate`)
+    """
+    return batched_pair_estimate(torch.as_tensor(plus)[None], torch.as_tensor(minus)[None],
+                                 squeeze=True)
+
+
+def batched_pair_estimate(plus, minus, squeeze: bool = False) -> PairEstimate:
+    """:func:`pair_estimate` of ``S`` independent orbits at once, values ``(S, P, ...)``."""
+    plus, minus = torch.as_tensor(plus, dtype=torch.float64), torch.as_tensor(
+        minus, dtype=torch.float64)
+    n_batch, n_pairs = plus.shape[:2]
     if n_pairs < 2:
         raise ValueError("a Monte-Carlo equivariance error needs at least 2 random rotations "
                          f"(got {n_pairs}); use random_grid(n) with n >= 2")
-    d = ((plus - minus) / 2).reshape(n_pairs, -1)
-    u = ((plus + minus) / 2).reshape(n_pairs, -1)
-    deviations = u - u.mean(dim=0)
-    w_i = (d * d).sum(dim=1)
-    b_i = (deviations * deviations).sum(dim=1) * n_pairs / (n_pairs - 1)
-    within, between = float(w_i.mean()), float(b_i.mean())
+    d = ((plus - minus) / 2).reshape(n_batch, n_pairs, -1)
+    u = ((plus + minus) / 2).reshape(n_batch, n_pairs, -1)
+    deviations = u - u.mean(dim=1, keepdim=True)
+    w_i = (d * d).sum(dim=2)
+    b_i = (deviations * deviations).sum(dim=2) * n_pairs / (n_pairs - 1)
+    within, between = w_i.mean(dim=1).numpy(), b_i.mean(dim=1).numpy()
     eps_sq = within + between
-    var_w = float(w_i.var()) / n_pairs
+    var_w = w_i.var(dim=1).numpy() / n_pairs
     var_b, dof_b = _between_variance(b_i, deviations, between, n_pairs)
     variance = var_w + var_b
-    if eps_sq <= 0 or variance <= 0:
-        return PairEstimate(eps_sq, within, between, 0.0, float("inf"), n_pairs)
-    denominator = var_w ** 2 / (n_pairs - 1) + (var_b ** 2 / dof_b if dof_b > 0 else 0.0)
-    dof = max(variance ** 2 / denominator, 1.0) if denominator > 0 else float("inf")
-    return PairEstimate(eps_sq, within, between, float(np.sqrt(variance)) / eps_sq,
-                        dof, n_pairs)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        denominator = var_w ** 2 / (n_pairs - 1) + (var_b ** 2 / dof_b if dof_b > 0 else 0.0)
+        dof = np.where(denominator > 0, np.maximum(variance ** 2 / denominator, 1.0), np.inf)
+        log_se = np.where((eps_sq > 0) & (variance > 0), np.sqrt(variance) / eps_sq, 0.0)
+    fields = (eps_sq, within, between, log_se, dof)
+    if squeeze:
+        fields = tuple(np.asarray(f[0]) for f in fields)
+    return PairEstimate(*fields, n_pairs)
 
 
-def _between_variance(b_i, deviations, between, n_pairs) -> Tuple[float, float]:
+def _between_variance(b_i, deviations, between, n_pairs) -> Tuple[np.ndarray, float]:
     """Moderated variance of ``B`` and its degrees of freedom (see the module docstring)."""
-    n_components = deviations.shape[1]
+    n_components = deviations.shape[2]
     prior_dof = _PRIOR_DOF if (n_components == 1 or n_pairs == 2) else 0.0
     data_dof = n_pairs - 2
     if prior_dof == 0.0 and data_dof == 0:
-        return 0.0, 0.0
+        return np.zeros_like(between), 0.0
     gaussian = 2 * between ** 2 / ((n_pairs - 1) * _participation_ratio(deviations))
-    data = float(b_i.var()) / n_pairs if data_dof > 0 else 0.0
+    data = b_i.var(dim=1).numpy() / n_pairs if data_dof > 0 else 0.0
     dof = prior_dof + data_dof
     return (prior_dof * gaussian + data_dof * data) / dof, dof
 
 
-def _participation_ratio(deviations: torch.Tensor) -> float:
-    """``(tr S)^2 / tr S^2`` of the sample covariance ``S`` of the rows (1 for one row)."""
-    gram = deviations @ deviations.T  # same non-zero spectrum as S, (P, P)
-    trace = float(torch.trace(gram))
-    square = float((gram * gram).sum())
-    return trace ** 2 / square if square > 0 else 1.0
+def _participation_ratio(deviations: torch.Tensor) -> np.ndarray:
+    """``(tr S)^2 / tr S^2`` of the sample covariance ``S`` of the rows, per batch entry."""
+    gram = deviations @ deviations.transpose(1, 2)  # same non-zero spectrum as S, (S, P, P)
+    trace = torch.diagonal(gram, dim1=1, dim2=2).sum(dim=1)
+    square = (gram * gram).sum(dim=(1, 2))
+    ratio = torch.where(square > 0, trace ** 2 / square.clamp_min(1e-300), torch.ones_like(trace))
+    return ratio.numpy()
