@@ -133,7 +133,8 @@ class Monitor:
             self._atoms = atoms.copy()
         if plan.grid is not None:
             orbit = self._orbit(atoms, plan.grid.matrices, quantities)
-            values.update(diagnose(orbit, plan, len(atoms), self.options.l_max))
+            values.update(diagnose(orbit, plan, len(atoms), self.options.l_max,
+                                   self.source.model_dtype))
             values.update(base if plan.scheduled else {})
             verdict = self.policy.judge(values, quantities)
             values.update(verdict.values())
@@ -249,6 +250,9 @@ class Monitor:
             "driver": None if dynamics is None else type(dynamics).__name__,
             "eps_measured_on": "base model" if options.mode == "average"
             else "returned predictions",
+            "interval_method": "student_t_log_pairs (random steps), exact_quadrature or "
+                               "aliasing_bound (full-orbit steps); docs/theory.md",
+            "model_dtype": str(source.model_dtype).replace("torch.", ""),
             "reference_errors": dict(thresholds.REFERENCE_ERRORS),
             "floors": dict(thresholds.FLOORS),
             "units": {"energy": "eV", "length": "angstrom", "time": "ps",

@@ -143,6 +143,12 @@ class ModelSource:
         if not _same_predictions(values, ase_predictions(self.inner, atoms.copy(), list(values))):
             self._fall_back("its predictions differ from the inner model's")
 
+    @property
+    def model_dtype(self):
+        """The dtype the model computes in (float64 for ASE calculators): sets the noise
+        floor of ε."""
+        return getattr(self.orbit_model, "dtype", torch.float64)
+
     def orbit(self, atoms, matrices, quantities: Sequence[str],
               features: Sequence[str] = ()) -> Dict[str, torch.Tensor]:
         """Quantities (and feature outputs) on the copies ``x Q^T``, as the base returns
