@@ -24,7 +24,6 @@ interrupted and is redone on the next run).
 
 from __future__ import annotations
 
-import json
 from typing import Dict
 
 import h5py
@@ -92,6 +91,3 @@ def read_analysis(group: h5py.Group) -> Dict:
         result["outputs"][name] = entry
     return result
 
-
-def dumps_settings(settings: dict) -> str:
-    return json.dumps(settings, sort_keys=True)
