@@ -180,10 +180,12 @@ class NormalEquations:
         return max(float(mse), 0.0), max(float(eq), 0.0)
 
     def scores(self, matrix: np.ndarray) -> Dict[str, float]:
-        """RMSE per component against the data term, and eps (total, relative)."""
+        """RMSE per component against the data term; eps as an RMS per sample (per atom
+        for per-atom targets, per structure otherwise), summed over all samples
+        (``eps_total``) and relative to the orbit RMS."""
         mse, eq = self.losses(matrix)
         return {"rmse": float(np.sqrt(mse / (self.n_samples * self.m))),
-                "eps": float(np.sqrt(eq)),
+                "eps": float(np.sqrt(eq / self.n_samples)), "eps_total": float(np.sqrt(eq)),
                 "rel_eps": float(np.sqrt(eq / self.sq_norm)) if self.sq_norm > 0 else np.nan}
 
     def solve(self, lam: float, ridge: float = 1e-10) -> np.ndarray:

@@ -37,12 +37,16 @@ def _scatter(ax, quantity, summary, errors, eps):
 
 
 def _histogram(ax, quantity, summary, eps):
+    from matplotlib.ticker import MaxNLocator, NullFormatter
+
     unit = pretty_unit(summary["unit"])
     eps = eps[np.isfinite(eps)]
     if len(eps):
         bins = np.logspace(np.log10(eps.min() / 1.5), np.log10(eps.max() * 1.5), 20)
         ax.hist(eps, bins=bins)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(f"equivariance error ε ({unit})")
     ax.set_ylabel("structures")
     ax.set_title(f"{quantity}: no labels, ε only", fontsize=10)

@@ -25,6 +25,7 @@ from ..io.readout import Readout, load_readout  # noqa: F401 (load_readout: the 
 PURIFIABLE = tuple(name for name, row in OUTPUTS.items()
                    if name == "energy" or not row.conservative)
 DEFAULT_LAMBDAS = (0.0, 0.1, 1.0, 10.0, 100.0, 1000.0)
+_EPS_PER = {True: "(RMS per atom)", False: "(RMS per structure)"}
 
 
 def feature_name(model_output: str) -> str:
@@ -199,7 +200,7 @@ def format_table(table, sweep: PurificationSweep) -> str:
     unit = pretty_unit(output(sweep.target).unit)
     lines = [f"target {sweep.target}: {sweep.n_train} fit / {sweep.n_holdout} held-out "
              f"structures, data term: {sweep.labels}, grid: {len(sweep.grid)} O(3) elements; "
-             f"RMSE per component and eps in {unit}",
+             f"RMSE per component and eps {_EPS_PER[sweep.train.per_atom]} in {unit}",
              f"{'lambda':>10} {'train RMSE':>11} {'held-out RMSE':>14} {'held-out eps':>13} "
              f"{'rel eps':>9} {'eps /':>7} {'RMSE':>8}"]
     for row in table:
