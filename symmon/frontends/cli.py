@@ -29,6 +29,8 @@ COMMANDS = {
              "symmetry error against the model's own error on a labelled set (Fig. 2)"),
     "ipi": ("symmon.frontends.ipi", "add_ipi_arguments", "run_ipi",
             "serve an i-PI server with the monitored model"),
+    "export": ("symmon.frontends.export", "add_export_arguments", "export_command",
+               "structures of the worst steps with per-atom eps (extxyz, chemiscope)"),
 }
 
 
