@@ -25,6 +25,8 @@ COMMANDS = {
                     "layer spectra, eps and RMSE across a training run's checkpoints"),
     "purify": ("symmon.frontends.purify", "add_purify_arguments", "run_purify",
                "fit a symmetry-purified linear readout"),
+    "eval": ("symmon.frontends.eval", "add_eval_arguments", "run_eval",
+             "symmetry error against the model's own error on a labelled set (Fig. 2)"),
     "ipi": ("symmon.frontends.ipi", "add_ipi_arguments", "run_ipi",
             "serve an i-PI server with the monitored model"),
     "export": ("symmon.frontends.export", "add_export_arguments", "export_command",

@@ -31,22 +31,14 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from ...adapters.labels import label_quantity, read_labels
 from ...core.metrics import character_spectrum, equivariance_error, orbit_average
+from ...core.outputs import output
 from ...core.grids import O3Grid, quadrature_grid
 from ...core.irreps import irreps_up_to
 
 __all__ = ["ModuleSpectrum", "OutputMetrics", "LayerAnalysis", "analyze_model",
-           "column_labels", "read_labels", "OUTPUT_LABEL_KEYS"]
-
-#: output name (symmon's) -> transformation law
-_OUTPUT_KINDS = {"energy": "scalar", "non_conservative_forces": "vector",
-                 "non_conservative_stress": "symmetric_tensor", "forces": "vector",
-                 "stress": "symmetric_tensor"}
-#: output name -> which --*-key labels it
-OUTPUT_LABEL_KEYS = {"energy": "energy", "non_conservative_forces": "forces",
-                     "forces": "forces", "non_conservative_stress": "stress",
-                     "stress": "stress"}
-
+           "column_labels", "read_labels"]
 
 def column_labels(l_max: int) -> List[str]:
     """``["(0,+1)", "(0,-1)", ..., "residual"]``."""
@@ -114,44 +106,6 @@ class LayerAnalysis:
     @property
     def labels(self) -> List[str]:
         return column_labels(self.l_max)
-
-
-# --------------------------------------------------------------------------------------
-# labels
-# --------------------------------------------------------------------------------------
-def _stress_3x3(value) -> np.ndarray:
-    value = np.asarray(value, dtype=np.float64).reshape(-1)
-    if value.size == 9:
-        return value.reshape(3, 3)
-    if value.size == 6:  # ASE Voigt order xx yy zz yz xz xy
-        xx, yy, zz, yz, xz, xy = value
-        return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
-    raise ValueError(f"cannot read a stress of {value.size} components")
-
-
-def read_labels(atoms, keys: Dict[str, Optional[str]]) -> Dict[str, np.ndarray]:
-    """Labels of one structure: ``keys`` maps ``energy``/``forces``/``stress`` to
-    ASE extxyz keys (``atoms.info`` / ``atoms.arrays``; ``energy``, ``forces``,
-    ``stress`` are also looked up in a SinglePointCalculator's results)."""
-    results = getattr(getattr(atoms, "calc", None), "results", None) or {}
-    labels = {}
-    for what, key in keys.items():
-        if not key:
-            continue
-        value = atoms.info.get(key, atoms.arrays.get(key) if key in atoms.arrays else None)
-        if value is None:
-            value = results.get(key)
-        if value is None:
-            continue
-        if what == "energy":
-            labels[what] = np.asarray(float(np.asarray(value).reshape(-1)[0]))
-        elif what == "forces":
-            labels[what] = np.asarray(value, dtype=np.float64).reshape(len(atoms), 3)
-        elif what == "stress":
-            labels[what] = _stress_3x3(value)
-        else:  # any other target, e.g. {"mtt::pseudoscalar": "pseudoscalar"}
-            labels[what] = np.asarray(value, dtype=np.float64)
-    return labels
 
 
 # --------------------------------------------------------------------------------------
@@ -271,7 +225,8 @@ def analyze_model(orbit_model, structures: Sequence, *, modules: Optional[Sequen
             if index == 0:
                 labels = read_labels(atoms, label_keys)
                 for name, values in capture.outputs.items():
-                    kind = _OUTPUT_KINDS.get(name) or orbit_model.output_kind(name)
+                    row = output(name)
+                    kind = row.kind if row is not None else orbit_model.output_kind(name)
                     _add_output_metrics(per_output, name, kind, values, grid, n_grid,
                                         labels)
             del capture
@@ -305,7 +260,7 @@ def _add_output_metrics(per_output, name, kind, values, grid, n_grid, labels):
     data["eps"].append(error.eps)
     data["relative"].append(error.relative)
     data["rms"].append(error.rms)
-    label = labels.get(OUTPUT_LABEL_KEYS.get(name, name))
+    label = labels.get(label_quantity(name))
     if label is not None:
         lab_frame = values[n_grid].cpu().numpy()
         symmetrized = orbit_average(orbit, grid, kind).cpu().numpy()

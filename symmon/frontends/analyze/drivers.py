@@ -12,28 +12,16 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import h5py
 import numpy as np
 
-from .core import analyze_model, column_labels, torch_device
+from ...adapters.labels import read_structures
+from .core import analyze_model, torch_device
 from .io import read_analysis, write_analysis
 from .plots import figures_dir, plot_layers, plot_module_epochs, plot_output_metrics, \
     safe_filename
 
 __all__ = ["analyze_layers", "analyze_checkpoints", "find_checkpoints", "label_keys_from_options",
-           "read_structures", "read_training"]
+           "read_training"]
 
 _CKPT = re.compile(r"model_(\d+)\.ckpt$")
-
-
-def read_structures(path: str, index: str = ":"):
-    import ase.io
-
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"structures file {path!r} does not exist")
-    structures = ase.io.read(path, index=index)
-    if not isinstance(structures, list):
-        structures = [structures]
-    if not structures:
-        raise ValueError(f"no structures in {path!r} (index {index!r})")
-    return structures
 
 
 # --------------------------------------------------------------------------------------
@@ -311,5 +299,3 @@ def format_table(result: Dict, statistic: str = "aggregate") -> str:
                      f" rmse={entry['rmse']:.3e} rmse_sym={entry['rmse_symmetrized']:.3e}")
     return "\n".join(lines)
 
-
-_ = column_labels
