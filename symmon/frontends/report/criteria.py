@@ -163,12 +163,10 @@ def _finite(x) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
-def _plain(limits):
-    if isinstance(limits, Mapping):
-        return {str(k): _plain(v) for k, v in limits.items()}
-    if isinstance(limits, (list, tuple)):
-        return [_plain(v) for v in limits]
-    return limits
+def _plain(limits: Mapping) -> dict:
+    """``{"ratio": {"caution": c, "problem": p}, "relative": {...}}`` for the JSON."""
+    return {name: {"caution": lim.caution, "problem": lim.problem}
+            for name, lim in limits.items()}
 
 
 def verdict(checks: list[dict], run: dict, contamination: Mapping | None = None) -> dict:
@@ -221,8 +219,8 @@ def _comparison(c: dict) -> str:
 
 
 def _ratio_limits(c: dict) -> tuple[float, float]:
-    limits = c["limits"].get("ratio") if isinstance(c["limits"], Mapping) else None
-    return tuple(limits) if limits else (math.inf, math.inf)
+    limits = c["limits"]["ratio"]
+    return limits["caution"], limits["problem"]
 
 
 def _reason(c: dict, contamination: Mapping | None) -> str:

@@ -223,8 +223,7 @@ def _limit_lines(ax, checks, several: bool) -> None:
     for check in checks:
         if check is None:
             continue
-        limits = check["limits"].get("ratio") if isinstance(check["limits"], dict) else None
-        for name, ratio in zip(("caution", "problem"), limits or ()):
+        for name, ratio in check["limits"]["ratio"].items():
             value = ratio * check["scale"]
             if math.isfinite(value) and value > 0:
                 ax.axhline(value, color=LIMIT_COLOURS[name], ls="--", lw=1.0,
@@ -244,14 +243,15 @@ def _fig_eps_hist(runs) -> Figure:
         series = [(k, _graded_relative(r, q)) for k, r in enumerate(runs)
                   if q in r.summary["run"]["quantities"]]
         check = next((c for c in (_check(r, q) for r in runs) if c), None)
-        limits = list((check or {}).get("limits", {}).get("relative") or ())
-        edges = _log_edges(np.concatenate([v for _, v in series] + [np.array(limits)]))
+        limits = check["limits"]["relative"] if check else {}
+        edges = _log_edges(np.concatenate([v for _, v in series] +
+                                          [np.array(list(limits.values()))]))
         for k, rel in series:
             counts, _ = np.histogram(np.clip(rel[np.isfinite(rel)], edges[0], edges[-1]),
                                      edges)
             ax.stairs(counts, edges, color=f"C{k}", lw=1.5,
                       label=runs[k].label if len(runs) > 1 else "monitored steps")
-        for name, value in zip(("caution", "problem"), limits):
+        for name, value in limits.items():
             if math.isfinite(value) and value > 0:
                 ax.axvline(value, color=LIMIT_COLOURS[name], ls="--", lw=1.0,
                            label=f"{name} limit")
@@ -373,7 +373,16 @@ def _plot_per_atom(ax_atom, ax_el, run, values, several) -> list:
             for el in elements]
     ax_el.boxplot(data, tick_labels=elements, showfliers=False, whis=(5, 95))
     ax_el.set(yscale="log", ylabel="forces ε of the atom (eV/Å)", title="per element")
+    for ax in (ax_atom, ax_el):
+        ax.set_ylim(*_log_range(values))
     return ax_atom.get_legend_handles_labels()[0]
+
+
+def _log_range(values) -> tuple[float, float]:
+    """Log-axis limits around the finite values, a factor 2 beyond (never a zero range)."""
+    v = values[np.isfinite(values)]
+    lo, hi = (float(v.min()), float(v.max())) if v.size else (EPS_FLOOR, 1.0)
+    return lo / 2, hi * 2
 
 
 def _flat_sample(block: np.ndarray, limit: int = 200_000) -> np.ndarray:

@@ -22,10 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...io.log import LogFormatError, LogReader
+from ...monitoring.thresholds import UNITS
 
 QUANTITIES = ("energy", "forces", "stress")
-#: unit (file spelling) of each quantity's per-atom-normalised ε
-NORMALISED_UNITS = {"energy": "eV/atom", "forces": "eV/angstrom", "stress": "eV/angstrom^3"}
 SAMPLE_BUDGET = 2_000_000    # values per read of per-atom / spectrum arrays
 
 
@@ -107,7 +106,7 @@ def quantity_series(reader: LogReader, q: str) -> QuantitySeries:
     with np.errstate(all="ignore"):
         rms = np.where(relative > 0, eps * scale / relative, np.nan)
     return QuantitySeries(q, step, time, normalised, err * scale, rms, relative,
-                          NORMALISED_UNITS[q])
+                          UNITS[q])
 
 
 def per_atom_rms(reader: LogReader) -> tuple[np.ndarray, np.ndarray]:
