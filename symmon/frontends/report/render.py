@@ -96,6 +96,7 @@ th{background:#f3f3f3} td.num{text-align:right;font-variant-numeric:tabular-nums
 white-space:nowrap} tr:target{background:#fff3b0}
 figure{margin:14px 0} figure img{width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.88em;color:#555} .small{font-size:.85em;color:#666}
+@media (max-width:700px){body{padding:10px}.scroll table{min-width:660px}}
 """
 
 

@@ -193,11 +193,16 @@ def spectrum_mean(reader, q) -> dict:
 
 
 def worst_steps(reader, series, worst_atoms) -> list[dict]:
-    """Top steps by forces ε per atom (or the first quantity's ε), with each
-    quantity's ε and relative ε and the step's worst atom."""
+    """The top steps by forces ε per atom (or the first quantity's ε) and each worst
+    atom's worst step, largest ε first, with each quantity's ε and relative ε and the
+    step's worst atom."""
     key = "forces" if "forces" in series else next(iter(series))
     ref = series[key]
-    order = np.argsort(np.where(np.isfinite(ref.eps), ref.eps, -np.inf))[::-1][:TOP_STEPS]
+    ranked = np.argsort(np.where(np.isfinite(ref.eps), ref.eps, -np.inf))[::-1]
+    rows_of_atoms = [np.flatnonzero(ref.step == a["worst_step"])[:1] for a in worst_atoms]
+    order = list(dict.fromkeys([*ranked[:TOP_STEPS].tolist(),
+                                *(int(r[0]) for r in rows_of_atoms if r.size)]))
+    order.sort(key=lambda i: -np.nan_to_num(ref.eps[i], nan=-np.inf))
     full = lookup(ref.step, *read(reader, "full_orbit")[::2])
     atoms_at = _worst_atom_at(reader, ref.step[order])
     rows = []

@@ -118,7 +118,8 @@ def worst_steps_table(s) -> Table:
     units = {q: pretty_unit(s["eps"][q]["unit"]) for q in quantities}
     header = ["step", "time (ps)", *(f"{EPS_NAMES[q]} ({units[q]})" for q in quantities),
               "full orbit", "worst atom"]
-    return Table("Worst steps (by forces ε per atom)", header, rows, ids)
+    return Table("Worst steps (the top 5 by forces ε per atom, and each worst atom's worst "
+                 "step)", header, rows, ids)
 
 
 def worst_atoms_table(s) -> Table:
