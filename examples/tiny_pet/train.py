@@ -50,19 +50,22 @@ sys.exit(main())
 """
 
 
-def run_training(name, augment):
+def run_training(name, augment, epochs=None, threads=2):
     rundir = os.path.join(HERE, "runs", name)
     shutil.rmtree(rundir, ignore_errors=True)
     os.makedirs(rundir)
     # absolute data paths, so that mtt can run inside the run directory
     options = open(os.path.join(HERE, "options.yaml")).read()
     options = options.replace("read_from: data/", f"read_from: {HERE}/data/")
+    if epochs is not None:
+        options = options.replace("num_epochs: 40", f"num_epochs: {int(epochs)}")
     with open(os.path.join(rundir, "options.yaml"), "w") as f:
         f.write(options)
 
-    env = dict(os.environ, OMP_NUM_THREADS="2", MKL_NUM_THREADS="2")
-    if augment:
-        cmd = ["mtt"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if augment:  # `mtt`, without relying on its script being on PATH
+        cmd = [sys.executable, "-c", "import sys; from metatrain.__main__ import main; "
+               "sys.argv = ['mtt'] + sys.argv[1:]; sys.exit(main())"]
     else:
         wrapper = os.path.join(rundir, "mtt_no_augmentation.py")
         with open(wrapper, "w") as f:
