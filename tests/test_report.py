@@ -200,7 +200,7 @@ def test_json_numbers_equal_direct_computation(logs, tmp_path):
     assert f["rel"]["max"] == pytest.approx(rel.max())
     assert s["eps"]["energy"]["abs"]["max"] == pytest.approx(energy.max() / 8)
     assert _check(s, "forces")["eps"] == pytest.approx(np.percentile(rms_per_atom, 95))
-    worst = np.argsort(rms_per_atom)[::-1][:5]
+    worst = np.argsort(-rms_per_atom, kind="stable")[:5]
     assert [w["step"] for w in s["worst_steps"]][:5] == step[worst].tolist()
     first = s["worst_steps"][0]["worst_atom"]
     assert first["index"] == int(np.argmax(per_atom[worst[0]]))

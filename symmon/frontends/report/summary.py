@@ -198,7 +198,7 @@ def worst_steps(reader, series, worst_atoms) -> list[dict]:
     step's worst atom."""
     key = "forces" if "forces" in series else next(iter(series))
     ref = series[key]
-    ranked = np.argsort(np.where(np.isfinite(ref.eps), ref.eps, -np.inf))[::-1]
+    ranked = np.argsort(-np.nan_to_num(ref.eps, nan=-np.inf), kind="stable")  # as export
     rows_of_atoms = [np.flatnonzero(ref.step == a["worst_step"])[:1] for a in worst_atoms]
     order = list(dict.fromkeys([*ranked[:TOP_STEPS].tolist(),
                                 *(int(r[0]) for r in rows_of_atoms if r.size)]))
