@@ -50,7 +50,7 @@ sys.exit(main())
 """
 
 
-def run_training(name, augment, epochs=None, threads=2):
+def run_training(name, augment, epochs=None, threads=2, batch_size=None, learning_rate=None):
     rundir = os.path.join(HERE, "runs", name)
     shutil.rmtree(rundir, ignore_errors=True)
     os.makedirs(rundir)
@@ -59,6 +59,10 @@ def run_training(name, augment, epochs=None, threads=2):
     options = options.replace("read_from: data/", f"read_from: {HERE}/data/")
     if epochs is not None:
         options = options.replace("num_epochs: 40", f"num_epochs: {int(epochs)}")
+    if batch_size is not None:
+        options = options.replace("batch_size: 8", f"batch_size: {int(batch_size)}")
+    if learning_rate is not None:
+        options = options.replace("learning_rate: 1.0e-3", f"learning_rate: {learning_rate}")
     with open(os.path.join(rundir, "options.yaml"), "w") as f:
         f.write(options)
 
@@ -81,13 +85,13 @@ def run_training(name, augment, epochs=None, threads=2):
     return rundir
 
 
-def export(rundir, targets):
-    """Export the best weights of ``rundir/model.ckpt`` (float32 and float64)."""
+def export(rundir, targets, checkpoint=None):
+    """Export the best weights of ``rundir/model.ckpt`` (or of ``checkpoint``)."""
     import torch
     from metatrain.utils.io import load_model
 
     for path, dtype in targets:
-        model = load_model(os.path.join(rundir, "model.ckpt"))  # best weights
+        model = load_model(checkpoint or os.path.join(rundir, "model.ckpt"))
         model = model.to(dtype)
         model.export().save(path)
         size = os.path.getsize(path) / 1024
