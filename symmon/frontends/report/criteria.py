@@ -44,7 +44,7 @@ SIZE_NAMES = {"energy": "|E| per atom", "forces": "|F|", "stress": "|σ|"}
 PER_ATOM_WORDS = {"energy": "", "forces": " per atom", "stress": ""}
 ERROR_NOUNS = {"energy": "energy", "forces": "force", "stress": "stress"}
 ACTIONS = {
-    "ok": "No action needed: symmetry breaking is small against the model's own error.",
+    "ok": "No action needed: symmetry breaking is small against the error it is judged by.",
     "caution": "Compare the observables you care about with a run in mode='average' "
                "(exactly symmetric predictions) before relying on them.",
     "problem": "Do not use these results as they are: rerun with mode='average' "
@@ -169,8 +169,13 @@ def _plain(limits: Mapping) -> dict:
             for name, lim in limits.items()}
 
 
-def verdict(checks: list[dict], run: dict, contamination: Mapping | None = None) -> dict:
-    """Level, headline (worst quantity and its number), ranked reasons, one action."""
+def verdict(checks: list[dict], run: dict, contamination: Mapping | None = None,
+            averaged_from: int | None = None) -> dict:
+    """Level, headline (worst quantity and its number), ranked reasons, one action.
+
+    ``averaged_from``: first step from which the run returned O(3)-averaged predictions
+    (their ε is the base model's; ``checks`` then judge only the earlier steps, or all
+    steps for information when every step was averaged)."""
     mode = run["metadata"].get("mode", "monitor")
     notes = _notes(run)
     if not checks:
@@ -180,7 +185,8 @@ def verdict(checks: list[dict], run: dict, contamination: Mapping | None = None)
     level = checks[0]["level"]
     headline = _sentence(checks[0])
     action = ACTIONS[level]
-    if mode == "average":
+    averaged_all = averaged_from is not None and averaged_from <= run["first_step"]
+    if averaged_all:
         reasons.insert(0, "The run returned O(3)-averaged predictions (quadrature degree "
                        f"{run['metadata'].get('average_degree', '?')}): exactly symmetric up "
                        "to quadrature error. The ε below was measured on the base model.")
@@ -188,10 +194,13 @@ def verdict(checks: list[dict], run: dict, contamination: Mapping | None = None)
         action = ("No action needed for this run's results; the base model alone would be "
                   f"'{level}', so keep mode='average' for it.")
         level = "ok"
+    elif averaged_from is not None:
+        notes.insert(0, f"From step {averaged_from} on the run returned O(3)-averaged "
+                     "predictions (exactly symmetric); the verdict judges the steps before.")
     elif mode == "purified":
         notes.insert(0, "ε was measured on the purified predictions the run returned.")
     return {"level": level, "headline": headline, "reasons": reasons, "action": action,
-            "notes": notes, "judged": mode, "checks": checks}
+            "notes": notes, "judged": "average" if averaged_all else mode, "checks": checks}
 
 
 def _sentence(c: dict) -> str:
@@ -208,14 +217,15 @@ def _sentence(c: dict) -> str:
 
 
 def _comparison(c: dict) -> str:
-    """Words for ``ratio = eps / scale`` from the ratio limits the grade used."""
-    caution, problem = _ratio_limits(c)
+    """Words for ``ratio = eps / scale``: *well below* while the ratio is ok by the
+    table, then the fraction, *comparable to* up to twice, else the factor."""
+    caution, _ = _ratio_limits(c)
     ratio = c["ratio"]
     if ratio <= caution:
         return "well below"
-    if ratio <= problem:
-        return "a noticeable fraction of"
-    return "comparable to" if ratio <= 1 else "larger than"
+    if ratio < 1:
+        return f"{fmt(100 * ratio, 2)} % of"
+    return "comparable to" if ratio <= 2 else f"{fmt(ratio, 2)}× the size of"
 
 
 def _ratio_limits(c: dict) -> tuple[float, float]:

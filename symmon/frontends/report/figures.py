@@ -23,7 +23,6 @@ from matplotlib.ticker import MaxNLocator
 from ...core.irreps import Irrep
 from ...core.outputs import pretty_unit
 from ...io.log import LogReader
-from ...monitoring.thresholds import FLOORS
 from .series import lookup, per_atom_sample, quantity_series, read, symbols
 from .summary import error_observable, target_irreps
 
@@ -39,7 +38,8 @@ CAPTIONS = {
                 "steps as dots; dashed: the caution and problem limits against the error "
                 "scale the verdict uses (the model's own error or a typical MLIP error).",
     "eps_hist": "Distribution over monitored steps of the relative ε = ε / max(orbit RMS, "
-                "floor), one panel per quantity with that quantity's own limits.",
+                "floor), one panel per quantity judged by it (not the energy, whose zero "
+                "is arbitrary), with that quantity's own limits.",
     "spectra": "Character spectra c̃(l,σ) on full-orbit steps (log colour); ★ marks the "
                "target irreps, every other bright row is symmetry breaking in that channel.",
     "per_atom": "Force ε of each atom (median and 5-95 % range over sampled steps, left) "
@@ -235,12 +235,15 @@ def _limit_lines(ax, checks, several: bool) -> None:
 # ------------------------------------------------------------------ relative ε
 
 
-def _fig_eps_hist(runs) -> Figure:
-    quantities = _quantities(runs)
+def _fig_eps_hist(runs) -> Figure | None:
+    quantities = [q for q in _quantities(runs)  # the energy is not judged relatively
+                  if any((_check(r, q) or {}).get("relative") is not None for r in runs)]
+    if not quantities:
+        return None
     fig = _new_figure(3.4 * len(quantities) + 0.4, 3.4)
     axes = fig.subplots(1, len(quantities), squeeze=False)[0]
     for ax, q in zip(axes, quantities):
-        series = [(k, _graded_relative(r, q)) for k, r in enumerate(runs)
+        series = [(k, r.series[q].relative) for k, r in enumerate(runs)
                   if q in r.summary["run"]["quantities"]]
         check = next((c for c in (_check(r, q) for r in runs) if c), None)
         limits = check["limits"]["relative"] if check else {}
@@ -259,12 +262,6 @@ def _fig_eps_hist(runs) -> Figure:
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     _one_legend(fig, [h for ax in axes for h in ax.get_legend_handles_labels()[0]])
     return fig
-
-
-def _graded_relative(run: Run, q: str) -> np.ndarray:
-    """Per-step relative ε as graded: ``eps / max(orbit RMS, floor)``."""
-    s = run.series[q]
-    return s.eps / np.fmax(s.rms, FLOORS[q])
 
 
 def _log_edges(values, n_bins: int = 60) -> np.ndarray:

@@ -10,8 +10,9 @@ A person reads them normalised so that a number means the same at any system siz
   else ``forces_eps / sqrt(N)``);
 * stress: ε in eV/Å³ (an intensive quantity already).
 
-The orbit RMS ``rms = eps / relative`` is normalised the same way, so
-``eps / rms`` is the logged relative ε.
+The orbit RMS (logged as ``<q>_rms``; in older logs ``eps / relative``) is normalised
+the same way, and the relative ε is ``eps / max(rms, floor)`` with the floor of
+:data:`symmon.monitoring.thresholds.FLOORS`, as graded.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...io.log import LogFormatError, LogReader
-from ...monitoring.thresholds import UNITS
+from ...monitoring.thresholds import FLOORS, UNITS
 
 QUANTITIES = ("energy", "forces", "stress")
 SAMPLE_BUDGET = 2_000_000    # values per read of per-atom / spectrum arrays
@@ -90,10 +91,11 @@ def forces_eps_is_total(reader: LogReader) -> bool:
 
 
 def quantity_series(reader: LogReader, q: str) -> QuantitySeries:
-    """ε, its standard error, orbit RMS and relative ε of ``q`` at every monitored step."""
+    """ε, its standard error, orbit RMS and relative ε ``eps / max(rms, floor)`` of
+    ``q`` at every monitored step (the floor of the thresholds table)."""
     step, time, eps = read(reader, f"{q}_eps")
     err = lookup(step, *read(reader, f"{q}_eps_err")[::2])
-    relative = lookup(step, *read(reader, f"{q}_rel_eps")[::2])
+    logged_relative = lookup(step, *read(reader, f"{q}_rel_eps")[::2])
     n_atoms = len(reader.species)
     scale = 1.0
     if q == "energy":
@@ -103,10 +105,13 @@ def quantity_series(reader: LogReader, q: str) -> QuantitySeries:
     normalised = eps * scale
     if q == "forces" and scale != 1.0 and "forces_eps_per_atom" in reader.observable_names:
         normalised = lookup(step, *per_atom_rms(reader))
-    with np.errstate(all="ignore"):
-        rms = np.where(relative > 0, eps * scale / relative, np.nan)
-    return QuantitySeries(q, step, time, normalised, err * scale, rms, relative,
-                          UNITS[q])
+    if f"{q}_rms" in reader.observable_names:     # logged, normalised as the ε
+        rms = lookup(step, *read(reader, f"{q}_rms")[::2])
+    else:                                          # older logs: relative = eps / rms
+        with np.errstate(all="ignore"):
+            rms = np.where(logged_relative > 0, eps * scale / logged_relative, np.nan)
+    relative = normalised / np.fmax(rms, FLOORS[q])
+    return QuantitySeries(q, step, time, normalised, err * scale, rms, relative, UNITS[q])
 
 
 def per_atom_rms(reader: LogReader) -> tuple[np.ndarray, np.ndarray]:

@@ -76,7 +76,13 @@ def summarize_reader(reader: LogReader, overrides: Mapping[str, float] | None = 
     series = {q: quantity_series(reader, q) for q in quantities}
     run = run_info(reader, series)
     contamination = {q: contamination_summary(reader, q) for q in quantities}
-    returned = _returned_as_measured(series[quantities[0]].step, run)
+    step = series[quantities[0]].step
+    returned = _returned_as_measured(reader, step, run)
+    averaged_from = None
+    if returned is not None and not returned.all():
+        averaged_from = int(step[~returned].min())
+        returned = returned if returned.any() else None   # all averaged: judge the base
+    model_error = {**logged_model_errors(reader), **(model_error or {})}
     checks = judge(series, returned, model_error, overrides)
     summary = {
         "schema": SCHEMA,
@@ -86,24 +92,35 @@ def summarize_reader(reader: LogReader, overrides: Mapping[str, float] | None = 
         "contamination": contamination,
         **per_atom_summary(reader),
         "logged_model_error": logged_model_error(reader, series),
-        "model_error": dict(model_error or {}),
+        "model_error": model_error,
         "threshold_overrides": dict(overrides or {}),
-        "verdict": verdict(checks, run, contamination),
+        "verdict": verdict(checks, run, contamination, averaged_from),
     }
     summary["worst_steps"] = worst_steps(reader, series, summary["worst_atoms"])
     return jsonable(summary)
 
 
-def _returned_as_measured(step, run) -> np.ndarray | None:
-    """Steps whose returned predictions are the measured ones: with
-    ``on_violation="average"`` the run switched to averaging after its first flagged
-    step."""
+def _returned_as_measured(reader, step, run) -> np.ndarray | None:
+    """Steps whose ε measures the predictions the run returned (the log's
+    ``eps_of_returned``; older logs: none in ``mode="average"``, and with
+    ``on_violation="average"`` those up to the first flagged step); None: all."""
+    if "eps_of_returned" in reader.observable_names:
+        return lookup(step, *read(reader, "eps_of_returned")[::2]) == 1
     meta = run["metadata"]
+    if meta.get("mode") == "average":
+        return np.zeros(len(step), bool)
     first = run["first_violation_step"]
-    if meta.get("on_violation") == "average" and meta.get("mode") != "average" and \
-            first is not None:
+    if meta.get("on_violation") == "average" and first is not None:
         return step <= first
     return None
+
+
+def logged_model_errors(reader) -> dict:
+    """``{quantity: RMSE}`` the monitor was given (metadata ``model_errors``), if any."""
+    errors = reader.metadata.get("model_errors")
+    if not isinstance(errors, Mapping):
+        return {}
+    return {q: float(v) for q, v in errors.items() if isinstance(v, (int, float))}
 
 
 def run_info(reader: LogReader, series) -> dict:
