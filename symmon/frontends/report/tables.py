@@ -80,8 +80,8 @@ def eps_table(s) -> Table:
         if "abs_gpa" in e:
             rows.append([EPS_NAMES[q], "GPa", *(fmt(e["abs_gpa"][k]) for k in
                                                 ("median", "p95", "max")), "", "", "", ""])
-    header = ["output", "unit", "ε median", "ε p95", "ε max", "ε/RMS median", "ε/RMS p95",
-              "ε/RMS max", "orbit RMS median"]
+    header = ["output", "unit", "ε median", "ε p95", "ε max", "relative median",
+              "relative p95", "relative max", "orbit RMS median"]
     return Table("Equivariance error ε (all monitored steps)", header, rows)
 
 
@@ -167,6 +167,6 @@ def compare_table(summaries: list[dict], labels: list[str]) -> Table:
         unit = next(pretty_unit(s["eps"][q]["unit"]) for s in summaries if q in s["eps"])
         rows.append(row(f"{EPS_NAMES[q]} p95 ({unit})",
                         lambda s: fmt(s["eps"][q]["abs"]["p95"]) if q in s["eps"] else "–"))
-        rows.append(row(f"{q} ε/RMS p95", lambda s: fmt(s["eps"][q]["rel"]["p95"])
+        rows.append(row(f"{q} relative ε p95", lambda s: fmt(s["eps"][q]["rel"]["p95"])
                         if q in s["eps"] else "–"))
     return Table("Runs side by side", ["", *labels], rows)
