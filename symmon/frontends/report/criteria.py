@@ -152,11 +152,18 @@ def _check(s: QuantitySeries, returned, model_error, overrides) -> dict | None:
         "n": int(len(eps)), "eps": p95, "max": float(eps[worst]),
         "max_step": int(step[worst]), "rms": rms_median, "scale": main.scale,
         "scale_source": main.scale_source, "ratio": main.ratio, "relative": main.relative,
+        "relative_judged": _relative_judged(s.quantity, overrides),
         "level": level, "level_p95": main.level, "level_max": spike.level,
         "reasons": list(main.reasons), "limits": _plain(main.limits),
         "fraction_steps_flagged": len(bad) / len(per_step),
         "first_step_flagged": int(step[::stride][bad[0]]) if bad else None,
     }
+
+
+def _relative_judged(quantity: str, overrides) -> bool:
+    """Whether :func:`grade` judges the relative ε (not the energy's, whose zero is
+    arbitrary, unless an override sets its limit); the rule of the thresholds table."""
+    return quantity != "energy" or bool(overrides and "energy" in overrides)
 
 
 def _finite(x) -> float | None:

@@ -237,7 +237,7 @@ def _limit_lines(ax, checks, several: bool) -> None:
 
 def _fig_eps_hist(runs) -> Figure | None:
     quantities = [q for q in _quantities(runs)  # the energy is not judged relatively
-                  if any((_check(r, q) or {}).get("relative") is not None for r in runs)]
+                  if any((_check(r, q) or {}).get("relative_judged") for r in runs)]
     if not quantities:
         return None
     fig = _new_figure(3.4 * len(quantities) + 0.4, 3.4)
