@@ -16,7 +16,7 @@ from typing import List, Optional
 COMMANDS = {
     "demo": ("symmon.frontends.demo", "add_demo_arguments", "demo_command",
              "short monitored MD with the bundled tiny PET"),
-    "report": ("symmon.frontends.report", "add_report_arguments", "report_command",
+    "report": ("symmon.frontends.report.cli", "add_report_arguments", "report_command",
                "figures and a verdict from symmon logs"),
     "layers": ("symmon.frontends.analyze.cli", "add_layers_arguments", "run_layers",
                "character spectra of a model's internal layers"),
