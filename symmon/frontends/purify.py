@@ -19,7 +19,7 @@ from ..core.grids import O3Grid
 from ..core.outputs import OUTPUTS, output, pretty_unit, spellings
 from ..core.purification import NormalEquations, choose_lambda, scan_lambdas
 from ..io.files import file_sha256
-from ..io.readout import Readout, load_readout  # noqa: F401 (load_readout: the monitor's)
+from ..io.readout import Readout, load_readout
 
 #: outputs a linear readout produces directly: the energy and the non-conservative ones
 PURIFIABLE = tuple(name for name, row in OUTPUTS.items()
