@@ -31,7 +31,7 @@ def held_metatomic_calculator(calculator) -> Optional[Tuple[str, object]]:
         SymmetrizedCalculator = ()
     if isinstance(calculator, SymmetrizedCalculator):
         return None
-    for attribute, value in vars(calculator).items():
+    for attribute, value in getattr(calculator, "__dict__", {}).items():
         if isinstance(value, metatomic_calculator):
             return attribute, value
     return None

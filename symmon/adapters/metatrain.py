@@ -181,8 +181,7 @@ class MetatrainOrbitModel(OrbitModel):
         collected, kinds, values, edges = self._run_hooked(atoms, matrices, hooked, requests,
                                                            wanted, progress)
         result = CaptureResult(edges=edges)
-        self._add_output_features(result, names, values, len(atoms))
-        self._add_module_features(result, names, collected, kinds)
+        self._add_features(result, names, collected, kinds, values, len(atoms))
         for name in outputs:
             result.outputs[canonical_name(name)] = values[name]
         return result
@@ -235,27 +234,16 @@ class MetatrainOrbitModel(OrbitModel):
                     progress(k)
         return collected, kinds, {n: torch.cat(v) for n, v in chunks.items()}, edges
 
-    def _add_output_features(self, result, names, values, n_atoms) -> None:
-        for name in names:
-            if not name.startswith(OUTPUT_PREFIX):
-                continue
-            target = name[len(OUTPUT_PREFIX):]
-            value = values[self.model_key(target)]
-            per_atom = output(target).per_atom if output(target) is not None else True
-            if value.dim() == 1 or value.shape[1] != n_atoms or not per_atom:
-                value, kind = value.reshape(value.shape[0], 1, -1), "structure"
-            else:
-                value, kind = value.reshape(value.shape[0], n_atoms, -1), "atom"
-            result.features[name], result.sample_kind[name] = value, kind
-
-    @staticmethod
-    def _add_module_features(result, names, collected, kinds) -> None:
+    def _add_features(self, result, names, collected, kinds, values, n_atoms) -> None:
+        """Features in the order of ``names``: outputs as features, module entries."""
         def belongs(entry, name):
             children = ("[",) if split_suffix(name)[1] else (":", "[")
             return entry == name or entry.startswith(tuple(name + c for c in children))
 
         for name in names:
             if name.startswith(OUTPUT_PREFIX):
+                result.features[name], result.sample_kind[name] = self._output_feature(
+                    name[len(OUTPUT_PREFIX):], values, n_atoms)
                 continue
             for entry in (e for e in collected if belongs(e, name)):
                 result.features[entry] = torch.cat(collected[entry])
@@ -265,6 +253,15 @@ class MetatrainOrbitModel(OrbitModel):
         if missing:
             warnings.warn(f"modules {missing} were not called in the forward pass (unused "
                           "in this configuration); they are left out", stacklevel=3)
+
+    def _output_feature(self, target, values, n_atoms):
+        """A model output as ``(K, n_samples, d)`` features, and its sample kind."""
+        value = values[self.model_key(target)]
+        row = output(target)
+        if value.dim() == 1 or value.shape[1] != n_atoms or (row is not None and
+                                                             not row.per_atom):
+            return value.reshape(value.shape[0], 1, -1), "structure"
+        return value.reshape(value.shape[0], n_atoms, -1), "atom"
 
 
 def _same_edges(edges, chunk_edges):
