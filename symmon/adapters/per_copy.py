@@ -41,11 +41,11 @@ class CalculatorLoop:
                 if energy_names else {}
             if direct:
                 results.update(self._direct(atoms, matrices, direct))
-        except ValueError as error:  # an input metatomic-ase cannot read from the Atoms
+        except ValueError as error:  # an extra input missing or out of the model's range
             inputs = sorted(self.calculator.model().requested_inputs(use_new_names=True))
-            raise ValueError(f"{self.catalogue.model_label} requests the inputs {inputs}, "
-                             f"which cannot be read from this structure ({error}); set "
-                             "them on the Atoms (atoms.info / atoms.arrays)") from None
+            raise ValueError(f"{self.catalogue.model_label} failed on this structure's extra "
+                             f"inputs {inputs} (read by metatomic-ase from atoms.info and "
+                             f"atoms.arrays): {error}") from None
         return {name: results[name] for name in names}
 
     def _direct(self, atoms, matrices, names) -> Dict[str, torch.Tensor]:
