@@ -245,7 +245,8 @@ def test_symmetrized_calculator_is_not_looked_through(variants):
     from metatomic_ase import SymmetrizedCalculator
 
     averaged = SymmetrizedCalculator(calculator(variants["energy_only"]), l_max=1)
-    assert isinstance(make_orbit_model(averaged), ASEOrbitModel)
+    orbit = make_orbit_model(averaged)
+    assert isinstance(orbit, ASEOrbitModel) and "SymmetrizedCalculator" in orbit.path
 
 
 def test_monitor_on_plural_model_returns_the_calculator_forces(variants):
@@ -263,4 +264,5 @@ def test_monitor_on_plural_model_returns_the_calculator_forces(variants):
     expected = MetatomicCalculator(model, non_conservative=True,
                                    neighbor_skin=0.0).get_forces(periodic())
     np.testing.assert_allclose(forces, expected, rtol=0, atol=1e-10)
-    assert atoms.calc.last_diagnostics is not None
+    assert np.isfinite(atoms.calc.results["forces_eps"])
+    assert atoms.calc.monitor.source.path.startswith("batched")

@@ -103,6 +103,7 @@ class MetatrainOrbitModel(OrbitModel):
                                           lambda systems, requests: self.model(systems,
                                                                                requests),
                                           chunk_size)
+        self.path = "batched: chunks of rotated copies through the eager module"
         self.modules = ModuleNames(self.model, self.target_names)
         self.is_pet = self.modules.is_pet
 
