@@ -26,9 +26,8 @@ with Ranks.from_environment("cpu") as ranks:
         if kill_after is not None and ranks.rank == 1 and count == kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
     ranks.barrier()
-    results = parts.done()
-    total = ranks.sum(np.sum([results[i] for i in ranks.share(items)], axis=0)
-                      if ranks.share(items) else np.zeros(4))
+    results = {key: parts.load(key) for key in parts.keys()}
+    total = ranks.sum(np.sum([results[i] for i in ranks.share(items)], axis=0))
     if ranks.is_main:
         with open(output, "w") as handle:
             json.dump({"values": {str(k): v for k, v in sorted(results.items())},

@@ -179,22 +179,6 @@ def test_accumulators_of_two_halves_add_up_to_the_whole():
         first += NormalEquations("scalar", False, 9)
 
 
-class _Outputs:
-    def __init__(self, names):
-        self.available_outputs = tuple(names)
-
-
-@pytest.mark.parametrize("spelling", ["non_conservative_force", "non_conservative_forces"])
-def test_last_layer_features_found_under_either_spelling(spelling):
-    from symmon.frontends.purify import find_feature
-
-    feature = f"mtt::aux::{spelling}_last_layer_features"
-    model = _Outputs(["energy", "non_conservative_forces", feature])
-    assert find_feature(model, "non_conservative_forces") == feature
-    with pytest.raises(ValueError, match="outputs are .*'energy'"):
-        find_feature(_Outputs(["energy"]), "non_conservative_forces")
-
-
 def test_one_label_reader_for_purification_and_analysis(structures):
     from symmon.adapters.labels import read_label, read_labels
 

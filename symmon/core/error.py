@@ -24,14 +24,14 @@ summed over all components, from centred moments in float64.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 import torch
 
 from .grids import O3Grid
 from .intervals import METHOD as PAIRS_METHOD, pair_estimate
-from .orbit_values import as_float64, back_transform
+from .orbit_values import back_transform
 from .representations import get_representation
 from .spectrum import paired_samples, quadrature_powers
 

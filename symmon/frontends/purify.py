@@ -16,33 +16,17 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ..core.grids import O3Grid
-from ..core.outputs import OUTPUTS, output, pretty_unit, spellings
+from ..adapters import feature_output
+from ..core.outputs import OUTPUTS, output, pretty_unit
 from ..core.purification import NormalEquations, choose_lambda, scan_lambdas
 from ..io.files import file_sha256
-from ..io.readout import Readout, load_readout
+from ..io.readout import Readout
 
 #: outputs a linear readout produces directly: the energy and the non-conservative ones
 PURIFIABLE = tuple(name for name, row in OUTPUTS.items()
                    if name == "energy" or not row.conservative)
 DEFAULT_LAMBDAS = (0.0, 0.1, 1.0, 10.0, 100.0, 1000.0)
 _EPS_PER = {True: "(RMS per atom)", False: "(RMS per structure)"}
-
-
-def feature_name(model_output: str) -> str:
-    """metatrain's name of the last-layer features of the model output ``model_output``."""
-    return f"mtt::aux::{model_output}_last_layer_features"
-
-
-def find_feature(orbit_model, target: str) -> str:
-    """The model's last-layer-feature output for ``target``, under any of its spellings."""
-    available = list(orbit_model.available_outputs)
-    for spelling in spellings(target):
-        if feature_name(spelling) in available:
-            return feature_name(spelling)
-    tried = [feature_name(s) for s in spellings(target)]
-    raise ValueError(f"the model has no last-layer features for {target!r} (none of "
-                     f"{tried}); purification needs a metatrain model that exposes them. "
-                     f"The model's outputs are {available}")
 
 
 @dataclass
@@ -93,7 +77,7 @@ def sweep_structures(orbit_model, structures, target: str, grid: O3Grid,
     if target not in PURIFIABLE:
         raise ValueError(f"cannot purify {target!r}; choose one of {sorted(PURIFIABLE)}")
     row = output(target)
-    feature = find_feature(orbit_model, target)
+    feature = feature_output(orbit_model, target)
     structures = list(structures)
     is_holdout = _holdout_mask(len(structures), holdout, seed)
     intercept = (row.kind == "scalar") if intercept is None else intercept

@@ -7,15 +7,17 @@ unchanged as one process or under ``torchrun --nproc-per-node N`` (multi-node to
         parts = PartialResults(output, ranks, settings)
         for key in parts.mine(keys):          # unfinished items of this rank
             parts.add(key, evaluate(key))     # kept (fsync'ed) as each one finishes
-        totals = ranks.sum(partial_sums)      # torch.distributed all-reduce
-        if ranks.is_main: write(...)          # rank 0 writes the one output file
+        ranks.barrier()
+        if ranks.is_main:                     # rank 0 combines, in key order, and
+            write(combine(parts.load(k) for k in parts.keys()))   # writes the output
+        parts.clear()
 
 Each rank uses its own device (``cuda:LOCAL_RANK`` where GPUs exist) and the backend
 follows it (NCCL on GPUs, gloo on CPUs). :class:`PartialResults` makes a run resumable:
-every finished item is appended (and fsync'ed) to its rank's JSON-lines file beside the
-output, so a killed run, restarted with any number of ranks, skips what was finished.
-Floats go through JSON's shortest round-trip repr, so results are bit-identical to a
-run that was never interrupted.
+every finished item is written whole (fsync, rename) beside the output, so a killed
+run, restarted with any number of ranks, skips what was finished. Rank 0 combines the
+items in key order, so the output is bit-identical to a one-process run that was never
+interrupted, whatever the number of ranks.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import pickle
 import shutil
 from typing import Any, Dict, Hashable, Iterable, List, Optional, Sequence
 
@@ -125,42 +128,40 @@ def _default_device(local_rank: int) -> str:
 class PartialResults:
     """Finished items of a run, kept beside ``output`` until the run is complete.
 
-    One JSON line per item (``{"key": ..., "value": ...}``) in ``<output>.parts/`` —
-    one file per rank, so ranks never write the same file. ``settings`` (any JSON) is
-    stored once; a restart with other settings is refused rather than mixed.
+    One file per item (``<output>.parts/item-<key>.pkl``, written to a temporary name
+    and renamed, so a kill leaves whole items only), readable by every rank: the folder
+    must be on a filesystem all ranks see (any cluster's shared filesystem; one node's
+    disk for one node). Keys are ints or tuples of ints. ``settings`` (any JSON) are
+    stored once; a restart with other settings is refused rather than mixed. Values are
+    pickled, so arrays come back bit-identical.
     """
 
     def __init__(self, output: str, ranks: Ranks, settings: Any):
         self.folder = os.fspath(output) + ".parts"
         self.ranks = ranks
         self.settings = json.loads(json.dumps(settings, sort_keys=True))
-        self._path = os.path.join(self.folder, f"rank-{ranks.rank:05d}-of-"
-                                               f"{ranks.world_size:05d}.jsonl")
         self._check_settings()
-        #: items finished by earlier attempts, read by every rank before any writes
-        self.finished = self.done()
+        #: keys finished by earlier attempts, read by every rank before any writes
+        self.finished = set(self.keys())
         ranks.barrier()
 
     def mine(self, keys: Sequence) -> List:
         """This rank's share of the ``keys`` not finished by an earlier attempt."""
         return self.ranks.share([key for key in keys if _key(key) not in self.finished])
 
-    def done(self) -> Dict[Hashable, Any]:
-        """Every finished item of every rank of every earlier attempt: key -> value."""
-        finished: Dict[Hashable, Any] = {}
-        for path in sorted(glob.glob(os.path.join(self.folder, "rank-*.jsonl"))):
-            for line in _complete_lines(path):
-                record = json.loads(line)
-                finished[_key(record["key"])] = record["value"]
-        return finished
+    def keys(self) -> List[Hashable]:
+        """Keys of every finished item (of every rank and attempt), sorted."""
+        names = glob.glob(os.path.join(self.folder, "item-*.pkl"))
+        return sorted(_parse_key(os.path.basename(name)[5:-4]) for name in names)
 
     def add(self, key, value) -> None:
-        """Record one finished item (flushed and fsync'ed before returning)."""
-        line = json.dumps({"key": key, "value": _jsonable(value)}) + "\n"
-        with open(self._path, "a") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
+        """Record one finished item (fsync'ed and renamed into place before returning)."""
+        path = os.path.join(self.folder, f"item-{_key_text(key)}.pkl")
+        _write_atomically(path, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def load(self, key) -> Any:
+        with open(os.path.join(self.folder, f"item-{_key_text(key)}.pkl"), "rb") as handle:
+            return pickle.load(handle)
 
     def clear(self) -> None:
         """Remove the partial results (rank 0, once the output is written)."""
@@ -180,38 +181,28 @@ class PartialResults:
                         f"{self.folder} holds partial results of a run with other settings "
                         f"({stored}); remove it or use another output")
             else:
-                _write_atomically(path, json.dumps(self.settings, sort_keys=True))
+                _write_atomically(path, json.dumps(self.settings, sort_keys=True).encode())
         self.ranks.barrier()
 
 
-def _complete_lines(path: str) -> Iterable[str]:
-    """Lines of ``path`` that were written whole (a kill can cut the last one)."""
-    with open(path) as handle:
-        for line in handle:
-            if line.endswith("\n"):
-                yield line
-
-
 def _key(key):
-    return tuple(_key(k) for k in key) if isinstance(key, list) else key
+    return tuple(int(k) for k in key) if isinstance(key, (list, tuple)) else int(key)
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+def _key_text(key) -> str:
+    key = _key(key)
+    return "_".join(map(str, key)) if isinstance(key, tuple) else str(key)
 
 
-def _write_atomically(path: str, text: str) -> None:
+def _parse_key(text: str):
+    parts = [int(part) for part in text.split("_")]
+    return tuple(parts) if len(parts) > 1 else parts[0]
+
+
+def _write_atomically(path: str, data: bytes) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as handle:
-        handle.write(text)
+    with open(tmp, "wb") as handle:
+        handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)

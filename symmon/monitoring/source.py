@@ -23,29 +23,21 @@ import numpy as np
 import torch
 
 from ..adapters.ase import ASEOrbitModel
-from ..adapters.metatomic import MetatomicOrbitModel
+from ..adapters.dispatch import held_metatomic_calculator
+from ..adapters.metatomic import MetatomicOrbitModel, metatomic_calculator_class
 from ..core.outputs import DIRECT_OUTPUTS, voigt_to_matrix
 
 #: ASE properties a monitor returns when its base implements them
 ASE_PROPERTIES = ("energy", "free_energy", "forces", "stress")
 
 
-def _metatomic_calculator_class():
-    try:
-        from metatomic_ase import MetatomicCalculator
-    except ImportError:  # pragma: no cover - metatomic-ase is a dependency
-        return ()
-    return MetatomicCalculator
-
-
 def find_metatomic(base) -> Tuple[Optional[object], str]:
     """The ``MetatomicCalculator`` behind ``base`` (itself or an attribute), and how found."""
-    cls = _metatomic_calculator_class()
-    if isinstance(base, cls):
+    if isinstance(base, metatomic_calculator_class()):
         return base, "the base is a MetatomicCalculator"
-    for name, value in getattr(base, "__dict__", {}).items():
-        if isinstance(value, cls):
-            return value, f"{type(base).__name__}.{name} is a MetatomicCalculator"
+    held = held_metatomic_calculator(base)
+    if held is not None:
+        return held[1], f"{type(base).__name__}.{held[0]} is a MetatomicCalculator"
     return None, (f"{type(base).__name__} holds no MetatomicCalculator: one ASE calculation "
                   "per transformed copy")
 
