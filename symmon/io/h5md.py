@@ -46,6 +46,9 @@ PRESENT = f"{PARAMS}/present"
 FRAME_COLUMN = PARTICLES
 #: observables stored as H5MD particle elements when their shape is (N, 3)
 PARTICLE_ELEMENTS = {"forces": "force", "velocities": "velocity"}
+#: attribute holding the unit of particle forces/velocities: MDAnalysis's H5MDReader refuses
+#: to open a file whose particle ``unit`` it does not know, and it knows no eV-based unit
+PARTICLE_UNIT_ATTR = "symmon_unit"
 #: datasets are created with these options (crash and corruption detection)
 DATASET_OPTIONS = {"fletcher32": True}
 
@@ -145,7 +148,8 @@ def build_layout(f: h5py.File, specs: Mapping[str, ObservableSpec], species: np.
     f.create_group("observables")
     for name, spec in specs.items():
         path = value_path(name, spec, len(species)).rsplit("/", 1)[0]
-        g = _element(f, path, step, time, spec.shape, spec.dtype, spec.unit)
+        unit_attr = PARTICLE_UNIT_ATTR if path.startswith(PARTICLES) else "unit"
+        g = _element(f, path, step, time, spec.shape, spec.dtype, spec.unit, unit_attr)
         g.attrs["description"] = spec.description
         if spec.labels is not None:
             labels = spec.labels
@@ -165,15 +169,16 @@ def build_layout(f: h5py.File, specs: Mapping[str, ObservableSpec], species: np.
     present.attrs["columns"] = np.array(columns, dtype=h5py.string_dtype())
 
 
-def _element(f: h5py.File, path: str, step, time, shape, dtype, unit) -> h5py.Group:
+def _element(f: h5py.File, path: str, step, time, shape, dtype, unit,
+             unit_attr: str = "unit") -> h5py.Group:
     g = f.create_group(path)
     g["step"], g["time"] = step, time  # hard links: one step axis for the whole file
-    _series(g, "value", shape, dtype, unit)
+    _series(g, "value", shape, dtype, unit, unit_attr=unit_attr)
     return g
 
 
 def _series(parent: h5py.Group, name: str, shape: tuple, dtype, unit: str | None,
-            fillvalue=None) -> h5py.Dataset:
+            fillvalue=None, unit_attr: str = "unit") -> h5py.Dataset:
     """An empty, unlimited, chunked, checksummed dataset of rows of ``shape``."""
     row_bytes = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
     rows = int(np.clip(CHUNK_BYTES // row_bytes, 1, MAX_CHUNK_ROWS))
@@ -181,7 +186,7 @@ def _series(parent: h5py.Group, name: str, shape: tuple, dtype, unit: str | None
         name, (0, *shape), maxshape=(None, *shape), dtype=dtype, chunks=(rows, *shape),
         fillvalue=fill_value(dtype) if fillvalue is None else fillvalue, **DATASET_OPTIONS)
     if unit is not None:
-        ds.attrs["unit"] = unit
+        ds.attrs[unit_attr] = unit
     return ds
 
 

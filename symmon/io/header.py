@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 
 from .h5md import (
-    EDGES, PARAMS, PARTICLE_ELEMENTS, PARTICLES, POSITION, PRESENT, SCHEMA_VERSION,
+    EDGES, PARAMS, PARTICLE_ELEMENTS, PARTICLE_UNIT_ATTR, PARTICLES, POSITION, PRESENT, SCHEMA_VERSION,
     LogFormatError, ObservableSpec, decode)
 
 #: HDF5's message when a file's consistency flag is set (writer live or killed)
@@ -65,7 +65,8 @@ def spec_from_group(g: h5py.Group) -> ObservableSpec:
     labels = g.attrs.get("labels")
     if labels is not None and labels.dtype.kind in "OS":
         labels = np.array([decode(x) for x in labels])
-    return ObservableSpec(shape=value.shape[1:], unit=decode(value.attrs["unit"]),
+    unit = value.attrs.get("unit", value.attrs.get(PARTICLE_UNIT_ATTR))
+    return ObservableSpec(shape=value.shape[1:], unit=decode(unit),
                           description=decode(g.attrs.get("description", "")),
                           dtype=value.dtype, labels=labels)
 
