@@ -36,7 +36,13 @@ TIME_UNIT = "ps"
 LENGTH_UNIT = "angstrom"
 UNWRITTEN_STEP = -1  # fill value of `step`: rows allocated but never written
 MAX_CHUNK_ROWS = 256  # steps per chunk for small items
-CHUNK_BYTES = 1 << 20  # target size of one value chunk
+#: file space is allocated in pages (HDF5 "paged aggregation"): an object smaller than a page
+#: never straddles two, so rewriting a chunk is one page write, which a kill cannot tear
+PAGE_BYTES = 4096
+FILE_OPTIONS = {"libver": "latest", "fs_strategy": "page", "fs_page_size": PAGE_BYTES}
+#: largest chunk: one page, less the Fletcher-32 checksum.  A row larger than that gets a
+#: chunk of its own, so a chunk holding committed rows is never rewritten torn
+CHUNK_BYTES = PAGE_BYTES - 4
 PARAMS = "parameters/symmon"
 PARTICLES = "particles/all"
 EDGES = f"{PARTICLES}/box/edges"

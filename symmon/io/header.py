@@ -84,10 +84,18 @@ def spec_differences(a, b) -> list[str]:
     return problems
 
 
+def flagged_open_for_write(path: str) -> bool:
+    """Superblock (version >= 3) status flags, byte 11: bit 0 write, bit 2 SWMR write."""
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+    return len(head) == 12 and head[:8] == b"\x89HDF\r\n\x1a\n" and head[8] >= 3 \
+        and bool(head[11] & 0b101)
+
+
 def open_for_reading(path: str) -> h5py.File:
     """Open read-only.  A file still open by a writer (live or killed) has its
-    consistency flag set, which plain opening refuses: open it in SWMR-read
-    mode instead.  Plain opening first keeps HDF5's truncation check, which
+    consistency flag set, which plain opening refuses (or, after a failed
+    write, calls truncated): open it in SWMR-read mode instead.  Plain opening first keeps HDF5's truncation check, which
     SWMR-read mode skips."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"log file not found: {path}")
@@ -96,7 +104,9 @@ def open_for_reading(path: str) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as e:
-        if UNCLEAN_HINT not in str(e):
+        # a writer that died in a failed write (full disk) can leave the file shorter
+        # than its superblock says: SWMR-read mode trusts what the writer committed
+        if UNCLEAN_HINT not in str(e) and not flagged_open_for_write(path):
             raise LogFormatError(f"{path}: cannot open HDF5 file: {e}") from e
     try:
         return h5py.File(path, "r", libver="latest", swmr=True)

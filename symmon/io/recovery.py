@@ -6,7 +6,7 @@ import os
 
 import h5py
 
-from .h5md import FRAME_COLUMN, MAX_CHUNK_ROWS, PARAMS, build_layout, decode, row_datasets, \
+from .h5md import FILE_OPTIONS, FRAME_COLUMN, MAX_CHUNK_ROWS, PARAMS, build_layout, decode, row_datasets, \
     trusted_rows
 from .header import LogHeader, open_for_reading
 from .lock import PathLock, temp_path
@@ -31,7 +31,7 @@ def recover_log(path: str | os.PathLike) -> int:
             with open_for_reading(path) as src:
                 header = LogHeader(src, path)
                 copy = _rebuild_v2 if header.schema_version >= 2 else _copy_v1
-                with h5py.File(tmp, "w", libver="latest") as dst:
+                with h5py.File(tmp, "w", **FILE_OPTIONS) as dst:
                     kept = copy(src, header, dst)
         except BaseException:
             if os.path.exists(tmp):

@@ -33,7 +33,7 @@ import numpy as np
 
 from . import signals
 from .h5md import (
-    EDGES, FRAME_COLUMN, PARAMS, POSITION, PRESENT, LogFormatError, ObservableSpec,
+    EDGES, FILE_OPTIONS, FRAME_COLUMN, PARAMS, POSITION, PRESENT, LogFormatError, ObservableSpec,
     build_layout, fill_value, present_columns, trusted_rows, truncate_rows, value_path)
 from .header import UNCLEAN_HINT, LogHeader, spec_differences
 from .lock import PathLock, temp_path
@@ -262,7 +262,7 @@ class LogWriter:
         tmp = temp_path(self.path, "creating")
         f = None
         try:
-            f = h5py.File(tmp, "w", libver="latest")
+            f = h5py.File(tmp, "w", **FILE_OPTIONS)
             build_layout(f, self.specs, self.species, self.pbc, metadata_json,
                          self.write_positions, author)
             f.flush()
@@ -342,10 +342,11 @@ class LogWriter:
     # -- faults
 
     def _fail(self, error: Exception) -> None:
-        last = "" if self.last_step_on_disk is None else f", up to step {self.last_step_on_disk}"
+        safe = "no step is on disk (the log is valid and empty)" if not self.rows_on_disk else \
+            f"its first {self.rows_on_disk} steps (up to step {self.last_step_on_disk}) are " \
+            f"safe on disk and readable"
         self._broken = LogWriteError(
-            f"{self.path}: writing the log failed ({_reason(error)}); its first "
-            f"{self.rows_on_disk} steps{last} are safe on disk and readable, later steps are "
+            f"{self.path}: writing the log failed ({_reason(error)}); {safe}, later steps are "
             f"not logged. Free space, then recover_log({self.path!r}) and continue with "
             f"mode='append'.")
         self._broken.errno = getattr(error, "errno", None) or errno.EIO
