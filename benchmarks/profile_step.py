@@ -25,6 +25,7 @@ from . import _common as C
 #: label -> (file suffix, function name) whose cumulative time is reported
 PARTS = [
     ("monitored step total (SymmetryMonitor.calculate)", "symmon/frontends/calculator.py", "calculate"),
+    ("  monitor (Monitor.calculate)", "symmon/monitoring/monitor.py", "calculate"),
     ("  base calculator (MetatomicCalculator.calculate)", "metatomic_ase/_calculator.py",
      "calculate"),
     ("  random grid (symmon random_grid)", "symmon/core/grids.py", "random_grid"),
@@ -39,8 +40,9 @@ PARTS = [
     ("      AtomisticModel unit conversion (_convert_systems_units)",
      "metatomic/torch/model.py", "_convert_systems_units"),
     ("    unpack outputs (_unpack)", "symmon/adapters/metatomic.py", "_unpack"),
-    ("  metrics (_diagnose)", "symmon/frontends/calculator.py", "_diagnose"),
-    ("  log (_write, incl. flushes)", "symmon/frontends/calculator.py", "_write"),
+    ("  metrics (diagnose)", "symmon/monitoring/diagnose.py", "diagnose"),
+    ("  verdict (Policy.judge)", "symmon/monitoring/policy.py", "judge"),
+    ("  log (Recorder.write, incl. flushes)", "symmon/monitoring/recorder.py", "write"),
     ("  ASE check_state (dynamics observer + calculator)", "ase/calculators/calculator.py",
      "check_state"),
 ]

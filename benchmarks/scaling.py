@@ -48,30 +48,39 @@ def base_call(calc, atoms):
 
 
 def step_parts(monitor, atoms, full, repeats):
-    """Median seconds of each part of a monitored step (monitor internals called directly)."""
-    quantities = ["energy", "forces", "stress"]
+    """Median seconds of each part of a monitored step (the monitor's pieces called
+    directly: symmon.monitoring source, schedule, diagnose, policy, recorder)."""
+    from symmon.monitoring.diagnose import diagnose
+    from symmon.monitoring.recorder import StepRecord
+
+    m = monitor.monitor  # the plain Monitor behind the ASE calculator
+    quantities = m.source.quantities(atoms)
     parts = {"base calculator": [], "grid": [], "orbit (copies + forward)": [],
              "metrics": [], "log write": []}
-    for step in range(repeats + 1):
+    every = m.schedule.full_every if full else m.schedule.every
+    for k in range(repeats + 1):
+        step = k * every
         atoms.positions[0, 0] += 1e-6
         t0 = time.perf_counter()
-        base = monitor._base_results(atoms, quantities)
+        base = m.source.predictions(atoms, quantities)
         t1 = time.perf_counter()
-        grid, spectrum_grid = monitor._grids(step, full)
+        plan = m.schedule.plan(step, averaging=False)
         t2 = time.perf_counter()
-        orbit = monitor._evaluate(atoms, grid, quantities)
+        orbit = m.source.orbit(atoms, plan.grid.matrices, quantities)
         t3 = time.perf_counter()
-        monitor.atoms = atoms
-        diagnostics = monitor._diagnose(atoms, quantities, base, grid, spectrum_grid, orbit)
+        values = diagnose(orbit, plan, len(atoms), m.options.l_max)
+        values.update(m.policy.judge(values, quantities).values(), **base)
         t4 = time.perf_counter()
-        monitor._write(step, 0.002 * step, diagnostics)
+        record = StepRecord(step, 0.002 * step, atoms.get_positions(), atoms.cell.array,
+                            True, values)
+        m.recorder.write(record, atoms, lambda: m.observable_specs(atoms), m.metadata)
         t5 = time.perf_counter()
-        if step == 0:
+        if k == 0:
             continue  # warm-up (writer creation, TorchScript)
         for name, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
             parts[name].append(dt)
     # means, so that the periodic log flush (every flush_every steps) is amortised
-    return {name: float(np.mean(v)) for name, v in parts.items()}, len(grid)
+    return {name: float(np.mean(v)) for name, v in parts.items()}, len(plan.grid)
 
 
 def main(argv=None):

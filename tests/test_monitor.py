@@ -224,3 +224,39 @@ def test_bad_options_and_paths(tmp_path):
            cu_ni(), steps=1)
     with read_log(str(existing)) as reader:
         assert reader.count("forces_eps") == 4
+
+
+def test_force_eps_is_per_atom_and_the_same_for_a_supercell():
+    """Exact quadrature, constant lab force f: every atom's eps is |f|, for any N."""
+    results = {}
+    for repeat in (1, 2):
+        atoms = cu_ni().repeat(repeat)
+        atoms.calc = SymmetryMonitor(LabFrameEMT(), every=1, full_every=1, degree=2, l_max=1,
+                                     on_violation="raise", thresholds=10.0,
+                                     model_errors={"forces": 1.0, "stress": 1.0})
+        atoms.get_forces()
+        results[repeat] = dict(atoms.calc.results, n=len(atoms))
+    for r in results.values():
+        np.testing.assert_allclose(r["forces_eps"], 0.05, rtol=1e-10)
+        np.testing.assert_allclose(r["forces_eps_total"], 0.05 * np.sqrt(r["n"]), rtol=1e-10)
+        np.testing.assert_allclose(r["net_force_per_atom"], 0.05, rtol=1e-10)
+        assert r["energy_eps_per_atom"] < 1e-12 and r["violation"] == 0  # vs the model error
+    # the lab stress is the same per cell: same eps in eV/A^3 and GPa
+    np.testing.assert_allclose(results[1]["stress_eps"], results[2]["stress_eps"], rtol=1e-8)
+    np.testing.assert_allclose(results[1]["stress_eps_gpa"], results[1]["stress_eps"] * 160.21766208)
+
+
+def test_switch_to_averaging_is_a_logged_event(tmp_path):
+    log = str(tmp_path / "switch.h5")
+    monitor = SymmetryMonitor(LabFrameEMT(), every=2, log=log, thresholds={"forces": 0.01},
+                              on_violation="average", average_degree=3)
+    with pytest.warns(SymmetryViolationWarning, match="switching"):
+        run_md(monitor, cu_ni(), steps=3)
+    with read_log(log) as reader:
+        assert reader.observable("mode_switch")[0].tolist() == [0]
+        assert reader.observable("averaged")[2].tolist() == [1, 1, 1, 1]
+        # eps measured on the base model once the returned values are averages
+        assert reader.observable("eps_of_returned")[2].tolist() == [0, 0]
+        # the averaged forces have no net lab force
+        assert np.all(reader.observable("net_force_per_atom")[2] < 1e-10)
+        assert reader.metadata["eps_measured_on"] == "returned predictions"

@@ -50,19 +50,26 @@ sys.exit(main())
 """
 
 
-def run_training(name, augment):
+def run_training(name, augment, epochs=None, threads=2, batch_size=None, learning_rate=None):
     rundir = os.path.join(HERE, "runs", name)
     shutil.rmtree(rundir, ignore_errors=True)
     os.makedirs(rundir)
     # absolute data paths, so that mtt can run inside the run directory
     options = open(os.path.join(HERE, "options.yaml")).read()
     options = options.replace("read_from: data/", f"read_from: {HERE}/data/")
+    if epochs is not None:
+        options = options.replace("num_epochs: 40", f"num_epochs: {int(epochs)}")
+    if batch_size is not None:
+        options = options.replace("batch_size: 8", f"batch_size: {int(batch_size)}")
+    if learning_rate is not None:
+        options = options.replace("learning_rate: 1.0e-3", f"learning_rate: {learning_rate}")
     with open(os.path.join(rundir, "options.yaml"), "w") as f:
         f.write(options)
 
-    env = dict(os.environ, OMP_NUM_THREADS="2", MKL_NUM_THREADS="2")
-    if augment:
-        cmd = ["mtt"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if augment:  # `mtt`, without relying on its script being on PATH
+        cmd = [sys.executable, "-c", "import sys; from metatrain.__main__ import main; "
+               "sys.argv = ['mtt'] + sys.argv[1:]; sys.exit(main())"]
     else:
         wrapper = os.path.join(rundir, "mtt_no_augmentation.py")
         with open(wrapper, "w") as f:
@@ -78,13 +85,13 @@ def run_training(name, augment):
     return rundir
 
 
-def export(rundir, targets):
-    """Export the best weights of ``rundir/model.ckpt`` (float32 and float64)."""
+def export(rundir, targets, checkpoint=None):
+    """Export the best weights of ``rundir/model.ckpt`` (or of ``checkpoint``)."""
     import torch
     from metatrain.utils.io import load_model
 
     for path, dtype in targets:
-        model = load_model(os.path.join(rundir, "model.ckpt"))  # best weights
+        model = load_model(checkpoint or os.path.join(rundir, "model.ckpt"))
         model = model.to(dtype)
         model.export().save(path)
         size = os.path.getsize(path) / 1024

@@ -27,6 +27,8 @@ COMMANDS = {
                "fit a symmetry-purified linear readout"),
     "ipi": ("symmon.frontends.ipi", "add_ipi_arguments", "run_ipi",
             "serve an i-PI server with the monitored model"),
+    "export": ("symmon.frontends.export", "add_export_arguments", "export_command",
+               "structures of the worst steps with per-atom eps (extxyz, chemiscope)"),
 }
 
 

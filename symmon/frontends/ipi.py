@@ -29,7 +29,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from .calculator import SymmetryMonitor
+from .calculator import make_monitor
 
 #: Keys of the JSON extras returned to i-PI with *every* force (NaN where a value was
 #: not computed on this call): i-PI raises KeyError if a key named in a trajectory's
@@ -39,10 +39,12 @@ EXTRAS_KEYS = (
     "monitored",         # 1 if the diagnostics were computed on this call, else 0
     "full_orbit",        # 1 on exact-quadrature calls, 0 on random-rotation calls
     "n_elements",        # O(3) elements evaluated
-    "energy_eps", "energy_eps_err", "energy_rel_eps",
-    "forces_eps", "forces_eps_err", "forces_rel_eps",
-    "stress_eps", "stress_eps_err", "stress_rel_eps",
-    "violation",
+    "energy_eps", "energy_eps_err", "energy_rel_eps", "energy_eps_per_atom",
+    "forces_eps", "forces_eps_err", "forces_rel_eps",  # per atom (RMS over atoms), eV/Å
+    "forces_eps_total",  # summed over atoms, eV/Å
+    "stress_eps", "stress_eps_err", "stress_rel_eps", "stress_eps_gpa",
+    "level", "violation",
+    "net_force_per_atom",  # every call, eV/Å (the log also has net_torque of molecules)
     "forces_eps_per_atom",  # list of n_atoms values
 )
 #: Warn when i-PI's first structure is farther than this (angstrom, per atom, minimum
@@ -97,6 +99,19 @@ def shard_log_path(log: str, shard) -> str:
     return str(path.with_name(f"{stem}.client-{shard}{suffix}"))
 
 
+def parse_thresholds(items) -> Dict[str, float]:
+    """``["forces=0.05"]`` -> ``{"forces": 0.05}`` (checked by the monitor's options)."""
+    thresholds = {}
+    for item in items:
+        quantity, _, limit = item.partition("=")
+        try:
+            thresholds[quantity.strip()] = float(limit)
+        except ValueError:
+            raise ValueError(f"--threshold {item!r}: expected QUANTITY=LIMIT, e.g. "
+                             "forces=0.05") from None
+    return thresholds
+
+
 def pes_path() -> str:
     """Path of the i-PI PES file for ``<ffdirect>`` / ``i-pi-py_driver -m custom -P``."""
     return str(Path(__file__).with_name("ipi_pes.py").resolve())
@@ -112,31 +127,20 @@ def _as_bool(value) -> bool:
     return bool(value)
 
 
-class IPIMonitor(SymmetryMonitor):
-    """``SymmetryMonitor`` that also logs the i-PI request id of each call.
+def _request_id_spec():
+    from ..io.log import ObservableSpec
 
-    ``request_id`` is what i-PI sends with its INIT message: the bead index when the
-    system has one force component; -1 when unknown (the ``<ffdirect>`` route).
-    """
-
-    request_id: int = -1
-
-    def _observable_specs(self, n_atoms, periodic):
-        from ..io.log import ObservableSpec
-
-        specs = super()._observable_specs(n_atoms, periodic)
-        specs["ipi_request_id"] = ObservableSpec(
-            (), "1", "i-PI request id of this force call (bead index with one force "
-            "component; -1 if unknown)", dtype="int64")
-        return specs
-
-    def _extra_values(self):
-        return {"ipi_request_id": int(self.request_id)}
+    return {"ipi_request_id": ObservableSpec(
+        (), "1", "i-PI request id of this force call (bead index with one force "
+        "component; -1 if unknown)", dtype="int64")}
 
 
 # ---------------------------------------------------------------------------- evaluator
 class MonitoredEvaluator:
-    """Template structure + ``IPIMonitor``: one force call from i-PI at a time.
+    """Template structure + :class:`~symmon.monitoring.monitor.Monitor`: one force call
+    from i-PI at a time, each logged with its i-PI request id (``ipi_request_id``: the
+    bead index when the system has one force component; -1 when unknown, the
+    ``<ffdirect>`` route).
 
     :param template: ASE ``Atoms`` listing the atoms in i-PI's order (its species are
         used: the i-PI protocol does not transmit species)
@@ -155,8 +159,9 @@ class MonitoredEvaluator:
         meta = {"ipi_template": template_name,
                 "ipi_template_formula": template.get_chemical_formula()}
         meta.update(metadata or {})
-        self.monitor = IPIMonitor(base, log=log, metadata=meta, **monitor_options)
-        self.atoms.calc = self.monitor
+        self.monitor = make_monitor(base, log, metadata=meta, extra_specs=_request_id_spec(),
+                                    **monitor_options)
+        self.last_values: Dict[str, object] = {}
         self.periodic = bool(all(self.atoms.pbc))
         self.n_calls = 0
 
@@ -204,41 +209,32 @@ class MonitoredEvaluator:
         positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
         cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
         self.check_structure(positions, cell)
-        atoms, monitor = self.atoms, self.monitor
+        atoms = self.atoms
         atoms.cell[:] = cell
         atoms.positions[:] = positions
-        monitor.request_id = int(request_id)
-        monitor.reset()  # every i-PI request is a fresh calculation (and a log entry)
-        step = int(monitor.step)
-        energy = float(atoms.get_potential_energy())
-        forces = np.array(atoms.get_forces(), dtype=np.float64)
+        step = int(self.monitor.step)
+        returned, self.last_values = self.monitor.calculate(
+            atoms, {"ipi_request_id": int(request_id)})  # every request is a fresh step
+        energy = float(returned["energy"])
+        forces = np.array(returned["forces"], dtype=np.float64)
         if self.periodic:
-            virial = -atoms.get_volume() * atoms.get_stress(voigt=False)
+            virial = -atoms.get_volume() * np.asarray(returned["stress"])
         else:
             virial = np.zeros((3, 3))
         self.n_calls += 1
         return energy, forces, virial, self.extras(step)
 
     def extras(self, step: int) -> Dict[str, object]:
-        """The fixed key set :data:`EXTRAS_KEYS` of the last calculation."""
-        diag = self.monitor.last_diagnostics
-        values = diag.values if diag is not None else {}
-        n_atoms = len(self.atoms)
-
-        def number(name):
-            value = values.get(name)
-            return float(value) if value is not None else math.nan
-
-        out: Dict[str, object] = {"symmon_step": step, "monitored": int(diag is not None)}
-        for name in EXTRAS_KEYS:
-            if name in ("symmon_step", "monitored"):
-                continue
-            if name == "forces_eps_per_atom":
-                value = values.get(name)
-                out[name] = (np.asarray(value, dtype=float).reshape(-1).tolist()
-                             if value is not None else [math.nan] * n_atoms)
-            else:
-                out[name] = number(name)
+        """The fixed key set :data:`EXTRAS_KEYS` of the last calculation (NaN: not
+        computed on this call)."""
+        values = self.last_values
+        out: Dict[str, object] = {"symmon_step": step,
+                                  "monitored": int("n_elements" in values)}
+        for name in EXTRAS_KEYS[2:-1]:
+            out[name] = float(values.get(name, math.nan))
+        per_atom = values.get("forces_eps_per_atom")
+        out["forces_eps_per_atom"] = (np.asarray(per_atom, dtype=float).reshape(-1).tolist()
+                                      if per_atom is not None else [math.nan] * len(self.atoms))
         return out
 
     def close(self) -> None:
@@ -392,8 +388,16 @@ def add_ipi_arguments(parser) -> None:
     parser.add_argument("--full-every", type=int, default=0,
                         help="exact quadrature + spectra every n calls (default 0: never)")
     parser.add_argument("--l-max", type=int, default=4, help="spectra up to l_max (default 4)")
-    parser.add_argument("--mode", choices=("monitor", "average"), default="monitor",
-                        help="return the base predictions (monitor) or their O(3) average")
+    parser.add_argument("--mode", choices=("monitor", "average", "purified"),
+                        default="monitor", help="return the base predictions (monitor), "
+                        "their O(3) average, or a purified readout's (needs --readout)")
+    parser.add_argument("--readout", default=None,
+                        help="purified readout file written by symmon purify (--mode purified)")
+    parser.add_argument("--threshold", action="append", default=[], metavar="Q=LIMIT",
+                        help="problem limit of the relative eps of quantity Q (energy, "
+                        "forces, stress), e.g. forces=0.05; repeatable")
+    parser.add_argument("--on-violation", choices=("warn", "raise", "average"),
+                        default="warn", help="what to do on a step graded problem")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--flush-every", type=int, default=10,
                         help="flush the log every n monitored calls (default 10)")
@@ -436,7 +440,9 @@ def run_ipi(args) -> int:
             device=args.device, connect_wait=args.connect_wait,
             position_tolerance=args.position_tolerance, every=args.every,
             random_rotations=args.random_rotations, full_every=args.full_every,
-            l_max=args.l_max, mode=args.mode, seed=args.seed, flush_every=args.flush_every)
+            l_max=args.l_max, mode=args.mode, seed=args.seed, flush_every=args.flush_every,
+            readout=args.readout, thresholds=parse_thresholds(args.threshold) or None,
+            on_violation=args.on_violation)
     except ConnectionError as error:
         print(f"symmon ipi: error: {error}", file=sys.stderr)
         return 3

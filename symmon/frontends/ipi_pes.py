@@ -16,7 +16,8 @@ file with the atoms in i-PI's order; its species are used), ``model`` (``emt`` o
 metatomic ``.pt`` path; default ``emt``), ``log`` (HDF5 log, default none), ``overwrite``,
 ``every``, ``random_rotations``, ``full_every``, ``l_max``, ``mode``, ``seed``,
 ``flush_every``, ``non_conservative``, ``threads`` (torch threads, default 1), ``device``,
-``position_tolerance``. i-PI passes ``verbosity`` too; unknown keywords are refused.
+``position_tolerance``, ``readout`` (purified readout file, with ``mode: purified``),
+``on_violation``. i-PI passes ``verbosity`` too; unknown keywords are refused.
 
 i-PI gives the cell as column vectors in bohr and positions in bohr, and wants energy in
 hartree, forces in hartree/bohr, the virial in hartree and a string of extras (JSON with
@@ -55,7 +56,8 @@ class SymmonDriver(Dummy_driver):
 
     def __init__(self, template=None, model="emt", log=None, overwrite=False,
                  non_conservative=False, threads=1, device=None, position_tolerance=None,
-                 mode="monitor", verbose=False, *args, **kwargs):
+                 mode="monitor", readout=None, on_violation="warn", verbose=False, *args,
+                 **kwargs):
         if template is None:
             raise ValueError("the symmon PES needs template=<structure file with the atoms "
                              "in i-PI's order>")
@@ -67,11 +69,13 @@ class SymmonDriver(Dummy_driver):
         if unknown or args:
             raise ValueError(f"unknown symmon PES parameters {unknown or list(args)}; known: "
                              "template, model, log, overwrite, non_conservative, threads, "
-                             "device, position_tolerance, mode, " + ", ".join(_MONITOR_INTS))
+                             "device, position_tolerance, mode, readout, on_violation, "
+                             + ", ".join(_MONITOR_INTS))
         self.template = str(template)
         self.model = str(model)
         self.log = None if log in (None, "", "none", "None") else str(log)
-        self.options = dict(options, mode=str(mode))
+        self.options = dict(options, mode=str(mode), on_violation=str(on_violation),
+                            readout=None if readout in (None, "") else str(readout))
         self.overwrite, self.non_conservative = overwrite, non_conservative
         self.threads, self.device = threads, None if device in (None, "") else str(device)
         self.position_tolerance = position_tolerance

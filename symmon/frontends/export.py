@@ -1,0 +1,453 @@
+"""``symmon export``: the structures of the worst monitored steps, with per-atom ε.
+
+A step's forces ε is ranked by its RMS over atoms (the number means the same at any
+size)::
+
+    ε_F = sqrt( (1/N) Σ_i ε_i² )      [eV/Å],   ε_i = forces_eps_per_atom[i]
+
+computed here from the logged per-atom ε, so logs where ``forces_eps`` is the sum over
+atoms (schema 1) and logs where it is the RMS rank alike.  Energy and stress steps rank
+by their logged ``energy_eps`` [eV] / ``stress_eps`` [eV/Å³].
+
+Two outputs: an extended XYZ file (``ase.io.read`` reads it; any structure viewer shows
+it) with per-atom arrays ``symmon_forces_eps`` [eV/Å] (and ``symmon_forces_off_target``
+[eV/Å] where the log has ``forces_off_target``), the model's energy/forces/stress as
+results, and the step's numbers in ``info``; or a chemiscope dataset (``.json`` /
+``.json.gz``) of the same frames with per-atom ε as an atom property and the per-step
+numbers as structure properties.  Logs are read only through
+:func:`symmon.io.log.read_log`.  See docs/export.md.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import Counter
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..core.outputs import matrix_to_voigt, pretty_unit
+from ..io.log import LogFormatError, LogReader, read_log
+
+EPS_PER_ATOM = "forces_eps_per_atom"
+#: logged per-atom observable -> extxyz array / chemiscope atom property
+PER_ATOM_ARRAYS = {EPS_PER_ATOM: "symmon_forces_eps",
+                   "forces_off_target": "symmon_forces_off_target"}
+QUANTITIES = ("forces", "energy", "stress")
+#: logged scalars not copied to info: the model energy goes to the results, and
+#: forces ε is recomputed here (its meaning changed between log versions)
+_NOT_INFO = {"energy", "forces_eps", "forces_eps_total"}
+FORMATS = ("extxyz", "chemiscope")
+DEFAULT_WORST = 10
+_CHUNK_ROWS = 256  # rows read from the log at a time
+Key = Tuple[int, int]  # (step, occurrence of that step): shards may repeat a step
+
+
+class WorstStep(NamedTuple):
+    """One monitored step ranked by ``quantity``'s ε (``eps`` in ``unit``)."""
+
+    rank: int
+    step: int
+    time_ps: float
+    quantity: str
+    eps: float
+    unit: str
+
+
+class WorstAtom(NamedTuple):
+    """One atom of ``step`` ranked by its forces ε [eV/Å]."""
+
+    rank: int
+    step: int
+    time_ps: float
+    index: int
+    symbol: str
+    eps_eV_per_A: float
+
+
+# ----------------------------------------------------------------- ranking
+
+
+def _eps_series(reader: LogReader, name: str, quantity: str):
+    """``reader.observable(name)``, or a clear error when it is absent or empty."""
+    if name not in reader.observable_names:
+        raise ValueError(f"{_names(reader)} has no {quantity} ε ({name!r}); logged: "
+                         f"{', '.join(reader.observable_names)}")
+    steps, times, values = reader.observable(name)
+    if len(steps) == 0:
+        raise ValueError(f"{_names(reader)} has no monitored steps; run longer than the "
+                         "monitor's `every` steps, or check that the run was monitored")
+    return steps, times, np.asarray(values, dtype=np.float64)
+
+
+def _rms_over_atoms(eps_per_atom: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.mean(np.square(eps_per_atom), axis=-1))
+
+
+def step_eps(reader: LogReader, quantity: str = "forces"):
+    """``(steps (n,), times (n,) [ps], ε (n,), unit)`` of ``quantity`` at each monitored
+    step; forces: RMS over atoms of the per-atom ε (see the module docstring)."""
+    if quantity not in QUANTITIES:
+        raise ValueError(f"unknown quantity {quantity!r}; choose one of {', '.join(QUANTITIES)}")
+    name = EPS_PER_ATOM if quantity == "forces" else f"{quantity}_eps"
+    steps, times, values = _eps_series(reader, name, quantity)
+    if quantity == "forces":
+        values = _rms_over_atoms(values)
+    return steps, times, values, reader.unit(name)
+
+
+def _rank_order(eps: np.ndarray) -> np.ndarray:
+    """Indices of ``eps`` from largest to smallest (NaN last, ties in log order)."""
+    return np.argsort(-np.nan_to_num(eps, nan=-np.inf), kind="stable")
+
+
+def worst_steps(reader: LogReader, n: Optional[int] = DEFAULT_WORST,
+                quantity: str = "forces") -> List[WorstStep]:
+    """The ``n`` (None: all) monitored steps with the largest ε of ``quantity``."""
+    steps, times, eps, unit = step_eps(reader, quantity)
+    order = _rank_order(eps)[:n]
+    return [WorstStep(rank + 1, int(steps[i]), float(times[i]), quantity, float(eps[i]), unit)
+            for rank, i in enumerate(order)]
+
+
+def worst_atoms(reader: LogReader, n: int = 5, step: Optional[int] = None) -> List[WorstAtom]:
+    """The ``n`` atoms with the largest forces ε at ``step`` (default: the step of
+    largest forces ε, RMS over atoms); a step logged twice gives its first occurrence."""
+    steps, times, eps_per_atom = _eps_series(reader, EPS_PER_ATOM, "forces")
+    if step is None:
+        step = int(steps[_rank_order(_rms_over_atoms(eps_per_atom))[0]])
+    rows = np.flatnonzero(steps == step)
+    if not rows.size:
+        raise ValueError(_unknown_steps_message(reader, [step], steps))
+    row, symbols = rows[0], _symbols(reader.species)
+    return [WorstAtom(rank + 1, int(step), float(times[row]), int(i), symbols[i],
+                      float(eps_per_atom[row, i]))
+            for rank, i in enumerate(_rank_order(eps_per_atom[row])[:n])]
+
+
+# ----------------------------------------------------------------- selection
+
+
+def _keys(steps: np.ndarray) -> List[Key]:
+    seen: Counter = Counter()
+    keys = []
+    for step in steps.tolist():
+        keys.append((step, seen[step]))
+        seen[step] += 1
+    return keys
+
+
+def select_steps(reader: LogReader, *, worst: Optional[int] = None,
+                 steps: Optional[Sequence[int]] = None, all_steps: bool = False,
+                 quantity: str = "forces") -> Tuple[List[Key], Dict[Key, int]]:
+    """Keys of the exported rows, in the order written, and each one's rank by
+    ``quantity``'s ε: worst first (``worst``), as listed (``steps``; every logged
+    occurrence of each), or in step order (``all_steps``)."""
+    if sum((worst is not None, steps is not None, bool(all_steps))) > 1:
+        raise ValueError("choose one of --worst, --steps and --all")
+    logged, _, eps, _ = step_eps(reader, quantity)
+    keys = _keys(logged)
+    order = _rank_order(eps)
+    rank = {keys[i]: r + 1 for r, i in enumerate(order)}
+    if all_steps:
+        return keys, rank
+    if steps is not None:
+        missing = sorted(set(steps) - set(logged.tolist()))
+        if missing:
+            raise ValueError(_unknown_steps_message(reader, missing, logged))
+        return [k for s in steps for k in keys if k[0] == s], rank
+    if worst is not None and worst < 1:
+        raise ValueError(f"--worst must be at least 1, got {worst}")
+    return [keys[i] for i in order[:worst or DEFAULT_WORST]], rank
+
+
+def _unknown_steps_message(reader: LogReader, missing, logged: np.ndarray) -> str:
+    shown = ", ".join(str(s) for s in np.unique(logged)[:12])
+    more = ", ..." if len(np.unique(logged)) > 12 else ""
+    return (f"step {', '.join(str(s) for s in missing)} is not a monitored step of "
+            f"{_names(reader)}; monitored steps: {shown}{more} ({len(logged)} in all)")
+
+
+# ----------------------------------------------------------------- frames
+
+
+def _collect(read, wanted: set) -> Dict[Key, tuple]:
+    """Rows of a step-sorted series whose key is in ``wanted``; ``read(start, stop)``
+    returns a tuple of arrays, steps first.  Read in chunks (bounded memory)."""
+    found: Dict[Key, tuple] = {}
+    seen: Counter = Counter()
+    start = 0
+    while len(found) < len(wanted):
+        block = read(start, start + _CHUNK_ROWS)
+        if len(block[0]) == 0:
+            break
+        for i, step in enumerate(block[0].tolist()):
+            key = (step, seen[step])
+            seen[step] += 1
+            if key in wanted:
+                found[key] = tuple(None if part is None else part[i] for part in block)
+        start += _CHUNK_ROWS
+    return found
+
+
+def _observable_values(reader: LogReader, wanted: set) -> Dict[str, Dict[Key, object]]:
+    """name -> {key: value} for the per-atom arrays, the model's outputs and every
+    scalar observable (sparse ones only where logged)."""
+    names = [n for n in reader.observable_names
+             if n in PER_ATOM_ARRAYS or n in QUANTITIES or reader.spec(n).shape == ()]
+    values = {}
+    for name in names:
+        rows = _collect(lambda a, b, name=name: reader.observable(name, a, b), wanted)
+        values[name] = {key: row[2] for key, row in rows.items()}
+    return values
+
+
+def exported_frames(reader: LogReader, keys: Sequence[Key],
+                    rank: Optional[Dict[Key, int]] = None, quantity: str = "forces"):
+    """ASE ``Atoms`` of the rows ``keys``: positions and cell from the log, per-atom
+    arrays (:data:`PER_ATOM_ARRAYS`), the model's energy/forces/stress as results and
+    the step's numbers in ``info`` (``symmon_<observable>``, units in ``*_unit``)."""
+    frames = _collect(lambda a, b: reader.frames(a, b), set(keys))
+    if frames and next(iter(frames.values()))[2] is None:
+        raise ValueError(f"{_names(reader)} stores no positions (written with "
+                         "write_positions=False); there are no structures to export")
+    lost = [k[0] for k in keys if k not in frames]
+    if lost:
+        raise LogFormatError(f"{_names(reader)}: no frame (positions, cell) logged at "
+                             f"step {', '.join(map(str, lost[:5]))}; the log is incomplete")
+    values = _observable_values(reader, set(keys))
+    return [_atoms(reader, frames[k], {n: v[k] for n, v in values.items() if k in v},
+                   None if rank is None else rank[k], quantity) for k in keys]
+
+
+def _atoms(reader: LogReader, frame, values: Dict[str, object], rank, quantity):
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    step, time, positions, cell = frame
+    atoms = Atoms(numbers=reader.species, positions=positions, cell=cell, pbc=reader.pbc)
+    for name, array in PER_ATOM_ARRAYS.items():
+        if name in values:
+            atoms.new_array(array, np.asarray(values[name], dtype=np.float64))
+    atoms.info.update(_step_info(reader, int(step), float(time), values))
+    if rank is not None:
+        atoms.info["symmon_rank"] = int(rank)
+        atoms.info["symmon_ranked_by"] = "forces_eps_rms" if quantity == "forces" \
+            else f"{quantity}_eps"
+    results = {name: values[name] for name in QUANTITIES if name in values}
+    if "stress" in results:
+        results["stress"] = matrix_to_voigt(results["stress"])  # ASE: symmetric, Voigt
+    if results:
+        atoms.calc = SinglePointCalculator(atoms, **results)
+    return atoms
+
+
+def _step_info(reader: LogReader, step: int, time: float, values) -> Dict[str, object]:
+    info: Dict[str, object] = {"symmon_step": step, "symmon_time_ps": time}
+    if EPS_PER_ATOM in values:
+        eps = np.asarray(values[EPS_PER_ATOM], dtype=np.float64)
+        unit = reader.unit(EPS_PER_ATOM)
+        info.update(symmon_forces_eps_rms=float(_rms_over_atoms(eps)),
+                    symmon_forces_eps_rms_unit=unit,
+                    symmon_forces_eps_total=float(np.sqrt(np.sum(eps ** 2))),
+                    symmon_forces_eps_total_unit=unit)
+    for name, value in values.items():
+        if name in _NOT_INFO or reader.spec(name).shape != ():
+            continue
+        info[f"symmon_{name}"] = value.item()
+        if reader.unit(name) != "1":
+            info[f"symmon_{name}_unit"] = reader.unit(name)
+    return info
+
+
+# ----------------------------------------------------------------- writers
+
+
+def _atomic_write(path: str, write) -> None:
+    """``write(temporary path)`` then rename onto ``path``: no half-written file."""
+    directory, base = os.path.split(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"cannot write {path!r}: directory {directory!r} does not exist")
+    if os.path.isdir(path):
+        raise ValueError(f"cannot write {path!r}: it is a directory; give a file name")
+    partial = os.path.join(directory, f".{os.getpid()}.partial.{base}")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+def write_extxyz(path: str, frames) -> None:
+    """Extended XYZ of ``frames`` (per-atom columns keep 8 decimals: ASE's format)."""
+    import ase.io
+
+    _atomic_write(path, lambda tmp: ase.io.write(tmp, frames, format="extxyz"))
+
+
+#: per-step numbers shown as chemiscope structure properties: info key -> description
+_STRUCTURE_PROPERTIES = {
+    "symmon_step": "MD step",
+    "symmon_time_ps": "simulation time",
+    "symmon_forces_eps_rms": "forces ε, RMS over atoms",
+    "symmon_energy_eps": "energy ε",
+    "symmon_stress_eps": "stress ε",
+    "symmon_forces_rel_eps": "forces ε / orbit RMS of the forces",
+    "symmon_energy_rel_eps": "energy ε / orbit RMS of the energy",
+    "symmon_stress_rel_eps": "stress ε / orbit RMS of the stress",
+    "symmon_violation": "1 when a threshold was exceeded",
+}
+
+
+def chemiscope_properties(frames) -> Dict[str, dict]:
+    """Structure properties (per-step numbers present in every frame, not all NaN) and
+    atom properties (:data:`PER_ATOM_ARRAYS`) of ``frames``, in chemiscope's form."""
+    properties = {}
+    for key, text in _STRUCTURE_PROPERTIES.items():
+        if not all(key in a.info for a in frames):
+            continue
+        values = np.array([a.info[key] for a in frames], dtype=np.float64)
+        if np.all(np.isnan(values)):
+            continue
+        unit = frames[0].info.get(f"{key}_unit", "ps" if key == "symmon_time_ps" else "")
+        properties[key[len("symmon_"):]] = _property("structure", values, text, unit)
+    eps_name = PER_ATOM_ARRAYS[EPS_PER_ATOM]
+    if all(eps_name in a.arrays for a in frames):
+        values = np.concatenate([a.arrays[eps_name] for a in frames])
+        properties["atom_forces_eps"] = _property(
+            "atom", values, "forces ε of each atom", "eV/angstrom")
+    return properties
+
+
+def _property(target: str, values: np.ndarray, text: str, unit: str) -> dict:
+    entry = {"target": target, "values": values, "description": text}
+    if unit and unit != "1":
+        entry["units"] = pretty_unit(unit)
+    return entry
+
+
+def write_chemiscope(path: str, frames, name: str) -> None:
+    """A chemiscope dataset of ``frames`` (see :func:`chemiscope_properties`); the map
+    shows forces ε against step, the structures are coloured by per-atom ε."""
+    import chemiscope
+
+    if not path.endswith((".json", ".json.gz")):
+        raise ValueError(f"a chemiscope dataset must end in .json or .json.gz, got {path!r}")
+    properties = chemiscope_properties(frames)
+    color = "atom_forces_eps" if "atom_forces_eps" in properties else None
+    settings = chemiscope.quick_settings(
+        x="step" if "step" in properties else None,
+        y="forces_eps_rms" if "forces_eps_rms" in properties else None,
+        map_color="forces_eps_rms" if "forces_eps_rms" in properties else None,
+        structure_color=color, trajectory=True, periodic=bool(all(frames[0].pbc)))
+    metadata = {"name": name, "description": "symmon: per-atom and per-step O(3) "
+                "equivariance errors (ε) of the monitored steps"}
+    with warnings.catch_warnings():  # NaN (e.g. relative ε of a zero stress) is expected
+        warnings.filterwarnings("ignore", message=".*has NaNs.*")
+        _atomic_write(path, lambda tmp: chemiscope.write_input(
+            tmp, structures=list(frames), properties=properties, metadata=metadata,
+            environments=chemiscope.all_atomic_environments(frames), settings=settings))
+
+
+# ----------------------------------------------------------------- command
+
+
+def add_export_arguments(parser) -> None:
+    parser.add_argument("logs", nargs="+", help="log file(s); several shards are merged")
+    parser.add_argument("-o", "--output", required=True,
+                        help="output: .extxyz/.xyz (structures) or .json/.json.gz (chemiscope)")
+    parser.add_argument("--format", choices=FORMATS, default=None,
+                        help="default: chemiscope for .json/.json.gz, extxyz otherwise")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--worst", type=int, default=None, metavar="N",
+                       help=f"the N steps of largest ε, worst first (extxyz default: "
+                       f"{DEFAULT_WORST})")
+    which.add_argument("--steps", type=_step_list, default=None, metavar="S1,S2,...",
+                       help="these steps, in this order")
+    which.add_argument("--all", action="store_true", dest="all_steps",
+                       help="every monitored step, in step order (chemiscope default)")
+    parser.add_argument("--quantity", choices=QUANTITIES, default="forces",
+                        help="rank steps by this quantity's ε (forces: RMS over atoms)")
+
+
+def _step_list(text: str) -> List[int]:
+    import argparse
+
+    try:
+        steps = [int(word) for word in text.split(",") if word.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--steps takes comma-separated step numbers, e.g. 10,20,30; got {text!r}")
+    if not steps:
+        raise argparse.ArgumentTypeError("--steps needs at least one step number")
+    return steps
+
+
+def export_command(args) -> int:
+    """``symmon export``."""
+    return run_export(args.logs, args.output, fmt=args.format, worst=args.worst,
+                      steps=args.steps, all_steps=args.all_steps, quantity=args.quantity)
+
+
+def run_export(paths, output: str, *, fmt: Optional[str] = None, worst: Optional[int] = None,
+               steps: Optional[Sequence[int]] = None, all_steps: bool = False,
+               quantity: str = "forces") -> int:
+    """Write the selected monitored steps of log(s) ``paths`` to ``output``; print one
+    line saying what was written; return 0.  Bad input raises ``ValueError`` or
+    ``FileNotFoundError`` (exit code 2 from the CLI)."""
+    output = os.fspath(output)
+    fmt = fmt or ("chemiscope" if output.endswith((".json", ".json.gz")) else "extxyz")
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "chemiscope" and worst is None and steps is None:
+        all_steps = True
+    paths = [os.fspath(paths)] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    with _open(paths) as reader:
+        try:
+            keys, rank = select_steps(reader, worst=worst, steps=steps, all_steps=all_steps,
+                                      quantity=quantity)
+            frames = exported_frames(reader, keys, rank, quantity)
+        except (OSError, KeyError) as error:  # h5py on a damaged file
+            raise LogFormatError(f"{_names(reader)}: damaged or incomplete symmon log: "
+                                 f"{error}") from error
+    if fmt == "chemiscope":
+        write_chemiscope(output, frames, os.path.basename(paths[0]))
+    else:
+        write_extxyz(output, frames)
+    print(_summary(output, fmt, frames, quantity, ranked=steps is None and not all_steps))
+    return 0
+
+
+def _open(paths: List[str]) -> LogReader:
+    try:
+        return read_log(paths)
+    except OSError as error:
+        if isinstance(error, FileNotFoundError):
+            raise
+        raise LogFormatError(f"{', '.join(paths)}: cannot read log: {error}") from error
+
+
+def _summary(output: str, fmt: str, frames, quantity: str, ranked: bool) -> str:
+    arrays = sorted({name for a in frames for name in a.arrays if name.startswith("symmon_")})
+    key = "symmon_forces_eps_rms" if quantity == "forces" else f"symmon_{quantity}_eps"
+    eps = [a.info[key] for a in frames if key in a.info]
+    unit = pretty_unit(frames[0].info.get(f"{key}_unit", ""))
+    worst = f"; largest {quantity} ε {max(eps):.3g} {unit} at step " \
+        f"{frames[int(np.nanargmax(eps))].info['symmon_step']}" if eps and not \
+        np.all(np.isnan(eps)) else ""
+    what = f"{len(frames)} {'worst ' if ranked else ''}monitored step" \
+        f"{'s' if len(frames) != 1 else ''}"
+    return (f"symmon export: wrote {what} ({fmt}, per-atom {', '.join(arrays) or 'none'})"
+            f"{worst} to {output}")
+
+
+def _symbols(numbers) -> List[str]:
+    from ase.data import chemical_symbols
+
+    return [chemical_symbols[int(z)] for z in numbers]
+
+
+def _names(reader: LogReader) -> str:
+    return ", ".join(reader.paths)

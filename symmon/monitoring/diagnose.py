@@ -1,0 +1,95 @@
+"""Orbit values -> the numbers of one step: ε, error bars, spectra, per-atom ε.
+
+Every ε is reported in the per-atom normalisation a person reads (the units of
+:data:`symmon.monitoring.thresholds.UNITS`), so the same structure repeated ``n`` times
+gives the same number:
+
+* energy: ``energy_eps`` is the ε of the total energy (eV); ``energy_eps_per_atom`` =
+  ``energy_eps / N`` (eV/atom);
+* forces: ``forces_eps`` = ``sqrt(mean_i eps_i^2)``, the RMS over atoms of each atom's ε
+  (eV/Å); since ``eps_total^2 = sum_i eps_i^2`` this is ``forces_eps_total / sqrt(N)``,
+  and the summed value stays available as ``forces_eps_total``;
+* stress: eV/Å³ (``stress_eps``) and GPa (``stress_eps_gpa``).
+
+Error bars (``*_eps_err``) are jackknife standard errors of the Monte-Carlo estimator
+(about 68 % coverage for a normal sampling distribution; 0 on exact quadratures),
+normalised like the ε they belong to.
+
+The zero-cost signals of :func:`net_signals` need no extra model call: for an exactly
+O(3)-invariant conservative model the net force ``sum_i F_i`` vanishes (translation
+invariance) and so does the net torque ``sum_i (r_i - r_com) x F_i`` of a non-periodic
+system (rotation invariance).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Mapping
+
+import numpy as np
+
+from ..core.metrics import character_spectrum, equivariance_error
+from ..core.outputs import EV_PER_A3_IN_GPA, QUANTITY_KINDS
+from ..core.representations import get_representation
+from .schedule import StepPlan
+
+
+def per_atom_factor(quantity: str, n_atoms: int) -> float:
+    """The factor taking ε (and orbit RMS) of ``quantity`` to its per-atom normalisation."""
+    return {"energy": 1.0 / n_atoms, "forces": 1.0 / np.sqrt(n_atoms),
+            "stress": 1.0}[quantity]
+
+
+#: name of each quantity's per-atom-normalised ε (what the thresholds grade) ...
+NORMALISED_EPS = {"energy": "energy_eps_per_atom", "forces": "forces_eps",
+                  "stress": "stress_eps"}
+#: ... and of its ε as measured (total energy, forces summed over atoms)
+RAW_EPS = {"energy": "energy_eps", "forces": "forces_eps_total", "stress": "stress_eps"}
+
+
+def epsilon_values(quantity: str, orbit_values, plan: StepPlan, n_atoms: int) -> Dict:
+    """ε of one quantity on ``plan.grid``'s orbit (raw and per-atom normalised, with
+    error bars) and its orbit RMS ``<q>_rms`` (normalised)."""
+    error = equivariance_error(orbit_values, plan.grid, QUANTITY_KINDS[quantity])
+    factor = per_atom_factor(quantity, n_atoms)
+    raw, normalised = RAW_EPS[quantity], NORMALISED_EPS[quantity]
+    values = {raw: error.eps, f"{raw}_err": error.eps_stderr,
+              normalised: error.eps * factor, f"{normalised}_err": error.eps_stderr * factor,
+              f"{quantity}_rms": error.rms * factor}
+    if quantity == "forces":
+        values["forces_eps_per_atom"] = error.per_item
+    if quantity == "stress":
+        values["stress_eps_gpa"] = error.eps * EV_PER_A3_IN_GPA
+    return values
+
+
+def spectrum_values(quantity: str, orbit_values, plan: StepPlan, l_max: int) -> Dict:
+    """Normalised character spectrum, power beyond ``l_max`` and contamination."""
+    spectrum = character_spectrum(orbit_values, plan.spectrum, l_max,
+                                  sample_dims=1 if quantity == "forces" else 0)
+    targets = get_representation(QUANTITY_KINDS[quantity]).targets
+    return {f"{quantity}_spectrum": spectrum.normalized,
+            f"{quantity}_residual": spectrum.residual_fraction,
+            f"{quantity}_contamination": spectrum.contamination(targets)}
+
+
+def diagnose(orbit: Mapping[str, object], plan: StepPlan, n_atoms: int, l_max: int) -> Dict:
+    """All diagnostics of one step from the orbit values of each quantity."""
+    values: Dict[str, object] = {"full_orbit": int(plan.full), "n_elements": len(plan.grid)}
+    for quantity, orbit_values in orbit.items():
+        values.update(epsilon_values(quantity, orbit_values, plan, n_atoms))
+        if plan.full:
+            values.update(spectrum_values(quantity, orbit_values, plan, l_max))
+    return values
+
+
+def net_signals(forces: np.ndarray, positions: np.ndarray, masses: np.ndarray,
+                periodic: bool) -> Dict[str, float]:
+    """``|sum_i F_i| / N`` (eV/Å) and, without periodicity, ``|sum_i (r_i - r_com) x F_i|``
+    (eV) of the returned forces."""
+    forces = np.asarray(forces, dtype=np.float64)
+    values = {"net_force_per_atom": float(np.linalg.norm(forces.sum(axis=0))) / len(forces)}
+    if not periodic:
+        centre = masses @ positions / masses.sum()
+        torque = np.cross(positions - centre, forces).sum(axis=0)
+        values["net_torque"] = float(np.linalg.norm(torque))
+    return values

@@ -1,0 +1,268 @@
+"""The monitor: one calculation -> returned predictions and a step record.
+
+Per calculation (:meth:`Monitor.calculate`):
+
+1. the step number (:mod:`.steps`) and its plan (:mod:`.schedule`);
+2. the base calculator's predictions (:mod:`.source`);
+3. on monitored steps, the orbit (one batched call for metatomic models), the
+   diagnostics (:mod:`.diagnose`) and the verdict (:mod:`.policy`); a problem is acted
+   on here -- warn, raise (log written first), or switch to averaging, which is logged
+   as the event ``mode_switch``;
+4. what is returned: the base predictions, their O(3) average, or the purified readout's;
+5. the record (:mod:`.recorder`): committed at once for single points, or when the
+   attached driver confirms the step.
+
+It knows nothing of ASE's ``Calculator`` class: front-ends (the ASE calculator, the
+i-PI client) call :meth:`calculate` and hand the results on.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Dict, Mapping, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..adapters.base import validate_atoms
+from ..core.metrics import orbit_average
+from ..core.outputs import QUANTITY_KINDS, QUANTITY_UNITS
+from ..io.files import file_sha256
+from . import thresholds
+from .diagnose import diagnose, net_signals
+from .options import MonitorOptions
+from .policy import Policy, SymmetryViolation, SymmetryViolationWarning, Verdict
+from .recorder import Recorder, StepRecord
+from .schedule import Schedule, StepPlan
+from .schema import CALL_KINDS, observable_specs
+from .source import ModelSource
+from .steps import StepClock
+
+
+class Monitor:
+    """Measures the O(3) symmetry of ``source``'s predictions while it is being used.
+
+    :param source: the base calculator and its orbit adapter
+    :param options: the monitor's settings
+    :param log: HDF5 log path (``None``: results only)
+    :param readout: a purified readout (``mode="purified"``), already checked to fit
+    :param extra_specs: observables a front-end adds (values passed to :meth:`calculate`)
+    """
+
+    def __init__(self, source: ModelSource, options: MonitorOptions, *, log=None,
+                 readout=None, extra_specs: Optional[Mapping] = None):
+        self.source, self.options = source, options
+        self.schedule, self.policy = Schedule(options), Policy(options)
+        self.recorder = Recorder(log, options.log_mode, options.flush_every)
+        self.readout = readout
+        if options.mode == "purified":
+            self._check_readout(readout)
+        self.extra_specs = dict(extra_specs or {})
+        self.clock = StepClock()
+        self.averaging = options.mode == "average"
+        self.n_violations = 0
+        self.last_values: Dict[str, object] = {}
+        self._pending: Optional[StepRecord] = None
+        self._atoms = None  # the structure of the first record (the log's species, pbc)
+        self._said = set()  # one-time messages already given
+
+    # -- set-up ------------------------------------------------------------------------
+    def _check_readout(self, readout) -> None:
+        sources = {"non_conservative_forces": ("forces", self.source.nc_forces),
+                   "non_conservative_stress": ("stress", self.source.nc_stress)}
+        if readout.target not in sources or not sources[readout.target][1]:
+            raise ValueError(
+                f"the readout corrects {readout.target!r}, which this monitor does not "
+                "return: purified mode applies to direct (non-conservative) forces or "
+                "stress; use MetatomicCalculator(..., non_conservative=True)")
+
+    @property
+    def mode(self) -> str:
+        """What is returned now: ``"monitor"``, ``"average"`` or ``"purified"``."""
+        return "average" if self.averaging else self.options.mode
+
+    @property
+    def step(self) -> int:
+        """Step number the next calculation will be logged under."""
+        return self.clock.peek()
+
+    # -- driver ------------------------------------------------------------------------
+    def attach(self, dynamics) -> None:
+        """Number calculations by the steps of ``dynamics`` (any ASE ``Dynamics``)."""
+        self.clock.attach(dynamics)
+        dynamics.attach(self.observe, interval=1)
+
+    def observe(self) -> None:
+        """Driver observer: commit the calculation of the step the driver just finished."""
+        step = self.clock.observe()
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return  # no new calculation for this step (the driver reused cached results)
+        if not self.clock.confirms(pending.positions):
+            self._say_once("unconfirmed", f"the driver's step {step} was not at the "
+                           "positions of the last calculation; that calculation is not "
+                           "logged (the driver moved the atoms after evaluating them)")
+            return
+        pending.step, pending.time_ps = step, self.clock.time_ps(step)
+        self._commit(pending, "driver_step")
+
+    def _commit_left_initial_state(self) -> None:
+        pending = self._pending
+        if pending is not None and self.clock.left_initial_state(
+                pending.step, pending.positions, pending.at_driver):
+            self._pending = None
+            self._commit(pending, "driver_step")
+
+    # -- one calculation ---------------------------------------------------------------
+    def calculate(self, atoms, extra_values: Optional[Mapping] = None
+                  ) -> Tuple[Dict[str, np.ndarray], Dict[str, object]]:
+        """Returned predictions (energy, forces, 3x3 stress as available) and the values
+        of this calculation (diagnostics, NaN-free; only what was computed)."""
+        validate_atoms(atoms)
+        quantities = self.source.quantities(atoms)
+        self._say_not_monitored(atoms)
+        self._commit_left_initial_state()
+        step = self.clock.next_step()
+        plan = self.schedule.plan(step, self.averaging)
+        base = self.source.predictions(atoms, quantities)
+        values, orbit = dict(extra_values or {}), None
+        record = StepRecord(step, self.clock.time_ps(step), atoms.get_positions(),
+                            atoms.cell.array.copy(), plan.scheduled, values)
+        if self._atoms is None:
+            self._atoms = atoms.copy()
+        if plan.grid is not None:
+            orbit = self._orbit(atoms, plan.grid.matrices, quantities)
+            values.update(diagnose(orbit, plan, len(atoms), self.options.l_max))
+            values.update(base if plan.scheduled else {})
+            verdict = self.policy.judge(values, quantities)
+            values.update(verdict.values())
+            self.n_violations += values["violation"]
+            self._act(verdict, record)
+            values["eps_of_returned"] = int(not self.averaging)
+        returned = self._returned(atoms, quantities, base, plan, orbit)
+        values["averaged"] = int(self.averaging)
+        if "forces" in returned:
+            values.update(net_signals(returned["forces"], atoms.get_positions(),
+                                      atoms.get_masses(), periodic=bool(any(atoms.pbc))))
+        self.last_values = values
+        if self.clock.attached:
+            record.at_driver = self.clock.confirms(record.positions)
+            self._pending = record
+        else:
+            self._commit(record, "single_point")
+        return returned, values
+
+    def _orbit(self, atoms, matrices, quantities):
+        """Orbit values of what is returned (purified: the readout's predictions)."""
+        if self.readout is None:
+            return self.source.orbit(atoms, matrices, quantities)
+        values = self.source.orbit(atoms, matrices, quantities, [self.readout.feature])
+        features = values.pop(self.readout.feature)
+        quantity = "forces" if self.readout.target == "non_conservative_forces" else "stress"
+        corrected = torch.as_tensor(self.readout.correct(values[quantity].numpy(),
+                                                         features.numpy()))
+        if quantity == "forces":  # as MetatomicCalculator returns direct forces
+            corrected = corrected - corrected.mean(dim=1, keepdim=True)
+        values[quantity] = corrected
+        return values
+
+    def _returned(self, atoms, quantities, base, plan: StepPlan, orbit):
+        if self.averaging:
+            grid = self.schedule.average_grid
+            if plan.grid is not grid:
+                orbit = self._orbit(atoms, grid.matrices, quantities)
+            return {q: orbit_average(orbit[q], grid, QUANTITY_KINDS[q]).numpy()
+                    for q in quantities}
+        if self.readout is not None:
+            purified = self._orbit(atoms, np.eye(3)[None], quantities)
+            return {q: purified[q][0].numpy() for q in quantities}
+        return base
+
+    # -- acting on a verdict -----------------------------------------------------------
+    def _act(self, verdict: Verdict, record: StepRecord) -> None:
+        action = self.policy.action(verdict, self.averaging)
+        if action is None:
+            return
+        step, text = record.step, verdict.describe()
+        if action == "raise":
+            self._commit(record, "driver_step" if self.clock.attached else "single_point")
+            self.close()
+            raise SymmetryViolation(f"symmetry violation at step {step}: {text}")
+        if action == "average":
+            warnings.warn(f"symmetry violation at step {step} ({text}); switching to O(3) "
+                          "averaging from this step on", SymmetryViolationWarning,
+                          stacklevel=4)
+            self.averaging = True
+            record.values["mode_switch"] = 1
+            return
+        new = [q for q in verdict.problems if ("problem", q) not in self._said]
+        if new:
+            self._said.update(("problem", q) for q in new)
+            warnings.warn(f"symmetry violation at step {step}: {text} (further problem "
+                          "steps are counted in the log's 'violation', not warned)",
+                          SymmetryViolationWarning, stacklevel=4)
+
+    def _say_once(self, key: str, message: str) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            warnings.warn(message, UserWarning, stacklevel=4)
+
+    def _say_not_monitored(self, atoms) -> None:
+        missing = self.source.not_monitored(atoms)
+        if missing:
+            self._say_once(("missing", tuple(missing)),
+                           f"{type(self.source.base).__name__} does not provide "
+                           f"{' or '.join(missing)}: not monitored (monitoring "
+                           f"{', '.join(self.source.quantities(atoms))})")
+
+    # -- log ---------------------------------------------------------------------------
+    def _commit(self, record: StepRecord, kind: str) -> None:
+        record.values["calls"] = max(self.clock.calls, 1)
+        record.values["call_kind"] = CALL_KINDS[kind]
+        if kind == "single_point":
+            self.clock.single_point_done()
+        else:
+            self.clock.committed()
+        atoms = self._atoms
+        self.recorder.write(record, atoms, lambda: self.observable_specs(atoms),
+                            self.metadata)
+
+    def observable_specs(self, atoms) -> dict:
+        return observable_specs(self.source.quantities(atoms), len(atoms),
+                                bool(any(atoms.pbc)), self.options.l_max, self.extra_specs)
+
+    def metadata(self) -> dict:
+        source, options = self.source, self.options
+        model_path = getattr(source.orbit_model, "model_path", None) or \
+            getattr(source.base, "parameters", {}).get("model")
+        dynamics = self.clock.dynamics
+        meta = dict(options.describe())
+        meta.update({
+            "symmon_version": __version__,
+            "base_calculator": type(source.base).__name__,
+            "orbit_path": source.path,
+            "model_file": model_path, "model_sha256": file_sha256(model_path),
+            "full_grid": self.schedule.full_grid.describe(),
+            "forces_source": "non_conservative" if source.nc_forces else "conservative",
+            "stress_source": "non_conservative" if source.nc_stress else "conservative",
+            "driver": None if dynamics is None else type(dynamics).__name__,
+            "eps_measured_on": "base model" if options.mode == "average"
+            else "returned predictions",
+            "reference_errors": dict(thresholds.REFERENCE_ERRORS),
+            "floors": dict(thresholds.FLOORS),
+            "units": {"energy": "eV", "length": "angstrom", "time": "ps",
+                      "forces": QUANTITY_UNITS["forces"], "stress": QUANTITY_UNITS["stress"],
+                      "forces_eps": "eV/angstrom (RMS over atoms)",
+                      "energy_eps_per_atom": "eV/atom"},
+        })
+        meta.update(options.metadata)
+        return meta
+
+    def flush(self) -> None:
+        self.recorder.flush()
+
+    def close(self) -> None:
+        """Flush and close the log (a calculation the driver never confirmed is dropped)."""
+        self._pending = None
+        self.recorder.close()

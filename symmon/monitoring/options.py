@@ -1,0 +1,116 @@
+"""The monitor's settings, checked once: what to measure, how often, what to return.
+
+One frozen value shared by the schedule, the policy, the log metadata and every
+front-end (ASE calculator, i-PI client, i-PI PES), so the options are spelled and
+validated in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Dict, Mapping, Optional, Union
+
+import numpy as np
+
+from ..core.outputs import QUANTITY_KINDS
+
+MODES = ("monitor", "average", "purified")
+VIOLATION_ACTIONS = ("warn", "raise", "average")
+
+
+def _integer(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _per_quantity(name: str, values, what: str) -> Dict[str, float]:
+    """``{"forces": 0.05}`` or one number for all quantities -> checked dict."""
+    if values is None:
+        return {}
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
+        values = {quantity: float(values) for quantity in QUANTITY_KINDS}
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{name} must be a number or a dict quantity -> {what}, got "
+                         f"{type(values).__name__}")
+    unknown = set(values) - set(QUANTITY_KINDS)
+    if unknown:
+        raise ValueError(f"{name} for unknown quantities {sorted(unknown)}; expected some of "
+                         f"{sorted(QUANTITY_KINDS)}")
+    for quantity, value in values.items():
+        if not (isinstance(value, (int, float)) and value > 0):
+            raise ValueError(f"{name} for {quantity} must be a positive number, got {value!r}")
+    return {quantity: float(value) for quantity, value in values.items()}
+
+
+@dataclass(frozen=True)
+class MonitorOptions:
+    """Settings of a symmetry monitor (the keyword arguments of ``SymmetryMonitor``).
+
+    :param every: monitor every n-th step (default 10: the orbit costs about
+        ``2 * random_rotations`` model calls, see docs/performance.md)
+    :param random_rotations: Haar-random rotations per monitored step (each paired with
+        its improper partner); at least 2, and 3 for error bars
+    :param full_every: every m-th step use the exact quadrature and compute character
+        spectra (0: never)
+    :param degree: quadrature degree of full steps (default ``2 * l_max``)
+    :param l_max: character spectra up to this angular order
+    :param mode: ``"monitor"`` (return base predictions), ``"average"`` (return the
+        O(3) average over a quadrature of ``average_degree``), ``"purified"``
+        (return the purified readout's predictions; needs ``readout``)
+    :param thresholds: problem limit of the relative ε (ε / max(orbit RMS, floor)), per
+        quantity (``{"forces": 0.05}``) or one number for all; the other limits are
+        those of :mod:`symmon.monitoring.thresholds`
+    :param model_errors: the model's own test RMSE per quantity, in eV/atom, eV/Å and
+        eV/Å³ (from ``symmon eval``); ε is judged against them instead of typical MLIP
+        errors
+    :param on_violation: on a step graded ``problem``: ``"warn"``, ``"raise"`` (log
+        flushed, run stopped) or ``"average"`` (switch to averaging from this step on,
+        a logged event)
+    :param seed: seed of the random rotations (same seed, same log)
+    :param flush_every: flush the log every this many steps
+    :param log_mode: ``"create"`` (refuse an existing file), ``"append"``, ``"overwrite"``
+    """
+
+    every: int = 10
+    random_rotations: int = 3
+    full_every: int = 0
+    degree: Optional[int] = None
+    l_max: int = 4
+    mode: str = "monitor"
+    average_degree: int = 5
+    thresholds: Union[None, float, Mapping[str, float]] = None
+    model_errors: Optional[Mapping[str, float]] = None
+    on_violation: str = "warn"
+    seed: int = 0
+    flush_every: int = 10
+    log_mode: str = "create"
+    metadata: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self):
+        checked = {"every": _integer("every", self.every, 1),
+                   "random_rotations": _integer("random_rotations", self.random_rotations, 2),
+                   "full_every": _integer("full_every", self.full_every, 0),
+                   "l_max": _integer("l_max", self.l_max, 0),
+                   "average_degree": _integer("average_degree", self.average_degree, 1),
+                   "flush_every": _integer("flush_every", self.flush_every, 1),
+                   "seed": _integer("seed", self.seed, 0)}
+        checked["degree"] = (2 * checked["l_max"] if self.degree is None
+                             else _integer("degree", self.degree, 2 * checked["l_max"]))
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.on_violation not in VIOLATION_ACTIONS:
+            raise ValueError(f"on_violation must be one of {VIOLATION_ACTIONS}, got "
+                             f"{self.on_violation!r}")
+        checked["thresholds"] = _per_quantity("thresholds", self.thresholds, "limit")
+        checked["model_errors"] = _per_quantity("model_errors", self.model_errors, "RMSE")
+        checked["metadata"] = dict(self.metadata or {})
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+    def describe(self) -> dict:
+        """The settings as JSON-ready metadata (without the user's extra metadata)."""
+        settings = asdict(self)
+        settings.pop("metadata")
+        settings.pop("log_mode")
+        return settings

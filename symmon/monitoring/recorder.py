@@ -1,0 +1,69 @@
+"""Step records and the log they go to (created at the first record, closed once).
+
+A :class:`StepRecord` is everything one step produced; :class:`Recorder` writes it to
+the HDF5 log through :class:`symmon.io.log.LogWriter`'s public API: the frame
+(positions, cell) and the diagnostics on monitored steps, the zero-cost signals on
+every step.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional
+
+import numpy as np
+
+from ..io.log import LogWriter, check_log_path
+from .schema import EVERY_STEP
+
+
+@dataclass
+class StepRecord:
+    """One step: its number, time, structure, and the values to log."""
+
+    step: int
+    time_ps: float
+    positions: np.ndarray
+    cell: np.ndarray
+    monitored: bool
+    values: Dict[str, object] = field(default_factory=dict)
+    at_driver: bool = False  # made at the attached driver's positions
+
+
+class Recorder:
+    """Writes step records to ``path`` (``None``: keeps nothing); the log is created at
+    the first :meth:`write`, from the ``specs`` and ``metadata`` callables it is given."""
+
+    def __init__(self, path, mode: str, flush_every: int):
+        self.path = None if path is None else os.fspath(path)
+        self.mode, self.flush_every = mode, int(flush_every)
+        if self.path is not None:
+            check_log_path(self.path, mode)  # refuse bad paths before any step runs
+        self._writer: Optional[LogWriter] = None
+
+    def write(self, record: StepRecord, atoms, specs: Callable[[], dict],
+              metadata: Callable[[], dict]) -> None:
+        if self.path is None:
+            return
+        if self._writer is None:
+            self._writer = LogWriter(
+                self.path, specs(), species=atoms.numbers,
+                pbc=tuple(bool(p) for p in atoms.pbc),
+                metadata=metadata() if self.mode != "append" else None,
+                mode=self.mode, flush_every=self.flush_every)
+        if record.monitored:
+            self._writer.append_frame(record.step, record.time_ps, record.positions,
+                                      record.cell)
+        logged = {k: v for k, v in record.values.items() if k in self._writer.specs
+                  and (record.monitored or k in EVERY_STEP)}
+        self._writer.append_many(record.step, record.time_ps, logged)
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -1,0 +1,111 @@
+"""The log's observables: name -> shape, unit, description (built from the outputs table).
+
+What is written when:
+
+* every step (monitored or not): the zero-cost signals ``net_force_per_atom`` (and
+  ``net_torque`` without periodicity), ``calls`` and ``call_kind``, ``averaged``;
+* every monitored step: the base prediction of each quantity, its ε (raw and per-atom
+  normalised) with error bars, relative ε, ratio to the error scale and grade, the
+  per-atom force ε, and the step's ``level`` / ``violation``;
+* full-orbit steps: character spectra, residual and contamination;
+* once, at the step the monitor switched to averaging: ``mode_switch``.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Mapping, Sequence
+
+from ..core.irreps import irrep_labels, irreps_up_to
+from ..core.outputs import QUANTITY_UNITS
+from ..io.log import ObservableSpec
+from .diagnose import NORMALISED_EPS, RAW_EPS
+from .thresholds import UNITS
+
+#: observables written on every step, monitored or not (the others: monitored steps only)
+EVERY_STEP = ("net_force_per_atom", "net_torque", "calls", "call_kind", "averaged")
+#: call_kind values: how the logged calculation came about
+CALL_KINDS = {"driver_step": 0, "single_point": 1}
+
+
+def _int(description: str) -> ObservableSpec:
+    return ObservableSpec((), "1", description, dtype="int64")
+
+
+def _eps_specs(quantity: str) -> Dict[str, ObservableSpec]:
+    unit, per_atom_unit = QUANTITY_UNITS[quantity], UNITS[quantity]
+    raw, normalised = RAW_EPS[quantity], NORMALISED_EPS[quantity]
+    specs = {raw: ObservableSpec((), unit, f"equivariance error of {quantity} (paper "
+                                 "Eq. 1-2, summed over components)"),
+             f"{raw}_err": ObservableSpec((), unit, f"standard error of {raw} (jackknife, "
+                                          "~68 % coverage; 0 on exact quadratures)")}
+    if normalised != raw:
+        specs[normalised] = ObservableSpec(
+            (), per_atom_unit, f"{raw} per atom" if quantity == "energy" else
+            "RMS over atoms of each atom's force eps = forces_eps_total / sqrt(N)")
+        specs[f"{normalised}_err"] = ObservableSpec((), per_atom_unit,
+                                                    f"standard error of {normalised}")
+    specs[f"{quantity}_rms"] = ObservableSpec(
+        (), per_atom_unit, f"orbit RMS of {quantity}, normalised as {normalised}")
+    specs[f"{quantity}_rel_eps"] = ObservableSpec(
+        (), "1", f"{normalised} / max({quantity}_rms, floor of the thresholds table)")
+    specs[f"{quantity}_ratio"] = ObservableSpec(
+        (), "1", f"{normalised} / the error scale (the model's own error if given, else "
+        "a typical MLIP error)")
+    specs[f"{quantity}_level"] = _int(f"grade of {quantity}: 0 ok, 1 caution, 2 problem")
+    return specs
+
+
+def _spectrum_specs(quantity: str, labels) -> Dict[str, ObservableSpec]:
+    return {
+        f"{quantity}_spectrum": ObservableSpec(
+            (len(labels),), "1", f"normalised character spectrum of {quantity} "
+            "(full-orbit steps)", labels=labels),
+        f"{quantity}_residual": ObservableSpec(
+            (), "1", f"fraction of {quantity}'s power beyond l_max (full-orbit steps)"),
+        f"{quantity}_contamination": ObservableSpec(
+            (), "1", f"fraction of {quantity}'s power outside its target irreps"),
+    }
+
+
+def observable_specs(quantities: Sequence[str], n_atoms: int, periodic: bool, l_max: int,
+                     extra: Mapping[str, ObservableSpec] = ()) -> Dict[str, ObservableSpec]:
+    """Every observable a monitor of ``quantities`` may write for this structure."""
+    shapes = {"energy": (), "forces": (n_atoms, 3), "stress": (3, 3)}
+    labels = irrep_labels(irreps_up_to(l_max))
+    specs: Dict[str, ObservableSpec] = {}
+    for quantity in quantities:
+        specs[quantity] = ObservableSpec(shapes[quantity], QUANTITY_UNITS[quantity],
+                                         f"base model {quantity}")
+        specs.update(_eps_specs(quantity))
+        specs.update(_spectrum_specs(quantity, labels))
+    if "forces" in quantities:
+        specs["forces_eps_per_atom"] = ObservableSpec(
+            (n_atoms,), "eV/angstrom", "equivariance error of each atom's force")
+    if "stress" in quantities:
+        specs["stress_eps_gpa"] = ObservableSpec((), "GPa", "stress_eps in GPa")
+    specs.update({
+        "full_orbit": _int("1 on exact-quadrature steps"),
+        "n_elements": _int("O(3) elements evaluated"),
+        "level": _int("worst grade of the step: 0 ok, 1 caution, 2 problem "
+                      "(symmon.monitoring.thresholds)"),
+        "violation": _int("1 when the step was graded problem"),
+        "eps_of_returned": _int("1 when eps measures the returned predictions; 0 when it "
+                                "measures the base model (the returned values were "
+                                "O(3)-averaged)"),
+        "averaged": _int("1 when the returned predictions were O(3)-averaged (every step)"),
+        "mode_switch": _int("1 at the step the monitor switched to O(3) averaging"),
+        "calls": _int("base-model calculations since the previous logged step, this one "
+                      "included (>1: re-evaluations a driver did not keep, e.g. line "
+                      "searches; every step)"),
+        "call_kind": _int("0: a step confirmed by the attached driver; 1: a single point "
+                          "outside any driver (every step)"),
+        "net_force_per_atom": ObservableSpec(
+            (), "eV/angstrom", "|sum_i F_i| / N of the returned forces (0 for an exactly "
+            "symmetric conservative model; every step)"),
+    })
+    if not periodic:
+        specs["net_torque"] = ObservableSpec(
+            (), "eV", "|sum_i (r_i - r_com) x F_i| of the returned forces (0 for an exactly "
+            "symmetric conservative model; every step)")
+    specs.update(extra)
+    return specs
