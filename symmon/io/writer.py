@@ -279,20 +279,16 @@ class LogWriter:
             raise
 
     def _open_append(self, metadata: dict | None) -> h5py.File:
-        try:
-            f = h5py.File(self.path, "r+", libver="latest")
-        except OSError as e:
-            if UNCLEAN_HINT in str(e):
-                raise LogFormatError(
-                    f"{self.path}: log was not closed cleanly (its writer was killed). Call "
-                    f"symmon.io.log.recover_log({self.path!r}) and append again.") from e
-            raise LogFormatError(f"{self.path}: cannot open as HDF5 for appending: {e}") from e
-        try:
+        """Check the stored log read-only (a refused append leaves every byte as it
+        was), then open it for writing, cut it to its trusted rows and start SWMR."""
+        with self._open_existing("r") as f:
             header = LogHeader(f, self.path)
             problems = self._append_problems(header, metadata)
             if problems:
                 raise ValueError(
                     f"{self.path}: cannot append, incompatible log: " + "; ".join(problems))
+        f = self._open_existing("r+")
+        try:
             n = trusted_rows(f)
             truncate_rows(f, n)
             if n:
@@ -310,6 +306,16 @@ class LogWriter:
             f.close()
             raise
         return f
+
+    def _open_existing(self, mode: str) -> h5py.File:
+        try:
+            return h5py.File(self.path, mode, libver="latest")
+        except OSError as e:
+            if UNCLEAN_HINT in str(e):
+                raise LogFormatError(
+                    f"{self.path}: log was not closed cleanly (its writer was killed). Call "
+                    f"symmon.io.log.recover_log({self.path!r}) and append again.") from e
+            raise LogFormatError(f"{self.path}: cannot open as HDF5 for appending: {e}") from e
 
     def _append_problems(self, header: LogHeader, metadata: dict | None) -> list[str]:
         if header.schema_version != 2:
