@@ -99,9 +99,6 @@ class LogReader:
         self.paths = [os.fspath(p) for p in paths]
         if not self.paths:
             raise ValueError("LogReader needs at least one path")
-        if len(set(map(os.path.realpath, self.paths))) != len(self.paths):
-            raise LogFormatError(
-                f"the same log file is given twice in {self.paths}; give each file once")
         self._shards: list[_Shard] = []
         try:
             for p in self.paths:
