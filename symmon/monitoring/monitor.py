@@ -127,6 +127,7 @@ class Monitor:
         plan = self.schedule.plan(step, self.averaging)
         base = self.source.predictions(atoms, quantities)
         values, orbit = dict(extra_values or {}), None
+        values.update(base)  # the base model's predictions: logged with every frame
         record = StepRecord(step, self.clock.time_ps(step), atoms.get_positions(),
                             atoms.cell.array.copy(), plan.scheduled, values)
         if self._atoms is None:
@@ -135,7 +136,6 @@ class Monitor:
             orbit = self._orbit(atoms, plan.grid.matrices, quantities)
             values.update(diagnose(orbit, plan, len(atoms), self.options.l_max,
                                    self.source.model_dtype))
-            values.update(base if plan.scheduled else {})
             verdict = self.policy.judge(values, quantities)
             values.update(verdict.values())
             self.n_violations += values["violation"]

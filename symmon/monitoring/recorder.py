@@ -2,8 +2,10 @@
 
 A :class:`StepRecord` is everything one step produced; :class:`Recorder` writes it to
 the HDF5 log through :class:`symmon.io.log.LogWriter`'s public API: the frame
-(positions, cell) and the diagnostics on monitored steps, the zero-cost signals on
-every step.
+(positions, cell, the base model's energy, forces and stress) and the zero-cost signals
+on every step, so that H5MD readers iterate a whole trajectory; the diagnostics on
+monitored steps (NaN elsewhere). The writer flushes and closes the log on SIGTERM,
+SIGHUP and SIGINT; in append mode it refuses a log of another model, seed or settings.
 """
 
 from __future__ import annotations
@@ -50,11 +52,9 @@ class Recorder:
             self._writer = LogWriter(
                 self.path, specs(), species=atoms.numbers,
                 pbc=tuple(bool(p) for p in atoms.pbc),
-                metadata=metadata() if self.mode != "append" else None,
-                mode=self.mode, flush_every=self.flush_every)
-        if record.monitored:
-            self._writer.append_frame(record.step, record.time_ps, record.positions,
-                                      record.cell)
+                metadata=metadata(), mode=self.mode, flush_every=self.flush_every,
+                handle_signals=True)
+        self._writer.append_frame(record.step, record.time_ps, record.positions, record.cell)
         logged = {k: v for k, v in record.values.items() if k in self._writer.specs
                   and (record.monitored or k in EVERY_STEP)}
         self._writer.append_many(record.step, record.time_ps, logged)

@@ -22,7 +22,8 @@ from .diagnose import NORMALISED_EPS, RAW_EPS
 from .thresholds import UNITS
 
 #: observables written on every step, monitored or not (the others: monitored steps only)
-EVERY_STEP = ("net_force_per_atom", "net_torque", "calls", "call_kind", "averaged")
+EVERY_STEP = ("energy", "forces", "stress", "net_force_per_atom", "net_torque", "calls",
+              "call_kind", "averaged")
 #: call_kind values: how the logged calculation came about
 CALL_KINDS = {"driver_step": 0, "single_point": 1}
 
