@@ -36,7 +36,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field, fields
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -185,17 +185,33 @@ def structure_ratios(items: Sequence[QuantityResult], rmse: float) -> np.ndarray
 
 
 def evaluate_set(orbit_model, structures, grid, label_keys: Dict[str, str],
-                 progress: bool = True) -> List[StructureResult]:
-    """:func:`evaluate_structure` over ``structures`` with a progress bar."""
+                 progress: bool = True, parts=None) -> Optional[List[StructureResult]]:
+    """:func:`evaluate_structure` over ``structures`` with a progress bar.
+
+    With ``parts`` (a :class:`~symmon.frontends.ranks.PartialResults`) each rank of a
+    torchrun launch evaluates its share of the structures not finished by an earlier
+    attempt, keeps every result as it finishes, and rank 0 returns them all in order
+    (``None`` on the other ranks).
+    """
     from tqdm.auto import tqdm
 
+    indices = list(range(len(structures))) if parts is None else \
+        parts.mine(range(len(structures)))
+    main = parts is None or parts.ranks.is_main
     results = []
-    for index, atoms in enumerate(tqdm(structures, desc="symmon eval", unit="structure",
-                                       disable=not progress)):
+    for index in tqdm(indices, desc="symmon eval", unit="structure",
+                      disable=not (progress and main)):
+        atoms = structures[index]
         outputs = choose_outputs(orbit_model, periodic=bool(all(atoms.pbc)))
-        results.append(evaluate_structure(orbit_model, atoms, grid, outputs, label_keys,
-                                          index))
-    return results
+        result = evaluate_structure(orbit_model, atoms, grid, outputs, label_keys, index)
+        if parts is None:
+            results.append(result)
+        else:
+            parts.add(index, result)
+    if parts is None:
+        return results
+    parts.ranks.barrier()
+    return [parts.load(key) for key in parts.keys()] if main else None
 
 
 def summarize(results: Sequence[StructureResult], model: str, grid, outputs) -> Dict:
@@ -310,18 +326,46 @@ def _write(path: str, text: str) -> None:
 
 
 def run_eval(args) -> int:
+    """``symmon eval``: one process, or every rank of ``torchrun ... symmon eval``."""
     from ..adapters import make_orbit_model
     from ..adapters.labels import read_structures
     from ..core.grids import quadrature_grid
+    from ..io.files import file_sha256
+    from .ranks import PartialResults, Ranks
 
     grid = quadrature_grid(args.degree)
     structures = read_structures(args.structures, args.index)
     keys = label_keys_for(args, structures)
-    options = {"device": args.device}
-    if args.chunk_size is not None:
-        options["chunk_size"] = args.chunk_size
-    orbit_model = make_orbit_model(args.model, **options)
-    results = evaluate_set(orbit_model, structures, grid, keys, not args.no_progress)
+    with Ranks.from_environment(rank_device(args.device)) as ranks:
+        if ranks.distributed and not args.output:
+            raise ValueError("under torchrun give -o OUTPUT: the ranks keep their results "
+                             "in OUTPUT.parts/ and rank 0 writes OUTPUT")
+        options = {"device": ranks.device if ranks.distributed else args.device}
+        if args.chunk_size is not None:
+            options["chunk_size"] = args.chunk_size
+        orbit_model = make_orbit_model(args.model, **options)
+        settings = {"model_sha256": file_sha256(args.model), "degree": args.degree,
+                    "structures_sha256": file_sha256(args.structures),
+                    "index": args.index, "label_keys": keys}
+        parts = PartialResults(args.output, ranks, settings) if args.output else None
+        results = evaluate_set(orbit_model, structures, grid, keys, not args.no_progress,
+                               parts)
+        if ranks.is_main:
+            _report(args, results, grid, orbit_model, keys)
+        if parts is not None:
+            parts.clear()
+    return 0
+
+
+def rank_device(device: Optional[str]) -> Optional[str]:
+    """``--device cuda`` under torchrun means each rank's own GPU (``cuda:LOCAL_RANK``)."""
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return device
+
+
+def _report(args, results, grid, orbit_model, keys) -> None:
+    """Write (and print) the table / JSON and the figure of ``results``."""
     document = summarize(results, os.fspath(args.model), grid, choose_outputs(orbit_model))
     document["label_keys"] = keys
     json_format = args.format == "json" or (
@@ -338,4 +382,3 @@ def run_eval(args) -> int:
 
         eps_vs_error_figure(document, args.figure)
         print(f"figure in {args.figure}")
-    return 0
