@@ -298,6 +298,17 @@ def test_purified_mode_returns_the_readout_forces(variants, name, tmp_path):
     assert extras["forces_eps"] == pytest.approx(eps["purified"], rel=1e-6)  # same rotations
 
 
+def test_purify_fit_of_a_model_without_energy(variants):
+    """The direct forces of the forces-only variant can be purified (the fit needs no
+    energy); monitoring it is refused (test_model_without_energy_is_refused_...)."""
+    orbit_model = MetatomicOrbitModel(variants["forces_only"].model)
+    sweep = sweep_structures(orbit_model, rattled_cells(3), "non_conservative_forces",
+                             AVERAGE_GRID, holdout=0.34, progress=False)
+    assert sweep.feature == "mtt::aux::non_conservative_force_last_layer_features"
+    model_row, fitted = sweep.scan([1e3])
+    assert fitted["holdout_eps"] < 0.1 * model_row["holdout_eps"]
+
+
 def test_purified_mode_refuses_a_model_without_its_features(variants, tmp_path):
     path = tmp_path / "readout.h5"
     fit_readout(variants["nc_plural"], rattled_cells(3), path)
