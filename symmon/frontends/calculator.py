@@ -27,6 +27,7 @@ import numpy as np
 from ase.calculators.calculator import (BaseCalculator, PropertyNotImplementedError,
                                         all_changes)
 
+from ..adapters.model_file import loading_model_file
 from ..core.outputs import matrix_to_voigt
 from ..monitoring.monitor import Monitor
 from ..monitoring.options import MODES, VIOLATION_ACTIONS, MonitorOptions  # noqa: F401
@@ -47,10 +48,9 @@ def metatomic_calculator(path, *, device: Optional[str] = None, non_conservative
     """``MetatomicCalculator`` for a ``.pt`` file, with exact neighbour lists (no skin)."""
     from metatomic_ase import MetatomicCalculator
 
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"model file {os.fspath(path)!r} does not exist")
-    return MetatomicCalculator(os.fspath(path), device=device,
-                               non_conservative=non_conservative, neighbor_skin=0.0)
+    with loading_model_file(path) as checked:
+        return MetatomicCalculator(checked, device=device,
+                                   non_conservative=non_conservative, neighbor_skin=0.0)
 
 
 def make_monitor(base, log=None, *, readout=None, device=None, chunk_size=None,
