@@ -14,6 +14,8 @@ costs no torch import.
 __version__ = "0.1.0"
 
 #: public name -> module that defines it
+from .core.lazy import lazy_getattr
+
 _PUBLIC = {
     **{name: "symmon.core.metrics" for name in (
         "CharacterSpectrum", "EquivarianceError", "OrbitMetrics", "back_transform",
@@ -26,17 +28,7 @@ _PUBLIC = {
 }
 
 __all__ = sorted(_PUBLIC)
-
-
-def __getattr__(name):
-    module = _PUBLIC.get(name)
-    if module is None:
-        raise AttributeError(f"module 'symmon' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr("symmon", _PUBLIC, globals())
 
 
 def __dir__():

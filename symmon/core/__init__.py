@@ -5,6 +5,8 @@ It imports nothing of ASE, i-PI, HDF5 or matplotlib. Names are imported on first
 so ``symmon.core.outputs`` (numpy only) costs no torch import.
 """
 
+from .lazy import lazy_getattr
+
 _PUBLIC = {
     **{name: "symmon.core.grids" for name in (
         "O3Grid", "make_grid", "positive_lebedev_order", "quadrature_grid", "random_grid",
@@ -15,14 +17,4 @@ _PUBLIC = {
 }
 
 __all__ = sorted(_PUBLIC)
-
-
-def __getattr__(name):
-    module = _PUBLIC.get(name)
-    if module is None:
-        raise AttributeError(f"module 'symmon.core' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr("symmon.core", _PUBLIC, globals())
