@@ -36,7 +36,8 @@ from ..monitoring.source import ModelSource
 #: diagnostics in ``results`` (NaN on steps where they were not computed)
 DIAGNOSTICS = ("energy_eps", "energy_eps_per_atom", "forces_eps", "forces_eps_total",
                "stress_eps", "stress_eps_gpa", "energy_rel_eps", "forces_rel_eps",
-               "stress_rel_eps", "level", "violation", "net_force_per_atom", "net_torque")
+               "stress_rel_eps", "level", "violation", "net_force_per_atom", "net_torque",
+               "frame_noise_energy", "frame_noise_forces", "frame_noise_stress")
 
 
 class StressNotAvailable(PropertyNotImplementedError, ValueError):
@@ -54,7 +55,7 @@ def metatomic_calculator(path, *, device: Optional[str] = None, non_conservative
 
 
 def make_monitor(base, log=None, *, readout=None, device=None, chunk_size=None,
-                 extra_specs=None, **options) -> Monitor:
+                 extra_specs=None, warm_up=True, **options) -> Monitor:
     """A :class:`Monitor` of ``base`` (ASE calculator or ``.pt`` path), options checked."""
     options = MonitorOptions(**options)
     if isinstance(base, (str, os.PathLike)):
@@ -63,7 +64,7 @@ def make_monitor(base, log=None, *, readout=None, device=None, chunk_size=None,
     if options.mode == "purified":
         readout = _load_readout(readout, source)
     return Monitor(source, options, log=log, readout=readout if options.mode == "purified"
-                   else None, extra_specs=extra_specs)
+                   else None, extra_specs=extra_specs, warm_up=warm_up)
 
 
 def _load_readout(readout, source):
