@@ -162,11 +162,15 @@ def _ase_results(returned, values, n_atoms) -> dict:
         results["forces"] = np.asarray(returned["forces"]).reshape(n_atoms, 3)
     if "stress" in returned:
         results["stress"] = matrix_to_voigt(returned["stress"])
-    for name in DIAGNOSTICS:
-        results[name] = float(values.get(name, np.nan))
-    results["forces_eps_per_atom"] = np.asarray(values.get("forces_eps_per_atom",
-                                                           np.full(n_atoms, np.nan)))
+    results.update(_NOT_COMPUTED)
+    results.update({name: float(values[name]) for name in DIAGNOSTICS if name in values})
+    per_atom = values.get("forces_eps_per_atom")
+    results["forces_eps_per_atom"] = (np.full(n_atoms, np.nan) if per_atom is None
+                                      else np.asarray(per_atom))
     return results
+
+
+_NOT_COMPUTED = dict.fromkeys(DIAGNOSTICS, float("nan"))
 
 
 def _close_at_exit(reference) -> None:

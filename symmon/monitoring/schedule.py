@@ -53,11 +53,16 @@ def average_degree(quantities: Sequence[str], band: int = AVERAGE_BAND) -> int:
 
 
 def random_frame(seed: int, step: int) -> np.ndarray:
-    """``(1, 3, 3)``: the Haar-random O(3) element of ``step`` (improper with prob. 1/2)."""
-    from scipy.spatial.transform import Rotation
+    """``(1, 3, 3)``: the Haar-random O(3) element of ``step`` (improper with prob. 1/2).
 
+    The rotation is that of a uniform unit quaternion (a normalised 4D Gaussian), a few
+    microseconds instead of SciPy's ~0.3 ms per call."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, step, 1]))
-    rotation = Rotation.random(random_state=rng).as_matrix()
+    w, x, y, z = (q := rng.normal(size=4)) / np.linalg.norm(q)
+    rotation = np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
     return (rotation * rng.choice((-1.0, 1.0)))[None]
 
 
