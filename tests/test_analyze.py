@@ -309,3 +309,68 @@ def test_bad_module_pattern(run, capsys):
     with pytest.raises(FileExistsError):
         analyze_layers(run["checkpoints"][-1], run["structures"],
                        str(run["folder"] / "layers.h5"))
+
+
+# -- under torchrun (issue 19): 2 gloo ranks on CPU equal one process -------------------
+def _torchrun_cli(args, cwd, port_offset=0, wait=True):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+               "--master-port", str(29500 + (os.getpid() + 7 + port_offset) % 2000),
+               "-m", "symmon.frontends.cli", *args, "--no-progress", "--device", "cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([ROOT] + sys.path))
+    if not wait:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _assert_same_analysis(a, b):
+    assert list(a["modules"]) == list(b["modules"])
+    for name in a["modules"]:
+        for statistic in ("aggregate", "mean", "median"):
+            np.testing.assert_allclose(b["modules"][name][statistic],
+                                       a["modules"][name][statistic], rtol=1e-12, atol=0)
+    for name in a["outputs"]:
+        for key in ("eps_rms", "rmse"):
+            np.testing.assert_allclose(b["outputs"][name][key], a["outputs"][name][key],
+                                       rtol=1e-12, atol=0)
+
+
+def test_layers_two_ranks_equal_one_process(run, layers, tmp_path):
+    from symmon.frontends.analyze.io import read_analysis
+
+    _torchrun_cli(["layers", run["checkpoints"][-1], run["structures"], "--l-max",
+                   str(L_MAX), "-o", "two.h5"], tmp_path)
+    with h5py.File(tmp_path / "two.h5", "r") as f:
+        _assert_same_analysis(layers[0], read_analysis(f))
+    assert not (tmp_path / "two.h5.parts").exists()
+
+
+def test_checkpoints_two_ranks_killed_and_resumed_equal_one_process(run, tmp_path):
+    import signal
+    import time
+
+    from symmon.frontends.analyze.drivers import read_training
+
+    folder = str(run["folder"] / "outputs")
+    args = ["checkpoints", folder, run["structures"], "--l-max", "1", "--modules",
+            "gnn_layers.0.edge_embedder", "output:*", "--energy-key", "emt_energy"]
+    from symmon.frontends.cli import main
+
+    assert main(args + ["-o", str(tmp_path / "one.h5"), "--no-progress"]) == 0
+    one = read_training(str(tmp_path / "one.h5"))
+    launch = _torchrun_cli(args + ["-o", "two.h5"], tmp_path, 1, wait=False)
+    parts = tmp_path / "two.h5.parts"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(parts.glob("item-*.pkl")):
+        time.sleep(0.05)
+    os.killpg(launch.pid, signal.SIGKILL)
+    launch.wait()
+    assert list(parts.glob("item-*.pkl")), "the launch was killed before any item finished"
+    _torchrun_cli(args + ["-o", "two.h5"], tmp_path, 2)
+    two = read_training(str(tmp_path / "two.h5"))
+    assert two["epochs"] == one["epochs"] == [0, 1, 2]
+    for epoch in one["epochs"]:
+        _assert_same_analysis(one["per_epoch"][epoch], two["per_epoch"][epoch])

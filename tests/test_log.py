@@ -23,6 +23,7 @@ from symmon.io.log import (
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CHILD = pathlib.Path(__file__).with_name("_log_writer_child.py")
+V1_LOG = pathlib.Path(__file__).with_name("data") / "log_v1.h5"
 
 
 def write_log(path, steps, mode="create", **kw):
@@ -92,8 +93,14 @@ def test_roundtrip_and_h5md_layout(tmp_path):
         assert pos["step"].dtype == np.int64 and pos["time"].attrs["unit"] == "ps"
         assert box["edges/value"].shape == (23, 3, 3)
         assert pos["value"].maxshape[0] is None and pos["value"].chunks is not None
+        # Schema 2 (issue 16): one step axis; a sparse series is NaN where not given.
         obs = f["observables/forces_spectrum"]
-        assert obs["value"].shape == (5, 10) and obs["step"].shape == (5,)
+        assert obs["value"].shape == (23, 10) and obs["step"] == box["edges/step"]
+        given = np.arange(23) % child.SPECTRUM_EVERY == 0
+        assert np.isnan(obs["value"][~given]).all() and np.isfinite(obs["value"][given]).all()
+        present = f["parameters/symmon/present"]
+        column = list(present.attrs["columns"]).index("forces_spectrum")
+        np.testing.assert_array_equal(present[:, column], given)
         assert f["parameters/symmon"].attrs["schema_version"] == SCHEMA_VERSION
 
 
@@ -289,24 +296,47 @@ def test_live_reader_sees_flushed_steps(tmp_path):
         assert f["observables/energy_eps/step"].shape == (20,)
 
 
-def test_reader_trims_inconsistent_lengths(tmp_path):
-    """Simulate a crash between resizing value/time/step of one element."""
+def test_reader_trusts_only_rows_in_every_element(tmp_path):
+    """Simulate a crash inside a flush: datasets of different lengths, step not yet written.
+    (Schema 2, issue 17: a row is trusted only when present in every element.)"""
     path = tmp_path / "run.h5"
     write_log(path, range(10))
     with h5py.File(path, "r+") as f:
+        f["observables/energy_eps/value"].resize(13, axis=0)  # value written for 3 more steps...
+        f["parameters/symmon/present"].resize(12, axis=0)
+        f["particles/all/box/edges/time"].resize(12, axis=0)
+        f["particles/all/box/edges/step"].resize(12, axis=0)  # ...step grown, never written
+    with read_log(path) as r:
+        assert_log_holds(r, range(10))
+    with h5py.File(path, "r+") as f:
+        f["particles/all/position/value"].resize(8, axis=0)  # positions behind: 8 rows whole
+    with read_log(path) as r:
+        assert_log_holds(r, range(8))
+    write_log(path, [8], mode="append")  # append trims, then continues
+    with read_log(path) as r:
+        assert_log_holds(r, range(9))
+
+
+def test_v1_log_still_reads_and_trims(tmp_path):
+    """The schema-1 fixture (tests/data/make_log_v1.py), whole and after a simulated crash."""
+    path = tmp_path / "v1.h5"
+    path.write_bytes(V1_LOG.read_bytes())
+    with read_log(path) as r:
+        assert r.schema_version == 1 and r.metadata == {"seed": 7}
+        assert_log_holds(r, range(12))
+    with h5py.File(path, "r+") as f:
         g = f["observables/energy_eps"]
-        g["value"].resize(13, axis=0)  # value written for 3 more steps...
-        g["time"].resize(12, axis=0)
-        g["step"].resize(12, axis=0)   # ...step resized but never written (fill)
-        f["particles/all/position/value"].resize(8, axis=0)  # frames: positions behind
+        g["value"].resize(15, axis=0)
+        g["step"].resize(14, axis=0)  # step rows allocated, never written (fill -1)
+        f["particles/all/position/value"].resize(8, axis=0)
     with read_log(path) as r:
-        st, t, v = r.observable("energy_eps")
-        np.testing.assert_array_equal(st, range(10))
-        assert len(t) == len(v) == 10
+        assert r.observable("energy_eps")[0].tolist() == list(range(12))
         assert r.frames().step.tolist() == list(range(8))
-    write_log(path, [10], mode="append")  # append trims, then continues
-    with read_log(path) as r:
-        assert r.observable("energy_eps")[0].tolist() == list(range(11))
+    with pytest.raises(ValueError, match="schema version 1"):
+        write_log(path, [12], mode="append")
+    assert recover_log(path) == 8
+    with h5py.File(path, "r") as f:
+        assert f["observables/energy_eps/value"].shape == (12,)
 
 
 # ------------------------------------------------------------ shards, errors

@@ -255,7 +255,7 @@ def test_rotated_neighbor_lists_equal_recomputed(structure, full_list):
     orbit = MetatomicOrbitModel(model)
     matrices = some_elements()[[0, 1, 4]]
     system = orbit.system(atoms)
-    copies = orbit._copies(system, torch.as_tensor(matrices))
+    copies = orbit.systems.copies(system, torch.as_tensor(matrices))
     calculators = neighbor_lists_for_model("angstrom", model, skin=0.0)
     assert len(calculators) >= 1
     for matrix, copy in zip(matrices, copies):

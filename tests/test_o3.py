@@ -87,6 +87,26 @@ def test_make_grid_and_errors():
 def test_irreps():
     assert [str(i) for i in irreps_up_to(1)] == ["(0,+1)", "(0,-1)", "(1,+1)", "(1,-1)"]
     assert Irrep(1, 1).inversion_sign == -1 and Irrep(1, -1).inversion_sign == 1
-    assert Irrep.parse("(2,-1)") == Irrep(2, -1) == Irrep.parse("2-")
+    assert Irrep.parse("(2,-1)") == Irrep(2, -1) == Irrep.parse("2-") == Irrep.parse("2o")
     with pytest.raises(ValueError):
         Irrep(1, 0)
+
+
+def test_wigner_matrices_match_metatomic_and_are_built_once():
+    import torch
+    from metatomic.torch.o3 import O3Transformations
+
+    grid = random_grid(7, seed=2)
+    ours = grid.wigner_matrices(6)
+    theirs = O3Transformations(torch.from_numpy(grid.rotations.copy()), 6)
+    for l in range(7):
+        assert np.allclose(ours[l].numpy(), theirs.wigner_D_matrices(l).numpy(), atol=1e-12), l
+        assert grid.wigner(l) is ours[l]  # served from the one build
+    for l, D in enumerate(ours):  # orthogonal, and a representation: D(R1 R2) = D(R1) D(R2)
+        assert np.allclose(D.numpy() @ D.numpy().transpose(0, 2, 1), np.eye(2 * l + 1), atol=1e-12)
+    from symmon.core.wigner import wigner_d_matrices
+
+    r1, r2 = grid.rotations[0], grid.rotations[1]
+    product = wigner_d_matrices(np.stack([r1 @ r2]), 6)
+    for l in range(7):
+        assert np.allclose(product[l][0], ours[l][0].numpy() @ ours[l][1].numpy(), atol=1e-12)

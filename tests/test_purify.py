@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from symmon import equivariance_error, quadrature_grid
-from symmon.frontends.purify import (NormalEquations, Readout, apply_correction, choose_lambda,
-                           sweep_structures)
+from symmon.core.purification import NormalEquations, apply_correction, choose_lambda
+from symmon.frontends.purify import sweep_structures
+from symmon.io.readout import Readout
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -163,3 +164,61 @@ def test_choose_lambda_keeps_the_model_when_nothing_helps():
     assert choose_lambda([base, worse, costly]) is base
     assert choose_lambda([base, worse, costly, good]) is good
     assert choose_lambda([base, worse, costly, good], max_rmse_increase=1.0) is costly
+
+
+def test_accumulators_of_two_halves_add_up_to_the_whole():
+    data = [synthetic(seed) for seed in range(4)]
+    whole, first, second = (NormalEquations("vector", True, 9) for _ in range(3))
+    for index, (phi, forces, labels) in enumerate(data):
+        whole.add(GRID, forces, phi, target=labels)
+        (first if index < 2 else second).add(GRID, forces, phi, target=labels)
+    first += second
+    assert first.n_samples == whole.n_samples == 20
+    assert np.allclose(first.solve(3.0), whole.solve(3.0), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="different targets"):
+        first += NormalEquations("scalar", False, 9)
+
+
+def test_one_label_reader_for_purification_and_analysis(structures):
+    from symmon.adapters.labels import read_label, read_labels
+
+    atoms = structures[0].copy()
+    labels = read_labels(atoms, {"energy": "emt_energy", "forces": "emt_forces",
+                                 "stress": "emt_stress"})
+    assert labels["energy"].shape == () and labels["forces"].shape == (len(atoms), 3)
+    stress = labels["stress"]
+    voigt = [stress[0, 0], stress[1, 1], stress[2, 2], stress[1, 2], stress[0, 2], stress[0, 1]]
+    atoms.info["voigt"] = np.array(voigt)
+    assert np.array_equal(read_label(atoms, "voigt", "non_conservative_stress"), stress)
+    assert read_label(atoms, "missing", "forces") is None
+    with pytest.raises(ValueError, match="no label 'missing'.*emt_forces"):
+        read_label(atoms, "missing", "forces", required=True)
+    with pytest.raises(ValueError, match="expected"):
+        read_label(atoms, "emt_energy", "forces")
+
+
+def test_purification_engine_imports_no_ase_h5py_or_matplotlib():
+    import subprocess
+
+    code = ("import sys, symmon.core.purification; "
+            "print(sorted(m for m in ('ase', 'h5py', 'matplotlib') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_tradeoff_figure_marks_the_chosen_lambda(tmp_path):
+    from symmon.frontends.purify import tradeoff_figure
+
+    data = [synthetic(seed) for seed in range(5)]
+    train, holdout = NormalEquations("vector", True, 9), NormalEquations("vector", True, 9)
+    for index, (phi, forces, labels) in enumerate(data):
+        (holdout if index == 4 else train).add(GRID, forces, phi, target=labels)
+    from symmon.core.purification import scan_lambdas
+
+    table = scan_lambdas(train, holdout, [0.0, 1.0, 100.0])
+    chosen = choose_lambda(table, max_rmse_increase=10.0)
+    assert chosen["matrix"] is not None
+    path = tmp_path / "tradeoff.png"
+    tradeoff_figure(table, path, "non_conservative_forces", chosen)
+    assert path.stat().st_size > 10_000

@@ -1,8 +1,12 @@
-"""Tests of ``symmon report`` on real logs written by the monitor (EMT and a broken EMT)."""
+"""Tests of ``symmon report`` on real logs written by the monitor (EMT, the broken
+control of tests/broken.py, relaxed and averaged runs) and on synthetic logs."""
 
 import base64
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 import warnings
 from html.parser import HTMLParser
@@ -12,40 +16,30 @@ import numpy as np
 import pytest
 from ase import units
 from ase.build import bulk
-from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.emt import EMT
+from ase.filters import FrechetCellFilter
 from ase.md.langevin import Langevin
+from ase.optimize import BFGS
 from matplotlib.collections import QuadMesh
 from matplotlib.lines import Line2D
 
-from symmon.frontends import report
-from symmon.frontends.cli import main
-from symmon.io.log import LogFormatError, LogReader, LogWriter, ObservableSpec
-from symmon.frontends.calculator import SymmetryMonitor
+from broken import LabFrameEMT
+from symmon import SymmetryMonitor
 from symmon.core.irreps import irrep_labels, irreps_up_to
-from symmon.frontends.report import make_figures, render_html, render_text, run_report, summarize
+from symmon.frontends.cli import main
+from symmon.frontends.report import (make_figures, render_html, render_text, run_report,
+                                     summarize)
+from symmon.frontends.report import figures as report_figures
+from symmon.frontends.report import series as report_series
+from symmon.frontends.report.criteria import resolve_thresholds
+from symmon.frontends.report.numbers import fmt, fmt_fraction
+from symmon.frontends.report.summary import summarize_reader
+from symmon.io.log import LogFormatError, LogReader, LogWriter, ObservableSpec
+from symmon.monitoring.thresholds import LEVELS, REFERENCE_ERRORS, RELATIVE_LIMITS
 
-LAB_FORCE = np.array([0.05, 0.0, 0.0])             # eV/angstrom on every atom
-LAB_STRESS = np.array([2e-3, 0, 0, 0, 0, 0])        # eV/angstrom^3, Voigt
-
-
-class LabFrameEMT(Calculator):
-    """EMT plus lab-frame terms: a constant force on every atom and a constant stress."""
-
-    implemented_properties = ["energy", "free_energy", "forces", "stress"]
-
-    def __init__(self):
-        super().__init__()
-        self.emt = EMT()
-
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
-        copy = self.atoms.copy()
-        copy.calc = self.emt
-        energy = copy.get_potential_energy()
-        self.results = {"energy": energy, "free_energy": energy,
-                        "forces": copy.get_forces() + LAB_FORCE,
-                        "stress": copy.get_stress() + LAB_STRESS}
+LAB_FORCE = 0.05       # eV/angstrom on every atom (tests/broken.py default, along z)
+#: a control broken beyond doubt: 6x a typical MLIP force error, 30 % of |F|
+STRONGLY_BROKEN = {"lab_force": (0.0, 0.0, 0.3), "lab_stress": 0.01}
 
 
 def cu_ni_cell():
@@ -55,10 +49,10 @@ def cu_ni_cell():
     return atoms
 
 
-def monitored_md(calc, path, steps=4, full_every=3):
+def monitored_md(calc, path, steps=4, full_every=3, **options):
     atoms = cu_ni_cell()
     monitor = SymmetryMonitor(calc, every=1, log=str(path), full_every=full_every, l_max=2,
-                              random_rotations=3)
+                              random_rotations=3, **options)
     atoms.calc = monitor
     dynamics = Langevin(atoms, 2 * units.fs, temperature_K=300, friction=0.02,
                         rng=np.random.default_rng(0))
@@ -70,29 +64,22 @@ def monitored_md(calc, path, steps=4, full_every=3):
     return str(path)
 
 
+def single_point(calc, atoms, path):
+    """One exact (full-orbit) monitored evaluation of ``atoms``."""
+    monitor = SymmetryMonitor(calc, every=1, full_every=1, log=str(path), l_max=1)
+    atoms.calc = monitor
+    atoms.get_forces()
+    atoms.get_stress()
+    monitor.close()
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def logs(tmp_path_factory):
     d = tmp_path_factory.mktemp("logs")
     return {"emt": monitored_md(EMT(), d / "emt.h5"),
-            "broken": monitored_md(LabFrameEMT(), d / "broken.h5"),
+            "broken": monitored_md(LabFrameEMT(**STRONGLY_BROKEN), d / "broken.h5"),
             "nofull": monitored_md(EMT(), d / "nofull.h5", steps=2, full_every=0)}
-
-
-# ------------------------------------------------------------------ verdict and numbers
-
-
-def test_verdict_separates_exact_from_broken(logs):
-    emt, broken = summarize(logs["emt"]), summarize(logs["broken"])
-    assert emt["verdict"]["level"] == "ok"
-    assert all(c["level"] == "ok" for c in emt["verdict"]["checks"])
-    assert broken["verdict"]["level"] == "problem"
-    levels = {c["name"]: c["level"] for c in broken["verdict"]["checks"]}
-    assert levels["forces_eps"] == "problem"
-    assert levels["energy_eps_per_atom"] == "ok"          # the energy is untouched EMT
-    assert any("forces ε" in r for r in broken["verdict"]["reasons"])
-    # the constant force lives in the scalar channel (0,+1) of the forces
-    assert broken["contamination"]["forces"]["top_irreps"][0]["irrep"] == "(0,+1)"
-    assert emt["contamination"]["forces"]["top_irreps"] == []
 
 
 def _direct(path, name):
@@ -101,67 +88,156 @@ def _direct(path, name):
         return g["step"][:], g["time"][:], g["value"][:]
 
 
+def _check(summary, quantity):
+    return next(c for c in summary["verdict"]["checks"] if c["quantity"] == quantity)
+
+
+# ------------------------------------------------------------------ the verdict (issue 14)
+
+
+def test_emt_is_ok_and_the_broken_control_is_a_problem(logs):
+    emt, broken = summarize(logs["emt"]), summarize(logs["broken"])
+    assert emt["verdict"]["level"] == "ok"
+    assert all(c["level"] == "ok" for c in emt["verdict"]["checks"])
+    assert emt["verdict"]["headline"].startswith("forces: ε ")
+    v = broken["verdict"]
+    assert v["level"] == "problem"
+    assert _check(broken, "forces")["level"] == "problem"
+    assert _check(broken, "energy")["level"] == "ok"        # the energy is untouched EMT
+    # the headline names the worst quantity and its number, per atom
+    assert v["headline"].startswith("forces: ε 0.3 eV/Å per atom")
+    assert "% of |F|" in v["headline"] and "typical MLIP force error" in v["headline"]
+    # reasons ranked by severity, one action
+    ranks = [LEVELS.index(c["level"]) for c in v["checks"]]
+    assert ranks == sorted(ranks, reverse=True) and ranks[0] == 2
+    assert v["reasons"][0].startswith("problem: forces") and "mode='average'" in v["action"]
+    # the constant lab-frame force lives in the scalar channel (0,+1) of the forces
+    assert broken["contamination"]["forces"]["top_irreps"][0]["irrep"] == "(0,+1)"
+    assert "(0,+1) channel" in v["reasons"][0]
+    assert emt["contamination"]["forces"]["top_irreps"] == []
+
+
+def test_supercell_gets_the_same_verdict_and_per_atom_force_eps(tmp_path):
+    cell = cu_ni_cell()
+    small = summarize(single_point(LabFrameEMT(), cell.copy(), tmp_path / "cell.h5"))
+    large = summarize(single_point(LabFrameEMT(), cell.repeat((2, 2, 2)),
+                                   tmp_path / "supercell.h5"))
+    assert large["run"]["n_atoms"] == 8 * small["run"]["n_atoms"]
+    assert large["verdict"]["level"] == small["verdict"]["level"] != "ok"
+    for q in ("forces", "stress"):
+        assert _check(large, q)["eps"] == pytest.approx(_check(small, q)["eps"], rel=1e-6)
+    # exact full orbit: each atom's ε is the lab force's norm, so is their RMS
+    assert _check(large, "forces")["eps"] == pytest.approx(LAB_FORCE, rel=1e-9)
+    summed = _direct(str(tmp_path / "supercell.h5"), "forces_eps_total")[2][0]
+    assert summed == pytest.approx(LAB_FORCE * np.sqrt(64), rel=1e-9)  # what the log sums
+
+
+def relaxed_cu():
+    atoms = bulk("Cu", "fcc", a=3.7, cubic=True)
+    atoms.rattle(0.02, seed=3)
+    atoms.calc = EMT()
+    BFGS(FrechetCellFilter(atoms), logfile=None).run(fmax=1e-4)
+    return atoms
+
+
+def test_relaxed_zero_pressure_structure_is_not_flagged_from_stress_alone(tmp_path):
+    atoms = relaxed_cu()
+    assert np.abs(atoms.get_stress()).max() < 1e-4
+    small_bias = LabFrameEMT(lab_force=(0, 0, 2e-3), lab_stress=2e-5)  # 3 MPa, 2 meV/Å
+    s = summarize(single_point(small_bias, atoms.copy(), tmp_path / "relaxed.h5"))
+    # relative to the vanishing stress and forces themselves the breaking looks huge ...
+    for q in ("stress", "forces"):
+        eps, rms = (_direct(str(tmp_path / "relaxed.h5"), f"{q}_{n}")[2][0] for n in
+                    ("eps", "rms"))
+        assert eps / rms > 0.5
+    # ... but against the floors and the field's errors it is small
+    assert s["verdict"]["level"] == "ok"
+    assert _check(s, "stress")["relative"] < RELATIVE_LIMITS.caution
+
+
+def test_average_mode_judges_the_returned_averaged_predictions(tmp_path):
+    path = monitored_md(LabFrameEMT(**STRONGLY_BROKEN), tmp_path / "avg.h5", steps=2,
+                        mode="average")
+    v = summarize(path)["verdict"]
+    assert v["level"] == "ok" and v["judged"] == "average"
+    assert "base model" in v["reasons"][0] and "O(3)-averaged" in v["reasons"][0]
+    assert "'problem'" in v["action"]                     # the base model alone is broken
+    assert _check({"verdict": v}, "forces")["level"] == "problem"
+
+
+def test_model_error_file_sets_the_scale(logs, tmp_path):
+    evaluation = tmp_path / "eval.json"
+    evaluation.write_text(json.dumps({"quantities": {
+        "forces": {"rmse": 1.0, "unit": "eV/angstrom"},
+        "energy": {"rmse": 0.01, "unit": "eV/atom"}}}))
+    default = _check(summarize(logs["broken"]), "forces")
+    judged = _check(summarize(logs["broken"], model_error={"forces": 1.0}), "forces")
+    assert default["scale"] == REFERENCE_ERRORS["forces"]
+    assert judged["scale"] == 1.0 and judged["scale_source"] == "model error"
+    assert judged["ratio"] == pytest.approx(default["ratio"] * REFERENCE_ERRORS["forces"])
+    out = tmp_path / "r.json"
+    assert run_report([logs["broken"]], output=str(out), fmt="json",
+                      model_error=str(evaluation)) == 0
+    s = json.loads(out.read_text())
+    assert _check(s, "forces")["scale"] == 1.0
+    assert any("the model's force error (1 eV/Å)" in r for r in s["verdict"]["reasons"])
+    assert _check(s, "energy")["scale_source"] == "model error"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"quantities": {"forces": {"rmse": 1, "unit": "kcal/mol"}}}))
+    assert main(["report", logs["broken"], "--model-error", str(bad)]) == 2
+
+
 def test_json_numbers_equal_direct_computation(logs, tmp_path):
     out = tmp_path / "broken.json"
     assert run_report([logs["broken"]], output=str(out), fmt="json") == 0
     s = json.loads(out.read_text())
     step, time_ps, rel = _direct(logs["broken"], "forces_rel_eps")
-    _, _, eps = _direct(logs["broken"], "forces_eps")
+    _, _, per_atom = _direct(logs["broken"], "forces_eps_per_atom")
     _, _, full = _direct(logs["broken"], "full_orbit")
+    _, _, energy = _direct(logs["broken"], "energy_eps")
+    rms_per_atom = np.sqrt(np.mean(per_atom ** 2, axis=1))   # RMS over atoms, eV/angstrom
     assert s["run"]["steps_monitored"] == len(step) == 5
     assert s["run"]["full_orbit_steps"] == int(full.sum()) == 2
     assert s["run"]["time_start_ps"] == pytest.approx(time_ps.min())
-    assert s["run"]["time_end_ps"] == pytest.approx(time_ps.max())
     assert s["run"]["composition"] == {"Cu": 5, "Ni": 3}
     f = s["eps"]["forces"]
-    assert f["unit"] == "eV/angstrom"
-    assert f["rel"]["median"] == pytest.approx(np.median(rel))
-    assert f["rel"]["p95"] == pytest.approx(np.percentile(rel, 95))
+    assert f["unit"] == "eV/angstrom" and s["eps"]["energy"]["unit"] == "eV/atom"
+    assert f["abs"]["p95"] == pytest.approx(np.percentile(rms_per_atom, 95))
     assert f["rel"]["max"] == pytest.approx(rel.max())
-    assert f["abs"]["p95"] == pytest.approx(np.percentile(eps, 95))
-    worst = np.argsort(rel)[::-1][:5]
-    assert [w["step"] for w in s["worst_steps"]] == step[worst].tolist()
-    assert s["worst_steps"][0]["forces_rel_eps"] == pytest.approx(rel.max())
+    assert s["eps"]["energy"]["abs"]["max"] == pytest.approx(energy.max() / 8)
+    assert _check(s, "forces")["eps"] == pytest.approx(np.percentile(rms_per_atom, 95))
+    _, _, logged = _direct(logs["broken"], "forces_eps")   # the per-atom RMS, as logged
+    assert logged == pytest.approx(rms_per_atom, rel=1e-9)
+    worst = np.argsort(-logged, kind="stable")[:5]
+    assert [w["step"] for w in s["worst_steps"]][:5] == step[worst].tolist()
+    first = s["worst_steps"][0]["worst_atom"]
+    assert first["index"] == int(np.argmax(per_atom[worst[0]]))
     with LogReader(logs["broken"]) as log:
         _, _, cont = log.observable("forces_contamination")
-        _, _, per_atom = log.observable("forces_eps_per_atom")
-        _, _, spectrum = log.observable("forces_spectrum")
-        labels = log.labels("forces_spectrum")
     c = s["contamination"]["forces"]
     assert c["n"] == 2 and c["mean"] == pytest.approx(cont.mean())
-    assert c["max"] == pytest.approx(cont.max())
-    scalar = np.flatnonzero((labels == [0, 1]).all(axis=1))[0]
-    assert c["top_irreps"][0]["mean_power"] == pytest.approx(spectrum[:, scalar].mean())
-    medians = np.median(per_atom, axis=0)
-    assert s["worst_atoms"][0]["median_eps"] == pytest.approx(medians.max())
-    assert s["worst_atoms"][0]["symbol"] in ("Cu", "Ni")
-    check = next(c for c in s["verdict"]["checks"] if c["name"] == "forces_eps")
-    assert check["value"] == pytest.approx(np.percentile(eps, 95))
-    assert check["fraction_above_problem"] == pytest.approx(np.mean(eps > 0.05))
+    assert s["worst_atoms"][0]["median_eps"] == pytest.approx(np.median(per_atom, 0).max())
+    assert "Å" not in out.read_text()                    # file spelling of units in JSON
 
 
 def test_thresholds_override(logs):
-    relaxed = {c.name: float("inf") for c in report.CRITERIA}
-    assert summarize(logs["broken"], relaxed)["verdict"]["level"] == "ok"
-    s = summarize(logs["broken"], [("forces", 0.5), ("forces_eps_caution", 1e-6)])
-    t = s["thresholds"]
-    assert t["forces_rel_eps"]["problem"] == 0.5 and t["forces_rel_eps"]["caution"] == 0.01
-    assert t["forces_eps"]["caution"] == 1e-6
-    strict = summarize(logs["emt"], {"forces_eps": 1e-20})
+    strict = summarize(logs["emt"], {"forces": 1e-20})
     assert strict["verdict"]["level"] == "problem"
+    assert _check(strict, "forces")["limits"]["relative"]["problem"] == 1e-20
+    assert resolve_thresholds([("forces_rel_eps", 0.5)]) == {"forces": 0.5}
     with pytest.raises(ValueError, match="unknown threshold"):
-        report.resolve_thresholds({"forcez": 1})
+        resolve_thresholds({"forcez": 1})
     with pytest.raises(ValueError, match=">= 0"):
-        report.resolve_thresholds({"forces_eps": -1})
+        resolve_thresholds({"forces": -1})
 
 
-# ------------------------------------------------------------------ outputs
+# ------------------------------------------------------------------ the page (issue 16)
 
 
-class _ImageCounter(HTMLParser):
+class _Page(HTMLParser):
     def __init__(self):
         super().__init__()
-        self.images, self.verdict_classes = [], []
+        self.images, self.verdict_classes, self.ids, self.links = [], [], set(), []
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
@@ -169,14 +245,21 @@ class _ImageCounter(HTMLParser):
             self.images.append(attrs.get("src", ""))
         if tag == "div" and "verdict" in (attrs.get("class") or ""):
             self.verdict_classes.append(attrs["class"])
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
+        if tag == "a":
+            self.links.append(attrs["href"])
 
 
-def test_html_is_self_contained_and_embeds_every_figure(logs, tmp_path):
+def test_html_is_self_contained_and_links_atoms_to_steps(logs, tmp_path, capsys):
     log = shutil.copy(logs["broken"], tmp_path / "run.h5")
     png_dir = tmp_path / "png"
     assert run_report([str(log)], png_dir=str(png_dir)) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith(f"wrote {tmp_path / 'run.html'}: problem — forces: ε 0.3 eV/Å "
+                          "per atom") and len(out.splitlines()) == 1
     page = (tmp_path / "run.html").read_text()          # default: next to the log
-    parser = _ImageCounter()
+    parser = _Page()
     parser.feed(page)
     pngs = sorted(p.stem for p in png_dir.glob("*.png"))
     assert pngs == sorted(["eps_time", "eps_hist", "spectra", "per_atom"])
@@ -186,15 +269,45 @@ def test_html_is_self_contained_and_embeds_every_figure(logs, tmp_path):
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert parser.verdict_classes == ["verdict problem"]
     assert "http://" not in page and "https://" not in page
+    step_links = [h for h in parser.links if h.startswith("#step-")]
+    assert len(step_links) == 5 and all(h[1:] in parser.ids for h in parser.links)
+    assert "Forces ε per atom (RMS over atoms)" in page and "forces_rel_eps" not in page
+    assert "eV/Å" in page and "eV/angstrom" not in page
 
 
-def test_text_output_has_verdict_and_tables(logs, capsys):
+def test_figures_have_units_one_legend_and_their_own_limits(logs):
+    with LogReader(logs["broken"]) as log:
+        s = summarize_reader(log)
+        figures = make_figures(log, s)
+    for name, fig in figures.items():
+        assert len(fig.legends) == (0 if name == "spectra" else 1), name  # spectra: colour bar
+        assert all(ax.get_legend() is None for ax in fig.axes), name
+    for ax in figures["eps_time"].axes:
+        assert "(eV" in ax.get_ylabel()
+    limits = {}
+    for ax in figures["eps_hist"].axes:
+        q = ax.get_title()
+        limits[q] = sorted(line.get_xdata()[0] for line in ax.get_lines())
+    expected = sorted([RELATIVE_LIMITS.caution, RELATIVE_LIMITS.problem])
+    assert limits == {q: expected for q in ("forces", "stress")}  # energy: not relative
+    spectra_ax = figures["spectra"].axes[0]
+    assert spectra_ax.get_xlim() == pytest.approx((s["run"]["time_start_ps"],
+                                                   s["run"]["time_end_ps"]))
+
+
+def test_small_numbers_and_rounding_noise_are_printed_honestly():
+    assert fmt(1.234e-7) == "1.23e-07" and fmt(0.0612) == "0.0612" and fmt(None) == "–"
+    assert fmt(0.0) == "0" and fmt(3) == "3"
+    assert fmt_fraction(-4.8e-16) == "< 1e-12" and fmt_fraction(2.5e-3) == "0.0025"
+
+
+def test_text_output_has_verdict_action_and_tables(logs, capsys):
     assert run_report([logs["emt"]], fmt="text") == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[2].startswith("VERDICT: OK")
-    assert "Worst steps" in out and "Contamination" in out
+    assert out.splitlines()[2].startswith("VERDICT: OK - forces: ε ")
+    assert "what to do:" in out and "Worst steps" in out and "Contamination" in out
     text = render_text(summarize(logs["broken"]))
-    assert "VERDICT: PROBLEM" in text and "forces ε" in text
+    assert "VERDICT: PROBLEM" in text and "  1. problem: forces" in text
 
 
 def test_log_without_full_orbit_steps(logs):
@@ -208,11 +321,48 @@ def test_log_without_full_orbit_steps(logs):
     assert "Verdict: OK" in render_html(s, figures)
 
 
-def test_shards_merge(logs):
+def test_shards_merge_and_a_file_twice_is_refused(logs):
     s = summarize([logs["emt"], logs["broken"]])
     assert s["run"]["steps_monitored"] == 10 and s["run"]["full_orbit_steps"] == 4
     assert s["verdict"]["level"] == "problem"
-    assert len(s["logs"]) == 2
+    with pytest.raises(ValueError, match="given twice"):
+        summarize([logs["emt"], logs["emt"]])
+    assert main(["report", logs["emt"], logs["emt"], "--format", "json"]) == 2
+
+
+def test_compare_shows_two_runs_side_by_side(logs, tmp_path, capsys):
+    out = tmp_path / "cmp.html"
+    assert run_report([logs["emt"], logs["broken"]], output=str(out), compare=True) == 0
+    line = capsys.readouterr().out
+    assert "emt.h5: ok" in line and "broken.h5: problem" in line
+    page = out.read_text()
+    parser = _Page()
+    parser.feed(page)
+    assert parser.verdict_classes == ["verdict ok", "verdict problem"]
+    assert page.count("<table>") == 1 and "Runs side by side" in page
+    assert run_report([logs["emt"], logs["broken"]], output=str(tmp_path / "c.json"),
+                      fmt="json", compare=True) == 0
+    s = json.loads((tmp_path / "c.json").read_text())
+    assert [r["verdict"]["level"] for r in s["runs"]] == ["ok", "problem"]
+    with LogReader(logs["emt"]) as a, LogReader(logs["broken"]) as b:
+        figures = make_figures([a, b], s["runs"], labels=["emt", "broken"])
+    forces_ax = figures["eps_time"].axes[1]
+    colours = {line.get_color() for line in forces_ax.get_lines() if line.get_label()[0] != "_"}
+    assert {"C0", "C1"} <= colours
+    with pytest.raises(ValueError, match="at least two"):
+        run_report([logs["emt"]], compare=True)
+
+
+def test_report_help_imports_no_heavy_module():
+    code = ("import sys; from symmon.frontends.cli import build_parser; "
+            "build_parser('report'); "
+            "print(sorted(m for m in ('torch', 'matplotlib', 'h5py') if m in sys.modules))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, check=True)
+    assert result.stdout.strip() == "[]"
+    assert time.perf_counter() - start < 5      # a fresh interpreter; well under 1 s idle
 
 
 # ------------------------------------------------------------------ errors
@@ -236,6 +386,7 @@ def test_corrupt_and_foreign_files_give_clear_errors(logs, tmp_path, capsys):
     assert main(["report", str(foreign), "--format", "json"]) == 2
     assert "not a symmon log" in capsys.readouterr().err
     assert main(["report", str(garbage)]) == 2
+    assert not (tmp_path / "garbage.html").exists()          # nothing half-written
     other = tmp_path / "other.h5"
     with LogWriter(other, {"temperature": ObservableSpec(unit="K")}, [29]) as w:
         w.append("temperature", 0, 0.0, 300.0)
@@ -246,8 +397,10 @@ def test_corrupt_and_foreign_files_give_clear_errors(logs, tmp_path, capsys):
 # ------------------------------------------------------------------ synthetic logs
 
 
-def synthetic_specs(n_atoms, labels):
+def synthetic_specs(n_atoms, labels, renamed=False):
     specs = {"forces_error": ObservableSpec((), "eV/angstrom")}
+    if renamed:  # the monitor's new names: forces_eps per atom, the sum as _total
+        specs["forces_eps_total"] = ObservableSpec((), "eV/angstrom")
     for q, unit in (("energy", "eV"), ("forces", "eV/angstrom")):
         specs.update({f"{q}_eps": ObservableSpec((), unit),
                       f"{q}_eps_err": ObservableSpec((), unit),
@@ -260,11 +413,12 @@ def synthetic_specs(n_atoms, labels):
     return specs
 
 
-def write_synthetic(path, n_steps, n_atoms=16, full_every=50, close=True):
+def write_synthetic(path, n_steps, n_atoms=16, full_every=50, close=True, renamed=False):
     """A monitor-like log written directly (fast): forces ε ~ 1e-3, a spike at the end."""
     labels = irrep_labels(irreps_up_to(2))
     rng = np.random.default_rng(0)
-    writer = LogWriter(path, synthetic_specs(n_atoms, labels), [29] * (n_atoms - 1) + [8],
+    specs = synthetic_specs(n_atoms, labels, renamed)
+    writer = LogWriter(path, specs, [29] * (n_atoms - 1) + [8],
                        flush_every=1000, write_positions=False)
     spectrum = np.where((labels == [1, 1]).all(axis=1), 1 - 1e-6, 0.0)
     spectrum[0] = 1e-6
@@ -274,6 +428,8 @@ def write_synthetic(path, n_steps, n_atoms=16, full_every=50, close=True):
                   "forces_eps": rel, "forces_eps_err": 1e-4, "forces_rel_eps": rel,
                   "forces_error": 0.05, "forces_eps_per_atom": np.linspace(1, 2, n_atoms) * rel,
                   "full_orbit": int(s % full_every == 0)}
+        if renamed:
+            values["forces_eps_total"] = rel * np.sqrt(n_atoms)
         if s % full_every == 0:
             for q in ("energy", "forces"):
                 values.update({f"{q}_spectrum": spectrum, f"{q}_residual": 0.0,
@@ -289,7 +445,7 @@ def test_large_log_reports_quickly_with_bounded_reads(tmp_path, monkeypatch):
     path = tmp_path / "long.h5"
     write_synthetic(path, 20000)
     budget = 40_000
-    monkeypatch.setattr(report, "SAMPLE_BUDGET", budget)
+    monkeypatch.setattr(report_series, "SAMPLE_BUDGET", budget)
     rows_read = {}
     original = LogReader.observable
 
@@ -301,7 +457,7 @@ def test_large_log_reports_quickly_with_bounded_reads(tmp_path, monkeypatch):
     monkeypatch.setattr(LogReader, "observable", spy)
     start = time.perf_counter()
     with LogReader(str(path)) as log:
-        s = report._summarize(log, report.resolve_thresholds())
+        s = summarize_reader(log)
         figures = make_figures(log, s)
     assert time.perf_counter() - start < 20
     assert rows_read["forces_eps_per_atom"] <= budget   # never the whole (20000, 16) array
@@ -309,16 +465,16 @@ def test_large_log_reports_quickly_with_bounded_reads(tmp_path, monkeypatch):
     assert s["worst_steps"][0]["step"] == 19997       # the spike is found ...
     assert s["verdict"]["level"] == "caution"          # ... and flagged, though rare
     assert s["worst_atoms"][0]["symbol"] == "O" and s["worst_atoms"][0]["index"] == 15
-    assert s["model_error"]["forces"]["eps_over_error"]["median"] < 0.1
+    assert s["logged_model_error"]["forces"]["eps_over_error"]["median"] < 0.1
     assert set(figures) == {"eps_time", "eps_hist", "spectra", "per_atom", "eps_vs_error"}
     for fig in figures.values():
         for ax in fig.axes:
             for line in ax.get_lines():
-                assert len(line.get_xdata()) <= report.MAX_POINTS
+                assert len(line.get_xdata()) <= report_figures.MAX_POINTS
             for mesh in ax.collections:
                 if isinstance(mesh, QuadMesh):
-                    assert mesh.get_array().shape[1] <= report.MAX_HEATMAP_COLUMNS
-    eps_axis = figures["eps_time"].axes[1]
+                    assert mesh.get_array().shape[1] <= report_figures.MAX_HEATMAP_COLUMNS
+    eps_axis = figures["eps_time"].axes[1]                # forces ε per atom
     peak = max(np.nanmax(np.asarray(c.get_paths()[0].vertices[:, 1]))
                for c in eps_axis.collections)
     assert peak > 0.05                                  # the spike survives downsampling
@@ -332,7 +488,7 @@ def test_log_still_being_written(tmp_path):
     try:
         s = summarize(str(path))
         assert s["run"]["steps_monitored"] == 60
-        assert s["verdict"]["level"] in report.LEVELS
+        assert s["verdict"]["level"] in LEVELS
     finally:
         writer.close()
 
@@ -342,3 +498,15 @@ def test_empty_log_is_an_error(tmp_path):
     write_synthetic(path, 0)
     with pytest.raises(ValueError, match="no monitored step"):
         summarize(str(path))
+
+
+def test_renamed_forces_eps_is_read_as_the_per_atom_rms(tmp_path):
+    old, new = tmp_path / "old.h5", tmp_path / "new.h5"
+    write_synthetic(old, 40)
+    write_synthetic(new, 40, renamed=True)
+    _, _, logged = _direct(str(new), "forces_eps")
+    _, _, per_atom = _direct(str(old), "forces_eps_per_atom")
+    assert _check(summarize(str(new)), "forces")["eps"] == pytest.approx(
+        np.percentile(logged, 95))                       # taken as it is ...
+    assert _check(summarize(str(old)), "forces")["eps"] == pytest.approx(
+        np.percentile(np.sqrt(np.mean(per_atom ** 2, axis=1)), 95))  # ... or converted

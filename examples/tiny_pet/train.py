@@ -87,7 +87,6 @@ def run_training(name, augment, epochs=None, threads=2, batch_size=None, learnin
 
 def export(rundir, targets, checkpoint=None):
     """Export the best weights of ``rundir/model.ckpt`` (or of ``checkpoint``)."""
-    import torch
     from metatrain.utils.io import load_model
 
     for path, dtype in targets:

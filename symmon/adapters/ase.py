@@ -23,6 +23,7 @@ class ASEOrbitModel(OrbitModel):
 
     def __init__(self, calculator):
         self.calculator = calculator
+        self.path = f"one ASE calculation per copy ({type(calculator).__name__})"
 
     @property
     def available_outputs(self) -> Sequence[str]:

@@ -39,6 +39,14 @@ def validate_atoms(atoms, outputs: Iterable[str] = ()) -> None:
         )
 
 
+def check_species(atoms, atomic_types: Sequence[int], model_label: str) -> None:
+    """Refuse atomic numbers the model was not trained on."""
+    unknown = sorted(set(atoms.numbers.tolist()) - set(atomic_types))
+    if unknown:
+        raise ValueError(f"{model_label} does not know atomic numbers {unknown}; it was "
+                         f"trained on {sorted(atomic_types)}")
+
+
 def validate_matrices(matrices) -> np.ndarray:
     matrices = np.asarray(matrices, dtype=np.float64)
     if matrices.ndim != 3 or matrices.shape[1:] != (3, 3) or len(matrices) == 0:
@@ -49,11 +57,14 @@ def validate_matrices(matrices) -> np.ndarray:
 
 
 def transformed_atoms(atoms, matrix: np.ndarray):
-    """A copy of ``atoms`` with positions ``x Q^T`` and cell ``C Q^T``."""
+    """A copy of ``atoms`` with positions ``x Q^T``, cell ``C Q^T`` and momenta ``p Q^T``
+    (velocities are polar vectors: a model that reads them sees them transformed)."""
     copy = atoms.copy()
     copy.calc = None
     copy.set_cell(atoms.cell.array @ matrix.T, scale_atoms=False)
     copy.set_positions(atoms.get_positions() @ matrix.T)
+    if atoms.has("momenta"):
+        copy.set_momenta(atoms.get_momenta() @ matrix.T)
     return copy
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -50,6 +50,11 @@ def positive_lebedev_order(degree: int) -> int:
         f"quadrature degree {degree} exceeds the largest Lebedev order "
         f"({_SCIPY_LEBEDEV_ORDERS[-1]})"
     )
+
+
+def lebedev_nodes(degree: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Nodes ``(n, 3)`` and weights (summing to one) of a positive Lebedev rule of order >= degree."""
+    return _lebedev(positive_lebedev_order(degree))
 
 
 def _zyz_matrices(alpha: np.ndarray, beta: np.ndarray, gamma: np.ndarray) -> np.ndarray:
@@ -156,24 +161,23 @@ class O3Grid:
     def wigner(self, l: int, device="cpu") -> torch.Tensor:
         """Real Wigner-D matrices ``(P, 2l+1, 2l+1)`` of the proper rotations (float64).
 
-        Built with metatomic's :class:`~metatomic.torch.o3.O3Transformations`
-        (real spherical harmonics ordered ``m = -l..l``), so that
-        ``Y_l(R r) = D^l(R) Y_l(r)``.
+        See :mod:`symmon.core.wigner` (real spherical harmonics ordered ``m = -l..l``,
+        ``Y_l(R r) = D^l(R) Y_l(r)``).
         """
-        key = ("wigner", l, str(device))
-        if key not in self._cache:
-            transformations = self._transformations(l)
-            self._cache[key] = transformations.wigner_D_matrices(l).to(device)
-        return self._cache[key]
+        return self.wigner_matrices(l, device)[l]
 
-    def _transformations(self, l: int):
-        from metatomic.torch.o3 import O3Transformations
+    def wigner_matrices(self, l_max: int, device="cpu") -> List[torch.Tensor]:
+        """``[D^0, ..., D^lmax]`` of the proper rotations, built once for all ``l``."""
+        from .wigner import wigner_d_matrices
 
-        built = self._cache.get("o3")
-        if built is None or built.max_angular_momentum < l:
-            built = O3Transformations(torch.from_numpy(self.rotations.copy()), max(l, 4))
-            self._cache["o3"] = built
-        return built
+        built = self._cache.get("wigner")
+        if built is None or len(built) <= l_max:
+            built = [torch.from_numpy(d) for d in wigner_d_matrices(self.rotations, l_max)]
+            self._cache["wigner"] = built
+        key = ("wigner", str(device))
+        if self._cache.get(key) is None or len(self._cache[key]) != len(built):
+            self._cache[key] = [d.to(device) for d in built]
+        return self._cache[key][: l_max + 1]
 
     def describe(self) -> dict:
         """JSON-able description (for logs)."""

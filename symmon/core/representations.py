@@ -15,6 +15,13 @@ tensor             ``Q T Q^T``                  ``Q^T T' Q``         (0,+1)+(1,-
 symmetric_tensor   ``Q S Q^T``                  ``Q^T S' Q``         (0,+1)+(2,+1)
 feature            unknown                      none (spectrum only)  —
 =================  ===========================  ===================  ===============
+
+One stress convention: a ``symmetric_tensor`` output is symmetrised, ``(S + S^T)/2``,
+before anything is measured (:meth:`Representation.canonical`), so the non-symmetric
+strain derivative of a metatomic model and ASE's symmetric Voigt stress give the same
+``eps``, spectrum and average; use ``tensor`` to keep an antisymmetric part.
+A suffix ``_per_atom`` (``_per_point``, ``_per_edge``, ``_per_token``) names the same
+law with one object per sample: ``"vector_per_atom"`` is ``vector`` (:func:`parse_kind`).
 """
 
 from __future__ import annotations
@@ -47,6 +54,14 @@ def _pseudovector(values, matrices, determinants):
 
 def _tensor(values, matrices, determinants):
     return torch.einsum("kai,k...ab,kbj->k...ij", matrices, values, matrices)
+
+
+def _symmetric_tensor(values, matrices, determinants):
+    return _tensor(_symmetrised(values), matrices, determinants)
+
+
+def _symmetrised(values):
+    return (values + values.transpose(-1, -2)) / 2
 
 
 def _per_element(factors: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -82,6 +97,13 @@ class Representation:
                 f"got orbit values of shape {tuple(orbit_values.shape)}"
             )
 
+    def canonical(self, orbit_values: torch.Tensor) -> torch.Tensor:
+        """The values measured: ``(S + S^T)/2`` for ``symmetric_tensor``, else unchanged."""
+        if self.name == "symmetric_tensor":
+            self.check_shape(orbit_values)
+            return _symmetrised(orbit_values)
+        return orbit_values
+
     def back_transform(self, orbit_values: torch.Tensor, matrices: torch.Tensor,
                        determinants: torch.Tensor) -> torch.Tensor:
         """``rho(Q_k)^{-1} f(Q_k x)`` for values of shape ``(K, ..., *item_shape)``."""
@@ -104,18 +126,35 @@ REPRESENTATIONS = {
         Representation("vector", (3,), (Irrep(1, 1),), _vector),
         Representation("pseudovector", (3,), (Irrep(1, -1),), _pseudovector),
         Representation("tensor", (3, 3), (_S, Irrep(1, -1), Irrep(2, 1)), _tensor),
-        Representation("symmetric_tensor", (3, 3), (_S, Irrep(2, 1)), _tensor),
+        Representation("symmetric_tensor", (3, 3), (_S, Irrep(2, 1)), _symmetric_tensor),
         Representation("feature", (), None, None),
     )
 }
 
 
+SAMPLE_SUFFIXES = ("_per_point", "_per_atom", "_per_edge", "_per_token")
+
+
+def parse_kind(kind) -> Tuple[Representation, int]:
+    """``"vector_per_atom"`` -> (vector representation, sample_dims=1); plain kinds -> 0."""
+    if isinstance(kind, str):
+        for suffix in SAMPLE_SUFFIXES:
+            if kind.endswith(suffix):
+                return _lookup(kind[: -len(suffix)], kind), 1
+    return _lookup(kind, kind), 0
+
+
 def get_representation(kind) -> Representation:
-    """Look up a :class:`Representation` by name (or pass one through)."""
-    if isinstance(kind, Representation):
-        return kind
+    """Look up a :class:`Representation` by name, ``_per_atom``-style names included."""
+    return parse_kind(kind)[0]
+
+
+def _lookup(name, spelled) -> Representation:
+    if isinstance(name, Representation):
+        return name
     try:
-        return REPRESENTATIONS[kind]
-    except KeyError:
-        raise ValueError(f"unknown output kind {kind!r}; expected one of "
-                         f"{sorted(REPRESENTATIONS)}") from None
+        return REPRESENTATIONS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown output kind {spelled!r}; expected one of "
+                         f"{sorted(REPRESENTATIONS)} (optionally with a suffix such as "
+                         "'_per_atom')") from None

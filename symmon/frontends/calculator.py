@@ -73,7 +73,7 @@ def _load_readout(readout, source):
     if source.inner is None:
         raise ValueError("mode='purified' needs a metatomic model (its last-layer "
                          f"features); the base calculator is {type(source.base).__name__}")
-    from .purify import load_readout
+    from ..io.readout import load_readout
 
     return load_readout(readout, source.orbit_model)
 

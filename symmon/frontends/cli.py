@@ -16,7 +16,7 @@ from typing import List, Optional
 COMMANDS = {
     "demo": ("symmon.frontends.demo", "add_demo_arguments", "demo_command",
              "short monitored MD with the bundled tiny PET"),
-    "report": ("symmon.frontends.report", "add_report_arguments", "report_command",
+    "report": ("symmon.frontends.report.cli", "add_report_arguments", "report_command",
                "figures and a verdict from symmon logs"),
     "layers": ("symmon.frontends.analyze.cli", "add_layers_arguments", "run_layers",
                "character spectra of a model's internal layers"),
@@ -25,6 +25,8 @@ COMMANDS = {
                     "layer spectra, eps and RMSE across a training run's checkpoints"),
     "purify": ("symmon.frontends.purify", "add_purify_arguments", "run_purify",
                "fit a symmetry-purified linear readout"),
+    "eval": ("symmon.frontends.eval", "add_eval_arguments", "run_eval",
+             "symmetry error against the model's own error on a labelled set (Fig. 2)"),
     "ipi": ("symmon.frontends.ipi", "add_ipi_arguments", "run_ipi",
             "serve an i-PI server with the monitored model"),
     "export": ("symmon.frontends.export", "add_export_arguments", "export_command",

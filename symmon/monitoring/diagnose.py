@@ -11,9 +11,12 @@ gives the same number:
   and the summed value stays available as ``forces_eps_total``;
 * stress: eV/Å³ (``stress_eps``) and GPa (``stress_eps_gpa``).
 
-Error bars (``*_eps_err``) are jackknife standard errors of the Monte-Carlo estimator
-(about 68 % coverage for a normal sampling distribution; 0 on exact quadratures),
-normalised like the ε they belong to.
+Error bars: ``*_eps_ci68`` and ``*_eps_ci95`` are ``(low, high)`` intervals of the
+per-atom-normalised ε with 68 % and 95 % coverage (Student-t on log ε², calibrated in
+docs/theory.md; ``interval_method`` says which was used), ``*_eps_err`` the half width of
+the 68 % one. On full-orbit steps ``<q>_exact`` is 1 only when the quadrature passed the
+aliasing check (``<q>_quadrature_error`` estimates what it misses); ``<q>_at_floor`` is 1
+when ε is below the model's floating-point noise floor.
 
 The zero-cost signals of :func:`net_signals` need no extra model call: for an exactly
 O(3)-invariant conservative model the net force ``sum_i F_i`` vanishes (translation
@@ -47,15 +50,23 @@ NORMALISED_EPS = {"energy": "energy_eps_per_atom", "forces": "forces_eps",
 RAW_EPS = {"energy": "energy_eps", "forces": "forces_eps_total", "stress": "stress_eps"}
 
 
-def epsilon_values(quantity: str, orbit_values, plan: StepPlan, n_atoms: int) -> Dict:
+def epsilon_values(quantity: str, orbit_values, plan: StepPlan, n_atoms: int,
+                   dtype=None) -> Dict:
     """ε of one quantity on ``plan.grid``'s orbit (raw and per-atom normalised, with
-    error bars) and its orbit RMS ``<q>_rms`` (normalised)."""
-    error = equivariance_error(orbit_values, plan.grid, QUANTITY_KINDS[quantity])
+    intervals and exactness flags) and its orbit RMS ``<q>_rms`` (normalised)."""
+    error = equivariance_error(orbit_values, plan.grid, QUANTITY_KINDS[quantity],
+                               dtype=dtype, check_exactness=plan.full)
     factor = per_atom_factor(quantity, n_atoms)
     raw, normalised = RAW_EPS[quantity], NORMALISED_EPS[quantity]
     values = {raw: error.eps, f"{raw}_err": error.eps_stderr,
               normalised: error.eps * factor, f"{normalised}_err": error.eps_stderr * factor,
-              f"{quantity}_rms": error.rms * factor}
+              f"{normalised}_ci68": np.asarray(error.interval_68) * factor,
+              f"{normalised}_ci95": np.asarray(error.interval_95) * factor,
+              f"{quantity}_rms": error.rms * factor,
+              f"{quantity}_at_floor": int(error.at_floor)}
+    if plan.full:
+        values[f"{quantity}_exact"] = int(error.exact)
+        values[f"{quantity}_quadrature_error"] = error.quadrature_error * factor
     if quantity == "forces":
         values["forces_eps_per_atom"] = error.per_item
     if quantity == "stress":
@@ -73,11 +84,13 @@ def spectrum_values(quantity: str, orbit_values, plan: StepPlan, l_max: int) -> 
             f"{quantity}_contamination": spectrum.contamination(targets)}
 
 
-def diagnose(orbit: Mapping[str, object], plan: StepPlan, n_atoms: int, l_max: int) -> Dict:
-    """All diagnostics of one step from the orbit values of each quantity."""
+def diagnose(orbit: Mapping[str, object], plan: StepPlan, n_atoms: int, l_max: int,
+             dtype=None) -> Dict:
+    """All diagnostics of one step from the orbit values of each quantity (``dtype``: the
+    model's, for the noise floor)."""
     values: Dict[str, object] = {"full_orbit": int(plan.full), "n_elements": len(plan.grid)}
     for quantity, orbit_values in orbit.items():
-        values.update(epsilon_values(quantity, orbit_values, plan, n_atoms))
+        values.update(epsilon_values(quantity, orbit_values, plan, n_atoms, dtype))
         if plan.full:
             values.update(spectrum_values(quantity, orbit_values, plan, l_max))
     return values

@@ -141,6 +141,8 @@ class Monitor:
             features=self._features())
         self._purify(stacks)
         values = dict(extra_values or {})
+        if base is not None:
+            values.update(base.predictions)  # logged with every frame
         record = StepRecord(step, self.clock.time_ps(step), atoms.get_positions(),
                             atoms.cell.array.copy(), plan.scheduled, values)
         if plan.grid is not None:
@@ -195,9 +197,8 @@ class Monitor:
 
     def _judge(self, orbit, plan: StepPlan, base, quantities, record: StepRecord) -> None:
         values = record.values
-        values.update(diagnose(orbit, plan, record.positions.shape[0], self.options.l_max))
-        if plan.scheduled and base is not None:
-            values.update(base.predictions)
+        values.update(diagnose(orbit, plan, record.positions.shape[0], self.options.l_max,
+                               self.source.model_dtype))
         verdict = self.policy.judge(values, quantities)
         values.update(verdict.values())
         self.n_violations += values["violation"]
@@ -309,6 +310,9 @@ class Monitor:
             else self.schedule.average_grid.describe(),
             "eps_measured_on": "base model" if options.mode in ("average", "random_frame")
             else "returned predictions",
+            "interval_method": "student_t_log_pairs (random steps), exact_quadrature or "
+                               "aliasing_bound (full-orbit steps); docs/theory.md",
+            "model_dtype": str(source.model_dtype).replace("torch.", ""),
             "reference_errors": dict(thresholds.REFERENCE_ERRORS),
             "floors": dict(thresholds.FLOORS),
             "units": {"energy": "eV", "length": "angstrom", "time": "ps",

@@ -2,8 +2,10 @@
 
 A :class:`StepRecord` is everything one step produced; :class:`Recorder` writes it to
 the HDF5 log through :class:`symmon.io.log.LogWriter`'s public API: the frame
-(positions, cell) and the diagnostics on monitored steps, the zero-cost signals on
-every step.
+(positions, cell, the base model's energy, forces and stress) and the zero-cost signals
+on every step, so that H5MD readers iterate a whole trajectory; the diagnostics on
+monitored steps (NaN elsewhere). The writer flushes and closes the log on SIGTERM,
+SIGHUP and SIGINT; in append mode it refuses a log of another model, seed or settings.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import numpy as np
 from ..io.log import LogWriter, check_log_path
 from .schema import EVERY_STEP
 
-#: records of any kind kept in memory before a flush, whatever the schedule
-MAX_UNFLUSHED_STEPS = 10000
-#: shortest time between two scheduled flushes (seconds)
+#: records of any kind that call for a flush (time permitting) whatever the schedule ...
+FLUSH_STEPS = 1000
+#: ... shortest time between two such flushes (seconds) ...
 FLUSH_INTERVAL_S = 5.0
+#: ... and records after which the writer flushes regardless (bounds the memory)
+MAX_UNFLUSHED_STEPS = 10000
 
 
 @dataclass
@@ -41,11 +45,12 @@ class Recorder:
     """Writes step records to ``path`` (``None``: keeps nothing); the log is created at
     the first :meth:`write`, from the ``specs`` and ``metadata`` callables it is given.
 
-    The log is flushed once ``flush_every`` monitored records are unflushed *and*
-    :data:`FLUSH_INTERVAL_S` seconds have passed since the last flush, and at the latest
-    after :data:`MAX_UNFLUSHED_STEPS` records: a flush writes every observable's buffers
-    (15-40 ms on a CPU for a full log), which would otherwise dominate the cost of the
-    metrics and the log on fast steps. A killed run loses at most those records."""
+    The log is flushed once ``flush_every`` monitored records (or :data:`FLUSH_STEPS`
+    records) are unflushed *and* :data:`FLUSH_INTERVAL_S` seconds have passed since the
+    last flush, and after :data:`MAX_UNFLUSHED_STEPS` records regardless: a flush writes
+    every observable's buffers (15-40 ms on a CPU), which would otherwise dominate the
+    cost of the metrics and the log on fast steps. A killed run loses at most those
+    records."""
 
     def __init__(self, path, mode: str, flush_every: int):
         self.path = None if path is None else os.fspath(path)
@@ -53,7 +58,8 @@ class Recorder:
         if self.path is not None:
             check_log_path(self.path, mode)  # refuse bad paths before any step runs
         self._writer: Optional[LogWriter] = None
-        self._unflushed_monitored, self._last_flush = 0, time.monotonic()
+        self._unflushed, self._unflushed_monitored = 0, 0
+        self._last_flush = time.monotonic()
 
     def write(self, record: StepRecord, atoms, specs: Callable[[], dict],
               metadata: Callable[[], dict]) -> None:
@@ -63,23 +69,23 @@ class Recorder:
             self._writer = LogWriter(
                 self.path, specs(), species=atoms.numbers,
                 pbc=tuple(bool(p) for p in atoms.pbc),
-                metadata=metadata() if self.mode != "append" else None,
-                mode=self.mode, flush_every=max(self.flush_every, MAX_UNFLUSHED_STEPS))
-        if record.monitored:
-            self._writer.append_frame(record.step, record.time_ps, record.positions,
-                                      record.cell)
+                metadata=metadata(), mode=self.mode,
+                flush_every=max(self.flush_every, MAX_UNFLUSHED_STEPS), handle_signals=True)
+        self._writer.append_frame(record.step, record.time_ps, record.positions, record.cell)
         logged = {k: v for k, v in record.values.items() if k in self._writer.specs
                   and (record.monitored or k in EVERY_STEP)}
         self._writer.append_many(record.step, record.time_ps, logged)
+        self._unflushed += 1
         self._unflushed_monitored += int(record.monitored)
-        if (self._unflushed_monitored >= self.flush_every
-                and time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S):
+        if (self._unflushed_monitored >= self.flush_every or self._unflushed >= FLUSH_STEPS) \
+                and time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S:
             self.flush()
 
     def flush(self) -> None:
         if self._writer is not None:
             self._writer.flush()
-        self._unflushed_monitored, self._last_flush = 0, time.monotonic()
+        self._unflushed, self._unflushed_monitored = 0, 0
+        self._last_flush = time.monotonic()
 
     def close(self) -> None:
         if self._writer is not None:

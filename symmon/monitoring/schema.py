@@ -27,7 +27,8 @@ from .diagnose import NORMALISED_EPS, RAW_EPS
 from .thresholds import UNITS
 
 #: observables written on every step, monitored or not (the others: monitored steps only)
-EVERY_STEP = ("net_force_per_atom", "net_torque", "calls", "call_kind", "averaged")
+EVERY_STEP = ("energy", "forces", "stress", "net_force_per_atom", "net_torque", "calls",
+              "call_kind", "averaged")
 #: call_kind values: how the logged calculation came about
 CALL_KINDS = {"driver_step": 0, "single_point": 1}
 
@@ -41,14 +42,27 @@ def _eps_specs(quantity: str) -> Dict[str, ObservableSpec]:
     raw, normalised = RAW_EPS[quantity], NORMALISED_EPS[quantity]
     specs = {raw: ObservableSpec((), unit, f"equivariance error of {quantity} (paper "
                                  "Eq. 1-2, summed over components)"),
-             f"{raw}_err": ObservableSpec((), unit, f"standard error of {raw} (jackknife, "
-                                          "~68 % coverage; 0 on exact quadratures)")}
+             f"{raw}_err": ObservableSpec((), unit, f"half width of the 68 % interval of "
+                                          f"{raw} (0 on exact quadratures)")}
     if normalised != raw:
         specs[normalised] = ObservableSpec(
             (), per_atom_unit, f"{raw} per atom" if quantity == "energy" else
             "RMS over atoms of each atom's force eps = forces_eps_total / sqrt(N)")
         specs[f"{normalised}_err"] = ObservableSpec((), per_atom_unit,
                                                     f"standard error of {normalised}")
+    for coverage in (68, 95):
+        specs[f"{normalised}_ci{coverage}"] = ObservableSpec(
+            (2,), per_atom_unit, f"(low, high) of {normalised} with {coverage} % coverage "
+            "(Student-t on log eps^2 over random pairs; the value itself twice on "
+            "quadratures); see interval_method in the metadata")
+    specs[f"{quantity}_at_floor"] = _int(f"1 when {normalised} is below the model's "
+                                         "floating-point noise floor")
+    specs[f"{quantity}_exact"] = _int(f"1 when the full-orbit quadrature integrated "
+                                      f"{quantity} exactly (aliasing check passed; "
+                                      "full-orbit steps)")
+    specs[f"{quantity}_quadrature_error"] = ObservableSpec(
+        (), per_atom_unit, f"estimated error of {normalised} from the power the "
+        "quadrature aliases (full-orbit steps)")
     specs[f"{quantity}_rms"] = ObservableSpec(
         (), per_atom_unit, f"orbit RMS of {quantity}, normalised as {normalised}")
     specs[f"{quantity}_rel_eps"] = ObservableSpec(

@@ -34,7 +34,8 @@ import torch
 from ase.calculators.calculator import all_changes
 
 from ..adapters.ase import ASEOrbitModel
-from ..adapters.metatomic import MetatomicOrbitModel
+from ..adapters.dispatch import held_metatomic_calculator
+from ..adapters.metatomic import MetatomicOrbitModel, metatomic_calculator_class
 from ..core.outputs import DIRECT_OUTPUTS, voigt_to_matrix
 
 #: ASE properties a monitor returns when its base implements them
@@ -45,22 +46,13 @@ IDENTITY = np.eye(3)[None]
 FOLD_TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
-def _metatomic_calculator_class():
-    try:
-        from metatomic_ase import MetatomicCalculator
-    except ImportError:  # pragma: no cover - metatomic-ase is a dependency
-        return ()
-    return MetatomicCalculator
-
-
 def find_metatomic(base) -> Tuple[Optional[object], str]:
     """The ``MetatomicCalculator`` behind ``base`` (itself or an attribute), and how found."""
-    cls = _metatomic_calculator_class()
-    if isinstance(base, cls):
+    if isinstance(base, metatomic_calculator_class()):
         return base, "the base is a MetatomicCalculator"
-    for name, value in getattr(base, "__dict__", {}).items():
-        if isinstance(value, cls):
-            return value, f"{type(base).__name__}.{name} is a MetatomicCalculator"
+    held = held_metatomic_calculator(base)
+    if held is not None:
+        return held[1], f"{type(base).__name__}.{held[0]} is a MetatomicCalculator"
     return None, (f"{type(base).__name__} holds no MetatomicCalculator: one ASE calculation "
                   "per transformed copy")
 
@@ -247,6 +239,12 @@ class ModelSource:
         if "stress" in values:
             values["stress"] = (values["stress"] + values["stress"].T) / 2
         return values
+
+    @property
+    def model_dtype(self):
+        """The dtype the model computes in (float64 for ASE calculators): sets the noise
+        floor of ε."""
+        return getattr(self.orbit_model, "dtype", torch.float64)
 
     def orbit(self, atoms, matrices, quantities: Sequence[str],
               features: Sequence[str] = ()) -> Dict[str, torch.Tensor]:

@@ -20,7 +20,7 @@ Two questions are asked of every ε, and the worse answer wins:
    RMS being the orbit RMS of the prediction. The floor (:data:`FLOORS`) keeps a vanishing
    quantity (zero pressure, forces at a minimum) from turning a tiny ε into a large
    relative one. 5 % of the signal is ``caution``, 25 % ``problem`` (:data:`RELATIVE_LIMITS`).
-   Not asked of the energy, whose zero is arbitrary.
+   Not asked of the energy, whose zero is arbitrary (its relative ε is still reported).
 
 Measured on the tiny PET pair of ``examples/tiny_pet/train_pair.py`` (same data, seed
 and 200 epochs, with and without O(3) augmentation; degree-4 orbit of a 32-atom cell):
@@ -122,9 +122,10 @@ def grade(quantity: str, eps: float, rms: Optional[float] = None,
         problem = float(overrides[quantity])
         relative_limits = Limits(min(RELATIVE_LIMITS.caution, problem / 5), problem)
     ratio = eps / scale
-    relative = None if rms is None or quantity == "energy" else \
-        eps / max(float(rms), FLOORS[quantity])
-    by_ratio, by_relative = ratio_limits.level(ratio), relative_limits.level(relative)
+    relative = None if rms is None else eps / max(float(rms), FLOORS[quantity])
+    judged = quantity != "energy" or bool(overrides and "energy" in overrides)
+    by_ratio = ratio_limits.level(ratio)
+    by_relative = relative_limits.level(relative) if judged else "ok"
     reasons = []
     if by_ratio != "ok":
         reasons.append(f"ε is {ratio:.2g}× the {source}")

@@ -68,6 +68,8 @@ def run_layers(args) -> int:
         degree=args.degree, weights=args.weights, device=args.device,
         chunk_size=args.chunk_size, max_memory_gb=args.max_memory_gb, index=args.index,
         label_keys=keys, overwrite=args.overwrite, progress=not args.no_progress)
+    if not result:  # a rank other than 0 of a torchrun launch: rank 0 reports
+        return 0
     print(format_table(result))
     print(f"wrote {args.output} and {result.get('figure')}")
     return 0
@@ -89,6 +91,8 @@ def run_checkpoints(args) -> int:
         chunk_size=args.chunk_size, max_memory_gb=args.max_memory_gb, index=args.index,
         label_keys=keys, every=args.every, overwrite=args.overwrite,
         progress=not args.no_progress)
+    if not result:  # a rank other than 0 of a torchrun launch: rank 0 reports
+        return 0
     print(f"epochs in {args.output}: {result['epochs']} (analysed now: {result['analysed']}, "
           f"skipped: {result['skipped']})")
     for name, data in result["outputs"].items():

@@ -31,22 +31,14 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from ...adapters.labels import label_quantity, read_labels
 from ...core.metrics import character_spectrum, equivariance_error, orbit_average
+from ...core.outputs import output
 from ...core.grids import O3Grid, quadrature_grid
 from ...core.irreps import irreps_up_to
 
 __all__ = ["ModuleSpectrum", "OutputMetrics", "LayerAnalysis", "analyze_model",
-           "column_labels", "read_labels", "OUTPUT_LABEL_KEYS"]
-
-#: output name (symmon's) -> transformation law
-_OUTPUT_KINDS = {"energy": "scalar", "non_conservative_forces": "vector",
-                 "non_conservative_stress": "symmetric_tensor", "forces": "vector",
-                 "stress": "symmetric_tensor"}
-#: output name -> which --*-key labels it
-OUTPUT_LABEL_KEYS = {"energy": "energy", "non_conservative_forces": "forces",
-                     "forces": "forces", "non_conservative_stress": "stress",
-                     "stress": "stress"}
-
+           "column_labels", "read_labels"]
 
 def column_labels(l_max: int) -> List[str]:
     """``["(0,+1)", "(0,-1)", ..., "residual"]``."""
@@ -117,44 +109,6 @@ class LayerAnalysis:
 
 
 # --------------------------------------------------------------------------------------
-# labels
-# --------------------------------------------------------------------------------------
-def _stress_3x3(value) -> np.ndarray:
-    value = np.asarray(value, dtype=np.float64).reshape(-1)
-    if value.size == 9:
-        return value.reshape(3, 3)
-    if value.size == 6:  # ASE Voigt order xx yy zz yz xz xy
-        xx, yy, zz, yz, xz, xy = value
-        return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
-    raise ValueError(f"cannot read a stress of {value.size} components")
-
-
-def read_labels(atoms, keys: Dict[str, Optional[str]]) -> Dict[str, np.ndarray]:
-    """Labels of one structure: ``keys`` maps ``energy``/``forces``/``stress`` to
-    ASE extxyz keys (``atoms.info`` / ``atoms.arrays``; ``energy``, ``forces``,
-    ``stress`` are also looked up in a SinglePointCalculator's results)."""
-    results = getattr(getattr(atoms, "calc", None), "results", None) or {}
-    labels = {}
-    for what, key in keys.items():
-        if not key:
-            continue
-        value = atoms.info.get(key, atoms.arrays.get(key) if key in atoms.arrays else None)
-        if value is None:
-            value = results.get(key)
-        if value is None:
-            continue
-        if what == "energy":
-            labels[what] = np.asarray(float(np.asarray(value).reshape(-1)[0]))
-        elif what == "forces":
-            labels[what] = np.asarray(value, dtype=np.float64).reshape(len(atoms), 3)
-        elif what == "stress":
-            labels[what] = _stress_3x3(value)
-        else:  # any other target, e.g. {"mtt::pseudoscalar": "pseudoscalar"}
-            labels[what] = np.asarray(value, dtype=np.float64)
-    return labels
-
-
-# --------------------------------------------------------------------------------------
 # analysis
 # --------------------------------------------------------------------------------------
 class _Accumulator:
@@ -165,11 +119,8 @@ class _Accumulator:
         self.power = None
         self.total = 0.0
 
-    def add(self, spectrum):
-        power = spectrum.power.reshape(spectrum.power.shape[0], -1)  # (n_irreps, s)
-        total = spectrum.total.reshape(-1)
-        residual = total - power.sum(axis=0)
-        columns = np.concatenate([power, residual[None]], axis=0)  # (n_cols, s)
+    def add(self, columns: np.ndarray, total: np.ndarray):
+        """One structure's ``(n_cols, samples)`` powers and ``(samples,)`` totals."""
         with np.errstate(invalid="ignore", divide="ignore"):
             self.per_sample.append((columns / total).T)
         summed = columns.sum(axis=1)
@@ -194,6 +145,14 @@ class _Accumulator:
             n_zero=int((~finite).sum()), aggregate=aggregate, mean=mean, std=std, q25=q25,
             median=median, q75=q75, per_structure=np.stack(self.per_structure),
             total_power=self.total)
+
+
+def spectrum_columns(spectrum):
+    """``(n_cols, samples)`` power per irrep then residual, and ``(samples,)`` totals."""
+    power = spectrum.power.reshape(spectrum.power.shape[0], -1)  # (n_irreps, s)
+    total = spectrum.total.reshape(-1)
+    residual = total - power.sum(axis=0)
+    return np.concatenate([power, residual[None]], axis=0), total
 
 
 def _feature_bytes(orbit_model, atoms, modules) -> Dict[str, int]:
@@ -238,80 +197,105 @@ def analyze_model(orbit_model, structures: Sequence, *, modules: Optional[Sequen
         are split into groups (one orbit evaluation each) to stay below it
     :param progress: called with 1 after each structure
     """
+    if len(structures) == 0:
+        raise ValueError("no structures to analyse")
+    grid = analysis_grid(l_max, degree)
+    names = orbit_model.resolve_modules(modules)
+    records = []
+    for atoms in structures:
+        records.append(analyze_structure(orbit_model, atoms, names, grid, l_max, label_keys,
+                                         max_memory_gb))
+        if progress is not None:
+            progress(1)
+    return combine(records, l_max, grid)
+
+
+def analysis_grid(l_max: int, degree: Optional[int]) -> O3Grid:
+    """The quadrature of an analysis (default and minimum degree ``2 * l_max``)."""
     degree = 2 * int(l_max) if degree is None else int(degree)
     if degree < 2 * int(l_max):
         raise ValueError(f"the quadrature degree ({degree}) must be at least 2*l_max "
                          f"({2 * int(l_max)})")
-    if len(structures) == 0:
-        raise ValueError("no structures to analyse")
-    grid = quadrature_grid(degree)
-    names = orbit_model.resolve_modules(modules)
+    return quadrature_grid(degree)
+
+
+def analyze_structure(orbit_model, atoms, names: Sequence[str], grid: O3Grid, l_max: int,
+                      label_keys: Optional[Dict[str, Optional[str]]] = None,
+                      max_memory_gb: Optional[float] = 2.0) -> Dict:
+    """What one structure adds to an analysis: per module ``(sample_kind, dim, columns,
+    totals)`` and per output its ε, RMS and squared errors (see :func:`combine`)."""
     # the identity is appended as a last copy: the lab-frame prediction for the RMSE
     matrices = np.concatenate([grid.matrices, np.eye(3)[None]])
     n_grid = len(grid)
     max_bytes = None if max_memory_gb is None else float(max_memory_gb) * 2 ** 30
+    record: Dict[str, object] = {"modules": {}, "outputs": {}, "names": list(names)}
+    groups = _module_groups(orbit_model, atoms, names, len(matrices), max_bytes)
+    for index, group in enumerate(groups):
+        capture = orbit_model.capture(atoms, matrices, group,
+                                      outputs=None if index == 0 else [])
+        for name, values in capture.features.items():
+            spectrum = character_spectrum(values[:n_grid], grid, l_max, sample_dims=1)
+            record["modules"][name] = (capture.sample_kind[name], int(values.shape[-1]),
+                                       *spectrum_columns(spectrum))
+            del spectrum
+        if index == 0:
+            labels = read_labels(atoms, label_keys or {})
+            for name, values in capture.outputs.items():
+                row = output(name)
+                kind = row.kind if row is not None else orbit_model.output_kind(name)
+                if kind is not None:
+                    record["outputs"][name] = _output_metrics(kind, values, grid, n_grid,
+                                                              labels.get(label_quantity(name)))
+        del capture
+    return record
+
+
+def combine(records: Sequence[Dict], l_max: int, grid: O3Grid) -> LayerAnalysis:
+    """The analysis of structures from their :func:`analyze_structure` records, in order
+    (the same numbers whether the records came from one process or many ranks)."""
     accumulators: Dict[str, _Accumulator] = {}
-    order: List[str] = []
     per_output: Dict[str, dict] = {}
-    label_keys = label_keys or {}
-
-    for atoms in structures:
-        groups = _module_groups(orbit_model, atoms, names, len(matrices), max_bytes)
-        for index, group in enumerate(groups):
-            capture = orbit_model.capture(atoms, matrices, group,
-                                          outputs=None if index == 0 else [])
-            for name, values in capture.features.items():
-                spectrum = character_spectrum(values[:n_grid], grid, l_max, sample_dims=1)
-                if name not in accumulators:
-                    accumulators[name] = _Accumulator(name, capture.sample_kind[name],
-                                                      int(values.shape[-1]))
-                    order.append(name)
-                accumulators[name].add(spectrum)
-                del spectrum
-            if index == 0:
-                labels = read_labels(atoms, label_keys)
-                for name, values in capture.outputs.items():
-                    kind = _OUTPUT_KINDS.get(name) or orbit_model.output_kind(name)
-                    _add_output_metrics(per_output, name, kind, values, grid, n_grid,
-                                        labels)
-            del capture
-        if progress is not None:
-            progress(1)
-
+    for record in records:
+        for name, (sample_kind, dim, columns, total) in record["modules"].items():
+            if name not in accumulators:
+                accumulators[name] = _Accumulator(name, sample_kind, dim)
+            accumulators[name].add(columns, total)
+        for name, metrics in record["outputs"].items():
+            data = per_output.setdefault(name, {"eps": [], "relative": [], "rms": [],
+                                                "squared": [], "squared_sym": [],
+                                                "kind": metrics["kind"]})
+            for key in ("eps", "relative", "rms", "squared", "squared_sym"):
+                if metrics.get(key) is not None:
+                    data[key].append(metrics[key])
     analysis = LayerAnalysis(l_max=int(l_max), grid=grid)
-    for name in order:
-        analysis.modules[name] = accumulators[name].summary()
+    for name, accumulator in accumulators.items():
+        analysis.modules[name] = accumulator.summary()
     for name, data in per_output.items():
-        squared = data["squared"]
-        squared_sym = data["squared_sym"]
+        squared, squared_sym = data["squared"], data["squared_sym"]
         analysis.outputs[name] = OutputMetrics(
             name=name, kind=data["kind"], eps=np.array(data["eps"]),
             relative=np.array(data["relative"]), rms=np.array(data["rms"]),
             rmse=float(np.sqrt(np.mean(np.concatenate(squared)))) if squared else math.nan,
             rmse_symmetrized=float(np.sqrt(np.mean(np.concatenate(squared_sym))))
             if squared_sym else math.nan, n_labelled=len(squared))
-    analysis.info = {"n_structures": len(structures), "grid_degree": degree,
-                     "n_grid": n_grid, "modules": names}
+    analysis.info = {"n_structures": len(records), "grid_degree": int(grid.degree),
+                     "n_grid": len(grid), "modules": records[0]["names"] if records else []}
     return analysis
 
 
-def _add_output_metrics(per_output, name, kind, values, grid, n_grid, labels):
-    if kind is None:
-        return
+def _output_metrics(kind, values, grid, n_grid, label) -> Dict:
+    """ε, relative ε and RMS of one output on one structure; squared errors of the
+    lab-frame and of the orbit-averaged prediction when ``label`` is given."""
     orbit = values[:n_grid]
     error = equivariance_error(orbit, grid, kind)
-    data = per_output.setdefault(name, {"eps": [], "relative": [], "rms": [], "squared": [],
-                                        "squared_sym": [], "kind": kind})
-    data["eps"].append(error.eps)
-    data["relative"].append(error.relative)
-    data["rms"].append(error.rms)
-    label = labels.get(OUTPUT_LABEL_KEYS.get(name, name))
+    metrics = {"kind": kind, "eps": error.eps, "relative": error.relative, "rms": error.rms}
     if label is not None:
         lab_frame = values[n_grid].cpu().numpy()
         symmetrized = orbit_average(orbit, grid, kind).cpu().numpy()
         label = np.asarray(label, dtype=np.float64).reshape(lab_frame.shape)
-        data["squared"].append(((lab_frame - label) ** 2).reshape(-1))
-        data["squared_sym"].append(((symmetrized - label) ** 2).reshape(-1))
+        metrics["squared"] = ((lab_frame - label) ** 2).reshape(-1)
+        metrics["squared_sym"] = ((symmetrized - label) ** 2).reshape(-1)
+    return metrics
 
 
 def torch_device(device: Optional[str]) -> str:

@@ -6,34 +6,24 @@ import glob
 import json
 import os
 import re
+import shutil
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
 
-from .core import analyze_model, column_labels, torch_device
+from ...adapters.labels import read_structures
+from ..ranks import PartialResults, Ranks
+from .core import analysis_grid, analyze_structure, combine, torch_device
 from .io import read_analysis, write_analysis
 from .plots import figures_dir, plot_layers, plot_module_epochs, plot_output_metrics, \
     safe_filename
 
 __all__ = ["analyze_layers", "analyze_checkpoints", "find_checkpoints", "label_keys_from_options",
-           "read_structures", "read_training"]
+           "read_training"]
 
 _CKPT = re.compile(r"model_(\d+)\.ckpt$")
-
-
-def read_structures(path: str, index: str = ":"):
-    import ase.io
-
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"structures file {path!r} does not exist")
-    structures = ase.io.read(path, index=index)
-    if not isinstance(structures, list):
-        structures = [structures]
-    if not structures:
-        raise ValueError(f"no structures in {path!r} (index {index!r})")
-    return structures
 
 
 # --------------------------------------------------------------------------------------
@@ -106,22 +96,27 @@ def analyze_layers(model: str, structures: str, output: str = "layers.h5", *,
     if os.path.exists(output) and not overwrite:
         raise FileExistsError(f"{output!r} exists; pass --overwrite to replace it")
     atoms_list = read_structures(structures, index)
-    orbit_model = MetatrainOrbitModel(model, device=torch_device(device),
-                                      chunk_size=chunk_size, weights=weights)
-    bar = _bar(len(atoms_list), "structures", progress)
-    analysis = analyze_model(orbit_model, atoms_list, modules=modules, l_max=l_max,
-                             degree=degree, label_keys=label_keys or {},
-                             max_memory_gb=max_memory_gb, progress=bar.update)
-    bar.close()
-    tmp = output + ".tmp"
-    with h5py.File(tmp, "w") as f:
-        f.attrs.update(kind="symmon-layers", model=os.path.abspath(model),
-                       structures=os.path.abspath(structures), weights=weights,
-                       epoch=-1 if orbit_model.info.get("epoch") is None
-                       else int(orbit_model.info["epoch"]),
-                       label_keys=json.dumps(label_keys or {}))
-        write_analysis(f, analysis)
-    os.replace(tmp, output)
+    with Ranks.from_environment(_rank_device(device)) as ranks:
+        orbit_model = MetatrainOrbitModel(model, device=torch_device(ranks.device if
+                                          ranks.distributed else device),
+                                          chunk_size=chunk_size, weights=weights)
+        grid, names = analysis_grid(l_max, degree), orbit_model.resolve_modules(modules)
+        parts = PartialResults(output, ranks, _settings(model, structures, index, l_max,
+                                                        grid, names, weights, label_keys))
+        bar = _bar(len(atoms_list), "structures", progress and ranks.is_main)
+        for i in parts.mine(range(len(atoms_list))):
+            parts.add(i, analyze_structure(orbit_model, atoms_list[i], names, grid, l_max,
+                                           label_keys, max_memory_gb))
+            bar.update(ranks.world_size)
+        bar.close()
+        ranks.barrier()
+        if ranks.is_main:
+            analysis = combine([parts.load(k) for k in parts.keys()], l_max, grid)
+            _write_layers(output, analysis, model, structures, weights, label_keys,
+                          orbit_model.info.get("epoch"))
+        parts.clear()
+    if not ranks.is_main:
+        return {}
     with h5py.File(output, "r") as f:
         result = read_analysis(f)
     if figure:
@@ -130,6 +125,33 @@ def analyze_layers(model: str, structures: str, output: str = "layers.h5", *,
             title=f"{os.path.basename(model)} (epoch {orbit_model.info.get('epoch')}, "
             f"{weights} weights), {len(atoms_list)} structures")
     return result
+
+
+def _write_layers(output, analysis, model, structures, weights, label_keys, epoch) -> None:
+    tmp = output + ".tmp"
+    with h5py.File(tmp, "w") as f:
+        f.attrs.update(kind="symmon-layers", model=os.path.abspath(model),
+                       structures=os.path.abspath(structures), weights=weights,
+                       epoch=-1 if epoch is None else int(epoch),
+                       label_keys=json.dumps(label_keys or {}))
+        write_analysis(f, analysis)
+    os.replace(tmp, output)
+
+
+def _settings(model, structures, index, l_max, grid, names, weights, label_keys) -> dict:
+    """What must match for a restarted analysis to reuse partial results."""
+    from ...io.files import file_sha256
+
+    return {"model": file_sha256(model), "structures": file_sha256(structures), "index": index,
+            "l_max": int(l_max), "degree": int(grid.degree), "modules": list(names),
+            "weights": weights, "label_keys": label_keys or {}}
+
+
+def _rank_device(device):
+    """``cuda`` under torchrun means each rank's own GPU (``cuda:LOCAL_RANK``)."""
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return device
 
 
 # --------------------------------------------------------------------------------------
@@ -180,7 +202,6 @@ def analyze_checkpoints(inputs: Sequence[str], structures: str, output: str = "t
                         overwrite: bool = False, figures: bool = True,
                         progress: bool = True, log=print) -> Dict:
     """Layer spectra, eps and RMSE of every checkpoint; resumable (see :mod:`.io`)."""
-    from ...adapters.metatrain import MetatrainOrbitModel
 
     checkpoints = find_checkpoints(inputs)
     if every > 1:
@@ -191,8 +212,35 @@ def analyze_checkpoints(inputs: Sequence[str], structures: str, output: str = "t
                            "modules": list(modules or []), "weights": weights,
                            "structures": os.path.abspath(structures), "index": index,
                            "label_keys": label_keys or {}}, sort_keys=True)
+    with Ranks.from_environment(_rank_device(device)) as ranks:
+        if ranks.is_main:
+            _prepare_training_file(output, settings, overwrite)
+        ranks.barrier()
+        done = _complete_epochs(output)
+        todo = [(e, p) for e, p in checkpoints if e not in done]
+        skipped = len(checkpoints) - len(todo)
+        if skipped and ranks.is_main:
+            log(f"symmon checkpoints: {skipped} checkpoint(s) already in {output}, skipped")
+        _analyze_epochs(todo, atoms_list, output, ranks, modules=modules, l_max=l_max,
+                        degree=degree, weights=weights, device=device,
+                        chunk_size=chunk_size, max_memory_gb=max_memory_gb,
+                        label_keys=label_keys, progress=progress,
+                        settings=json.loads(settings))
+    if not ranks.is_main:
+        return {}
+    result = read_training(output)
+    result["skipped"] = skipped
+    result["analysed"] = [e for e, _ in todo]
+    if figures and result["epochs"]:
+        result["figures"] = write_training_figures(result, output)
+    return result
+
+
+def _prepare_training_file(output: str, settings: str, overwrite: bool) -> None:
+    """Create (or check and clean) the checkpoints file: incomplete epochs are redone."""
     if overwrite and os.path.exists(output):
         os.remove(output)
+        shutil.rmtree(output + ".parts", ignore_errors=True)
     with h5py.File(output, "a") as f:
         if "settings" in f.attrs and f.attrs["settings"] != settings:
             raise ValueError(f"{output!r} was written with other settings "
@@ -202,31 +250,42 @@ def analyze_checkpoints(inputs: Sequence[str], structures: str, output: str = "t
         for name in list(root):
             if not root[name].attrs.get("complete", False):
                 del root[name]  # interrupted: redo
-    done = _complete_epochs(output)
-    todo = [(e, p) for e, p in checkpoints if e not in done]
-    skipped = len(checkpoints) - len(todo)
-    if skipped:
-        log(f"symmon checkpoints: {skipped} checkpoint(s) already in {output}, skipped")
-    bar = _bar(len(todo) * len(atoms_list), "checkpoints x structures", progress)
-    for epoch, path in todo:
-        orbit_model = MetatrainOrbitModel(path, device=torch_device(device),
-                                          chunk_size=chunk_size, weights=weights)
-        analysis = analyze_model(orbit_model, atoms_list, modules=modules, l_max=l_max,
-                                 degree=degree, label_keys=label_keys or {},
-                                 max_memory_gb=max_memory_gb, progress=bar.update)
-        with h5py.File(output, "a") as f:
-            group = f["checkpoints"].create_group(f"epoch_{epoch:06d}")
-            group.attrs.update(epoch=epoch, path=os.path.abspath(path), weights=weights)
-            write_analysis(group, analysis)
-            group.attrs["complete"] = True
-        del orbit_model
+
+
+def _analyze_epochs(todo, atoms_list, output, ranks, *, modules, l_max, degree, weights,
+                    device, chunk_size, max_memory_gb, label_keys, progress, settings):
+    """Every (checkpoint, structure) of ``todo``, each rank its share (kept in
+    ``output.parts/`` as it finishes); rank 0 writes each epoch's group from the records
+    of all ranks, in structure order."""
+    from ...adapters.metatrain import MetatrainOrbitModel
+
+    grid = analysis_grid(l_max, degree)
+    items = [(epoch, i) for epoch, _ in todo for i in range(len(atoms_list))]
+    paths = dict(todo)
+    parts = PartialResults(output, ranks, settings)
+    bar = _bar(len(items), "checkpoints x structures", progress and ranks.is_main)
+    loaded = (None, None, None)
+    for epoch, i in parts.mine(items):
+        if loaded[0] != epoch:  # items are epoch-major: each rank loads each model once
+            model = MetatrainOrbitModel(paths[epoch], device=torch_device(
+                ranks.device if ranks.distributed else device), chunk_size=chunk_size,
+                weights=weights)
+            loaded = (epoch, model, model.resolve_modules(modules))
+        parts.add((epoch, i), analyze_structure(loaded[1], atoms_list[i], loaded[2], grid,
+                                                l_max, label_keys, max_memory_gb))
+        bar.update(ranks.world_size)
     bar.close()
-    result = read_training(output)
-    result["skipped"] = skipped
-    result["analysed"] = [e for e, _ in todo]
-    if figures and result["epochs"]:
-        result["figures"] = write_training_figures(result, output)
-    return result
+    ranks.barrier()
+    if ranks.is_main:
+        for epoch, path in todo:
+            analysis = combine([parts.load((epoch, i)) for i in range(len(atoms_list))],
+                               l_max, grid)
+            with h5py.File(output, "a") as f:
+                group = f["checkpoints"].create_group(f"epoch_{epoch:06d}")
+                group.attrs.update(epoch=epoch, path=os.path.abspath(path), weights=weights)
+                write_analysis(group, analysis)
+                group.attrs["complete"] = True
+    parts.clear()
 
 
 def _complete_epochs(output: str) -> set:
@@ -311,5 +370,3 @@ def format_table(result: Dict, statistic: str = "aggregate") -> str:
                      f" rmse={entry['rmse']:.3e} rmse_sym={entry['rmse_symmetrized']:.3e}")
     return "\n".join(lines)
 
-
-_ = column_labels

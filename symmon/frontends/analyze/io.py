@@ -24,7 +24,6 @@ interrupted and is redone on the next run).
 
 from __future__ import annotations
 
-import json
 from typing import Dict
 
 import h5py
@@ -72,26 +71,22 @@ def _text(value):
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _read_entries(group: h5py.Group, section: str, order: str) -> Dict:
+    """``{name: {dataset: array, attribute: value}}`` of ``group/section`` in ``order``."""
+    entries = {}
+    for name in group.attrs[order]:
+        name = _text(name)
+        sub = group[section][group_name(name)]
+        entry = {k: sub[k][()] for k in sub}
+        entry.update({k: (_text(v) if isinstance(v, (bytes, str)) else v)
+                      for k, v in sub.attrs.items()})
+        entries[name] = entry
+    return entries
+
+
 def read_analysis(group: h5py.Group) -> Dict:
     """``{"columns": [...], "modules": {name: {...arrays, attrs}}, "outputs": {...}}``."""
-    result = {"columns": [_text(c) for c in group.attrs["columns"]],
-              "l_max": int(group.attrs["l_max"]), "modules": {}, "outputs": {}}
-    for name in group.attrs["module_order"]:
-        name = _text(name)
-        sub = group["modules"][group_name(name)]
-        entry = {k: sub[k][()] for k in sub}
-        entry.update({k: (_text(v) if isinstance(v, (bytes, str)) else v)
-                      for k, v in sub.attrs.items()})
-        result["modules"][name] = entry
-    for name in group.attrs["output_order"]:
-        name = _text(name)
-        sub = group["outputs"][group_name(name)]
-        entry = {k: sub[k][()] for k in sub}
-        entry.update({k: (_text(v) if isinstance(v, (bytes, str)) else v)
-                      for k, v in sub.attrs.items()})
-        result["outputs"][name] = entry
-    return result
-
-
-def dumps_settings(settings: dict) -> str:
-    return json.dumps(settings, sort_keys=True)
+    return {"columns": [_text(c) for c in group.attrs["columns"]],
+            "l_max": int(group.attrs["l_max"]),
+            "modules": _read_entries(group, "modules", "module_order"),
+            "outputs": _read_entries(group, "outputs", "output_order")}

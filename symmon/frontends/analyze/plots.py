@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Dict, List, Sequence
 
@@ -126,5 +125,3 @@ def figures_dir(output: str) -> str:
     stem = os.path.splitext(output)[0]
     return stem + "_figures"
 
-
-_ = math  # keep the import for nan helpers in callers

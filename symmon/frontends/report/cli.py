@@ -1,0 +1,48 @@
+"""``symmon report`` arguments; the modules that read logs and draw figures (h5py,
+matplotlib) are imported only when the command runs, so ``symmon report --help`` is
+instant."""
+
+from __future__ import annotations
+
+import argparse
+
+#: report formats (render.py reads them from here: this module must stay light)
+FORMATS = ("html", "json", "text")
+
+
+def _threshold(text: str):
+    name, _, value = text.partition("=")
+    if not value:
+        raise argparse.ArgumentTypeError(f"expected QUANTITY=VALUE (e.g. forces=0.05), got "
+                                         f"{text!r}")
+    try:
+        return name.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: {value!r} is not a number") from None
+
+
+def add_report_arguments(parser) -> None:
+    parser.add_argument("logs", nargs="+",
+                        help="log file(s): shards of one run, or runs with --compare")
+    parser.add_argument("-o", "--output", default=None,
+                        help="output file (default: LOG.html / stdout for json and text)")
+    parser.add_argument("--format", choices=FORMATS, default="html")
+    parser.add_argument("--png-dir", default=None, help="also save the figures as PNG here")
+    parser.add_argument("--compare", action="store_true",
+                        help="the logs are separate runs: show them side by side")
+    parser.add_argument("--model-error", default=None, metavar="EVAL.json",
+                        help="judge ε against the model's own error (the JSON written by "
+                        "'symmon eval --format json')")
+    parser.add_argument("--threshold", type=_threshold, action="append", default=None,
+                        metavar="QUANTITY=VALUE",
+                        help="problem limit on a quantity's relative ε, e.g. forces=0.02 "
+                        "(repeatable)")
+
+
+def report_command(args) -> int:
+    """``symmon report``."""
+    from .run import run_report
+
+    return run_report(args.logs, output=args.output, fmt=args.format, png_dir=args.png_dir,
+                      thresholds=args.threshold, model_error=args.model_error,
+                      compare=args.compare)

@@ -1,0 +1,93 @@
+"""``run_report``: log(s) -> summary -> figures -> one written report (+ one line on
+stdout saying what was written and the verdict)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import ExitStack
+
+from .criteria import load_model_error, resolve_thresholds
+from .render import FORMATS, render_html, render_json, render_text, summary_line
+from .summary import as_paths, guarded, open_reader, summarize_reader
+
+COMPARE_SCHEMA = "symmon-report-compare/1"
+
+
+def run_report(paths, output: str | None = None, fmt: str = "html",
+               png_dir: str | None = None, thresholds=None, model_error=None,
+               compare: bool = False) -> int:
+    """Summarise log(s) ``paths`` and write the report; returns the exit code 0.
+
+    Several ``paths`` are shards of one run, or with ``compare=True`` separate runs
+    shown side by side.  ``fmt`` is ``"html"`` (default output ``<first log stem>.html``
+    next to the log), ``"json"`` or ``"text"`` (default: stdout).  ``png_dir`` also
+    saves every figure as PNG.  ``thresholds``: see
+    :func:`~.criteria.resolve_thresholds`; ``model_error``: the path of a ``symmon eval
+    --format json`` file or ``{quantity: RMSE}``.  Raises ``ValueError``
+    (``LogFormatError`` for unreadable or non-symmon logs) and ``FileNotFoundError``.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    paths = as_paths(paths)
+    if compare and len(paths) < 2:
+        raise ValueError("--compare needs at least two logs (one per run)")
+    overrides = resolve_thresholds(thresholds)
+    if isinstance(model_error, (str, os.PathLike)):
+        model_error = load_model_error(model_error)
+    groups = [[p] for p in paths] if compare else [paths]
+    labels = _labels(groups)
+    need_figures = fmt == "html" or png_dir is not None
+    with ExitStack() as stack:
+        readers = [stack.enter_context(open_reader(g)) for g in groups]
+        summaries = [guarded(g, lambda r=r: summarize_reader(r, overrides, model_error))
+                     for g, r in zip(groups, readers)]
+        figures = _figures(paths, readers, summaries, labels) if need_figures else {}
+    summary = summaries[0] if not compare else {"schema": COMPARE_SCHEMA, "labels": labels,
+                                                "runs": summaries}
+    if png_dir is not None:
+        from .figures import save_pngs
+
+        save_pngs(figures, png_dir)
+    text = {"html": lambda: render_html(summary, figures), "json": lambda: render_json(summary),
+            "text": lambda: render_text(summary)}[fmt]()
+    if output is None and fmt == "html":
+        output = os.path.splitext(paths[0])[0] + ".html"
+    _write_output(text, output)
+    if output is not None:
+        print(f"wrote {output}: {summary_line(summary)}")
+    return 0
+
+
+def _figures(paths, readers, summaries, labels) -> dict[str, bytes]:
+    """Every figure as PNG bytes (rendered once, figures then released)."""
+    from .figures import figure_png, make_figures
+
+    figures = guarded(paths, lambda: make_figures(readers, summaries, labels=labels))
+    pngs = {name: figure_png(fig) for name, fig in figures.items()}
+    for fig in figures.values():
+        fig.clear()
+    return pngs
+
+
+def _labels(groups: list[list[str]]) -> list[str]:
+    """Each run's name: its file's base name, or its path where base names repeat."""
+    names = [", ".join(os.path.basename(p) for p in g) for g in groups]
+    if len(set(names)) < len(names):
+        names = [", ".join(g) for g in groups]
+    return names
+
+
+def _write_output(text: str, output: str | None) -> None:
+    """``text`` to ``output`` (written whole: a temporary file renamed) or stdout."""
+    if output is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return
+    partial = f"{output}.partial"
+    try:
+        with open(partial, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(partial, output)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)

@@ -1,0 +1,114 @@
+"""What a log declares (schema 1 or 2): metadata, species, pbc, observables and where they live."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import h5py
+import numpy as np
+
+from .h5md import (
+    EDGES, PARAMS, PARTICLE_ELEMENTS, PARTICLE_UNIT_ATTR, PARTICLES, POSITION, PRESENT, SCHEMA_VERSION,
+    LogFormatError, ObservableSpec, decode)
+
+#: HDF5's message when a file's consistency flag is set (writer live or killed)
+UNCLEAN_HINT = "may use <h5clear"
+
+
+class LogHeader:
+    """One opened log file: its declarations and the groups of its series.
+
+    ``groups[name]`` is the H5MD element group of observable ``name``;
+    ``columns`` (schema 2) maps a series name to its column of ``present``.
+    """
+
+    def __init__(self, f: h5py.File, path: str):
+        self.file, self.path = f, path
+        if "h5md" not in f or PARAMS not in f or "schema_version" not in f[PARAMS].attrs:
+            raise LogFormatError(f"{path}: HDF5 file is not a symmon log (no h5md / {PARAMS})")
+        params = f[PARAMS].attrs
+        self.schema_version = int(params["schema_version"])
+        if self.schema_version > SCHEMA_VERSION:
+            raise LogFormatError(
+                f"{path}: log schema_version {self.schema_version} is newer than this "
+                f"symmon supports ({SCHEMA_VERSION}); upgrade symmon")
+        try:
+            self.metadata = json.loads(params["metadata_json"])
+            self.appended_runs = json.loads(params.get("appended_runs_json", "[]"))
+            part = f[PARTICLES]
+            self.species = part["species"][()]
+            self.pbc = tuple(decode(b) == "periodic" for b in part["box"].attrs["boundary"])
+            self.has_positions = "position" in part
+            self.edges, self.position = f[EDGES], f[POSITION] if self.has_positions else None
+            self.groups = dict(f["observables"].items())
+            self.columns: dict[str, int] = {}
+            if self.schema_version >= 2:
+                self._add_v2(f)
+            self.specs = {n: spec_from_group(g) for n, g in self.groups.items()}
+        except (KeyError, ValueError, OSError) as e:
+            raise LogFormatError(f"{path}: malformed symmon log: {e}") from e
+
+    def _add_v2(self, f: h5py.File) -> None:
+        for name, element in PARTICLE_ELEMENTS.items():
+            if element in f[PARTICLES]:
+                self.groups[name] = f[PARTICLES][element]
+        columns = [decode(c) for c in f[PRESENT].attrs["columns"]]
+        self.columns = {c: k for k, c in enumerate(columns)}
+        missing = sorted(set(self.groups) - set(self.columns))
+        if missing:
+            raise ValueError(f"observables without a column in {PRESENT}: {missing}")
+
+
+def spec_from_group(g: h5py.Group) -> ObservableSpec:
+    value = g["value"]
+    labels = g.attrs.get("labels")
+    if labels is not None and labels.dtype.kind in "OS":
+        labels = np.array([decode(x) for x in labels])
+    unit = value.attrs.get("unit", value.attrs.get(PARTICLE_UNIT_ATTR))
+    return ObservableSpec(shape=value.shape[1:], unit=decode(unit),
+                          description=decode(g.attrs.get("description", "")),
+                          dtype=value.dtype, labels=labels)
+
+
+def spec_differences(a, b) -> list[str]:
+    """Why observable declarations ``a`` and ``b`` cannot share a log (empty: they can)."""
+    problems = []
+    if set(a) != set(b):
+        problems.append(f"observables {sorted(a)} != {sorted(b)}")
+    for name in sorted(set(a) & set(b)):
+        if not a[name].same_layout(b[name]):
+            sa, sb = ((s.shape, str(s.dtype), s.unit) for s in (a[name], b[name]))
+            problems.append(
+                f"observable {name!r}: (shape, dtype, unit) {sa} != {sb} or labels differ")
+    return problems
+
+
+def flagged_open_for_write(path: str) -> bool:
+    """Superblock (version >= 3) status flags, byte 11: bit 0 write, bit 2 SWMR write."""
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+    return len(head) == 12 and head[:8] == b"\x89HDF\r\n\x1a\n" and head[8] >= 3 \
+        and bool(head[11] & 0b101)
+
+
+def open_for_reading(path: str) -> h5py.File:
+    """Open read-only.  A file still open by a writer (live or killed) has its
+    consistency flag set, which plain opening refuses (or, after a failed
+    write, calls truncated): open it in SWMR-read mode instead.  Plain opening first keeps HDF5's truncation check, which
+    SWMR-read mode skips."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"log file not found: {path}")
+    if not h5py.is_hdf5(path):
+        raise LogFormatError(f"{path}: not an HDF5 file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        # a writer that died in a failed write (full disk) can leave the file shorter
+        # than its superblock says: SWMR-read mode trusts what the writer committed
+        if UNCLEAN_HINT not in str(e) and not flagged_open_for_write(path):
+            raise LogFormatError(f"{path}: cannot open HDF5 file: {e}") from e
+    try:
+        return h5py.File(path, "r", libver="latest", swmr=True)
+    except OSError as e:
+        raise LogFormatError(f"{path}: cannot open HDF5 file in SWMR mode: {e}") from e

@@ -1,0 +1,255 @@
+"""Reading symmon logs (schema 1 and 2), one file or the merged shards of one run.
+
+Only trusted rows are read.  Schema 2: rows ``< trusted_rows(f)`` (present in
+every dataset, step committed), and of those, for a series, the rows whose
+``present`` column is 1.  Schema 1 (one step axis per element): the common
+length of the element's step/time/value minus trailing never-written steps.
+A checksum mismatch (Fletcher-32) or read error is a :class:`LogFormatError`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, NamedTuple
+
+import h5py
+import numpy as np
+
+from .h5md import FRAME_COLUMN, MAX_CHUNK_ROWS, PRESENT, UNWRITTEN_STEP, LogFormatError, \
+    ObservableSpec, row_datasets, trusted_rows
+from .header import LogHeader, open_for_reading, spec_differences
+
+
+class Frames(NamedTuple):
+    """Trajectory frames: step (n,), time (n,) [ps], positions (n, N, 3) or None
+    [angstrom], cell (n, 3, 3) [angstrom, rows are the cell vectors]."""
+
+    step: np.ndarray
+    time: np.ndarray
+    positions: np.ndarray | None
+    cell: np.ndarray
+
+
+class _Series(NamedTuple):
+    """The trusted rows of one series in one shard."""
+
+    steps: np.ndarray     # (n,) step numbers
+    rows: np.ndarray      # (n,) row indices into `time` and each of `values`
+    time: h5py.Dataset
+    values: tuple         # value datasets (frames: cell, then positions)
+
+
+class _Shard:
+    """One opened log file and the trusted rows of its series (cached until refresh)."""
+
+    def __init__(self, header: LogHeader):
+        self.header, self.path = header, header.path
+        self._table: tuple[np.ndarray, np.ndarray] | None = None
+
+    def series(self, name: str) -> _Series:
+        h = self.header
+        if h.schema_version >= 2:
+            steps, present = self._v2_table()
+            rows = np.flatnonzero(present[:, h.columns[name]])
+            return _Series(steps[rows], rows, h.edges["time"], (h.groups[name]["value"],))
+        g = h.groups[name]
+        n = v1_trusted_count(g["step"], g["time"], g["value"])
+        return _Series(read(g["step"], slice(0, n)), np.arange(n), g["time"], (g["value"],))
+
+    def frames(self) -> _Series:
+        h = self.header
+        values = (h.edges["value"],) + ((h.position["value"],) if h.has_positions else ())
+        if h.schema_version >= 2:
+            steps, present = self._v2_table()
+            rows = np.flatnonzero(present[:, h.columns[FRAME_COLUMN]])
+            return _Series(steps[rows], rows, h.edges["time"], values)
+        elements = [h.edges] + ([h.position] if h.has_positions else [])
+        n = min(v1_trusted_count(g["step"], g["time"], g["value"]) for g in elements)
+        return _Series(read(h.edges["step"], slice(0, n)), np.arange(n), h.edges["time"], values)
+
+    def refresh(self) -> None:
+        # (a dataset handle kept open across a refresh would keep stale chunks: none is kept)
+        if self.header.file.swmr_mode:
+            for ds in row_datasets(self.header.file):
+                ds.refresh()
+        self._table = None
+
+    def _v2_table(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._table is None:
+            n = trusted_rows(self.header.file)
+            self._table = (read(self.header.edges["step"], slice(0, n)),
+                           read(self.header.file[PRESENT], slice(0, n)))
+        return self._table
+
+
+class LogReader:
+    """Read one symmon log or merge several shards of the same run.
+
+    Shards must share schema version, species, pbc and observable declarations;
+    metadata is taken from the first.  Rows are merged and stably sorted by
+    step.  Values are read lazily (only the selected rows are sliced from disk;
+    step arrays are read whole).  Files still being written (or left by a
+    killed writer) are opened in SWMR-read mode; call :meth:`refresh` to see
+    steps flushed after opening.
+    """
+
+    def __init__(self, paths: str | os.PathLike | Iterable[str | os.PathLike]):
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        self.paths = [os.fspath(p) for p in paths]
+        if not self.paths:
+            raise ValueError("LogReader needs at least one path")
+        self._shards: list[_Shard] = []
+        try:
+            for p in self.paths:
+                f = open_for_reading(p)
+                try:
+                    self._shards.append(_Shard(LogHeader(f, p)))
+                except BaseException:
+                    f.close()
+                    raise
+            self._check_shards_agree()
+        except BaseException:
+            self.close()
+            raise
+        first = self._shards[0].header
+        self.metadata: dict = first.metadata
+        self.schema_version: int = first.schema_version
+        self.species: np.ndarray = first.species
+        self.pbc: tuple[bool, bool, bool] = first.pbc
+        self._specs = first.specs
+        self.observable_names: list[str] = sorted(first.specs)
+
+    def observable(self, name: str, start: int | None = None, stop: int | None = None,
+                   stride: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(step (n,), time (n,) [ps], value (n, *shape) [unit(name)])`` of the
+        rows ``[start:stop:stride]`` of the step-sorted series."""
+        spec = self._spec(name)
+        series = [s.series(name) for s in self._shards]
+        step, time, plan = _select(series, slice(start, stop, stride))
+        value = _gather([s.values[0] for s in series], plan, len(step), spec.shape, spec.dtype)
+        return step, time, value
+
+    def frames(self, start: int | None = None, stop: int | None = None,
+               stride: int | None = None) -> Frames:
+        """Frames ``[start:stop:stride]`` (step-sorted); positions None if not stored."""
+        series = [s.frames() for s in self._shards]
+        step, time, plan = _select(series, slice(start, stop, stride))
+        cell = _gather([s.values[0] for s in series], plan, len(step), (3, 3), np.float64)
+        pos = None
+        if self._shards[0].header.has_positions:
+            pos = _gather([s.values[1] for s in series], plan, len(step),
+                          (len(self.species), 3), np.float64)
+        return Frames(step, time, pos, cell)
+
+    def count(self, name: str) -> int:
+        """Number of logged rows of observable ``name`` (all shards)."""
+        self._spec(name)
+        return sum(len(s.series(name).rows) for s in self._shards)
+
+    def unit(self, name: str) -> str:
+        return self._spec(name).unit
+
+    def description(self, name: str) -> str:
+        return self._spec(name).description
+
+    def labels(self, name: str) -> np.ndarray | None:
+        return self._spec(name).labels
+
+    def spec(self, name: str) -> ObservableSpec:
+        return self._spec(name)
+
+    def refresh(self) -> None:
+        """Pick up steps flushed by a live writer since opening (SWMR files)."""
+        for s in self._shards:
+            s.refresh()
+
+    def close(self) -> None:
+        for s in self._shards:
+            s.header.file.close()
+
+    def __enter__(self) -> LogReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _spec(self, name: str) -> ObservableSpec:
+        if name not in self._specs:
+            raise KeyError(f"no observable {name!r} in log; available: {sorted(self._specs)}")
+        return self._specs[name]
+
+    def _check_shards_agree(self) -> None:
+        first = self._shards[0].header
+        for s in (shard.header for shard in self._shards[1:]):
+            problems = spec_differences(first.specs, s.specs)
+            if s.schema_version != first.schema_version:
+                problems.append(f"schema_version {s.schema_version} != {first.schema_version}")
+            if not np.array_equal(s.species, first.species):
+                problems.append("species differ")
+            if s.pbc != first.pbc or s.has_positions != first.has_positions:
+                problems.append("pbc / stored positions differ")
+            if problems:
+                raise LogFormatError(
+                    f"shard {s.path} does not match {first.path}: " + "; ".join(problems))
+
+
+def read_log(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> LogReader:
+    """Open one log or several shards of one run; see :class:`LogReader`."""
+    return LogReader(paths)
+
+
+def read(ds: h5py.Dataset, selection) -> np.ndarray:
+    """``ds[selection]``; a checksum mismatch or read error becomes a LogFormatError."""
+    try:
+        return ds[selection]
+    except OSError as e:
+        first = (str(e).splitlines() or [""])[0]
+        raise LogFormatError(
+            f"{ds.file.filename}: {ds.name} cannot be read, the file is corrupted "
+            f"(checksum mismatch or I/O error: {first}); re-run or restore the file") from e
+
+
+def v1_trusted_count(step: h5py.Dataset, time: h5py.Dataset, value: h5py.Dataset) -> int:
+    """Schema 1: rows fully written: common length, minus trailing never-written steps."""
+    n = min(step.shape[0], time.shape[0], value.shape[0])
+    while n > 0:
+        lo = max(0, n - MAX_CHUNK_ROWS)
+        written = np.flatnonzero(read(step, slice(lo, n)) != UNWRITTEN_STEP)
+        if written.size:
+            return lo + int(written[-1]) + 1
+        n = lo
+    return 0
+
+
+def _select(series: list[_Series], sl: slice):
+    """Merge the shards' steps (stable sort), apply ``sl``; returns step, time
+    and a per-shard plan ``[(rows in output, rows in the shard's datasets)]``."""
+    all_steps = np.concatenate([s.steps for s in series])
+    owner = np.repeat(np.arange(len(series)), [len(s.steps) for s in series])
+    local = np.concatenate([s.rows for s in series])
+    picked = np.argsort(all_steps, kind="stable")[sl]
+    plan = []
+    for k in range(len(series)):
+        out = np.flatnonzero(owner[picked] == k)
+        plan.append((out, local[picked[out]]))
+    time = _gather([s.time for s in series], plan, len(picked), (), np.float64)
+    return all_steps[picked], time, plan
+
+
+def _gather(datasets: list[h5py.Dataset], plan, n: int, shape: tuple, dtype) -> np.ndarray:
+    out = np.empty((n, *shape), dtype=dtype)
+    for ds, (out_rows, idx) in zip(datasets, plan):
+        if len(idx):
+            out[out_rows] = _read_rows(ds, idx)
+    return out
+
+
+def _read_rows(ds: h5py.Dataset, idx: np.ndarray) -> np.ndarray:
+    """ds[idx] with a single hyperslab read (strided slice when idx is regular)."""
+    d = np.diff(idx)
+    if len(idx) == 1 or (d[0] > 0 and np.all(d == d[0])):
+        step = int(d[0]) if len(idx) > 1 else 1
+        return read(ds, slice(int(idx[0]), int(idx[-1]) + 1, step))
+    lo, hi = int(idx.min()), int(idx.max())
+    return read(ds, slice(lo, hi + 1))[idx - lo]
