@@ -20,7 +20,7 @@ from symmon.core.grids import quadrature_grid
 from symmon.core.metrics import orbit_average
 from symmon.core.outputs import matrix_to_voigt, voigt_to_matrix
 from symmon.frontends.calculator import SymmetryMonitor
-from symmon.frontends.purify import Readout
+from symmon.io.readout import Readout
 from symmon.monitoring.schedule import AVERAGE_BAND, average_degree, random_frame
 
 from broken import LabFrameEMT

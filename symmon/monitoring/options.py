@@ -74,8 +74,8 @@ class MonitorOptions:
         flushed, run stopped) or ``"average"`` (switch to averaging from this step on,
         a logged event)
     :param seed: seed of the random rotations (same seed, same log)
-    :param flush_every: flush the log after this many monitored steps (or 1000 steps),
-        at most once in 5 s (:mod:`symmon.monitoring.recorder`)
+    :param flush_every: flush the log every this many monitored steps (and every
+        1000 steps; :mod:`symmon.monitoring.recorder`)
     :param log_mode: ``"create"`` (refuse an existing file), ``"append"``, ``"overwrite"``
     """
 
