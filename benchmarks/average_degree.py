@@ -1,7 +1,7 @@
 """How many O(3) elements ``mode="average"`` needs: the average at degree d vs a reference.
 
 A degree-d quadrature averages a rank-r output exactly when the orbit ``g -> f(g x)``
-has no components beyond ``l = d - r`` (docs/theory.md, "Averaging"); a real model's
+has no components beyond ``l = d - r`` (:mod:`symmon.monitoring.schedule`); a real model's
 orbit is not band-limited, so the rest aliases. This measures, for the bundled tiny
 PET on a rattled Cu/Ni cell, the distance between the average on the degree-d grid and
 on a reference grid of much higher degree, per atom (energy eV/atom, forces RMS over

@@ -267,4 +267,7 @@ def test_warm_up_happens_at_construction():
     assert monitor.monitor.warm_up_s > 0
     assert monitor.metadata()["warm_up_s"] == monitor.monitor.warm_up_s
     assert base.atoms is None and base.results == {}  # the dimer left nothing behind
+    assert monitor.metadata()["first_step_s"] is None
+    monitor.get_potential_energy(ase.io.read(os.path.join(DATA, "tiny_structures.xyz"), "6"))
+    assert monitor.metadata()["first_step_s"] > 0
     assert SymmetryMonitor(LabFrameEMT()).monitor.warm_up_s == 0

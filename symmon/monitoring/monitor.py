@@ -18,6 +18,7 @@ i-PI client) call :meth:`calculate` and hand the results on.
 
 from __future__ import annotations
 
+import time
 import warnings
 from typing import Dict, Mapping, Optional, Tuple
 
@@ -48,9 +49,10 @@ class Monitor:
     :param log: HDF5 log path (``None``: results only)
     :param readout: a purified readout (``mode="purified"``), already checked to fit
     :param extra_specs: observables a front-end adds (values passed to :meth:`calculate`)
-    :param warm_up: run the model's code paths once on a dimer now (TorchScript compiles
-        on first calls), so that step 0 costs what later steps cost; the seconds it
-        took are in :attr:`warm_up_s` and the log's metadata
+    :param warm_up: run the model's code paths on a dimer now (TorchScript compiles on
+        first calls), so that step 0 costs about what later steps cost; the seconds it
+        took (:attr:`warm_up_s`) and those of the first calculation
+        (:attr:`first_step_s`) are in the log's metadata
     """
 
     def __init__(self, source: ModelSource, options: MonitorOptions, *, log=None,
@@ -73,6 +75,9 @@ class Monitor:
         features = [readout.feature] if readout is not None else []
         self.warm_up_s = (source.warm_up(1 + 2 * options.random_rotations, features)
                           if warm_up else 0.0)
+        if warm_up:
+            self.schedule.plan(0, False)  # imports and first use of the grid code
+        self.first_step_s: Optional[float] = None  # wall time of the first calculation
 
     # -- set-up ------------------------------------------------------------------------
     def _check_readout(self, readout) -> None:
@@ -130,7 +135,7 @@ class Monitor:
         quantities = self.source.quantities(atoms)
         self._say_not_monitored(atoms)
         if self._atoms is None:
-            self._atoms = atoms.copy()
+            self._atoms, start = atoms.copy(), time.perf_counter()
         self._commit_left_initial_state()
         step = self.clock.next_step()
         if self.averaging:
@@ -156,6 +161,8 @@ class Monitor:
             values.update(net_signals(forces, record.positions, atoms.get_masses(),
                                       periodic=bool(any(atoms.pbc))))
         self.last_values = values
+        if self.first_step_s is None:
+            self.first_step_s = time.perf_counter() - start
         if self.clock.attached:
             record.at_driver = self.clock.confirms(record.positions)
             self._pending = record
@@ -305,7 +312,7 @@ class Monitor:
             "forces_source": "non_conservative" if source.nc_forces else "conservative",
             "stress_source": "non_conservative" if source.nc_stress else "conservative",
             "driver": None if dynamics is None else type(dynamics).__name__,
-            "warm_up_s": self.warm_up_s,
+            "warm_up_s": self.warm_up_s, "first_step_s": self.first_step_s,
             "average_grid": None if self.schedule.average_grid is None
             else self.schedule.average_grid.describe(),
             "eps_measured_on": "base model" if options.mode in ("average", "random_frame")
