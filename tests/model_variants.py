@@ -141,3 +141,23 @@ def build_variants() -> Dict[str, Variant]:
                 per_atom_energy=False),
     ]
     return {variant.name: variant for variant in variants}
+
+
+_SHARED: Dict[str, Variant] = {}
+
+
+def shared_variants() -> Dict[str, Variant]:
+    """:func:`build_variants`, built once per test session (warnings silenced)."""
+    if not _SHARED:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _SHARED.update(build_variants())
+    return _SHARED
+
+
+def save_variant(variant: Variant, path) -> str:
+    """Write the variant's ``AtomisticModel`` to a ``.pt`` file (as ``mtt export`` does)."""
+    variant.model.save(str(path))
+    return str(path)

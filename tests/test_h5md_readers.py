@@ -169,3 +169,32 @@ def test_sparse_spectra_share_the_step_axis(tmp_path):
     finally:
         mda.close()
     assert given == [s in (0, 3, 6) for s in range(n_steps)]
+
+
+@pytest.mark.parametrize("make_log", [full_orbit_log, killed_log],
+                         ids=["full_orbit_log", "killed_log"])
+def test_a_second_h5md_reader_agrees(tmp_path, make_log):
+    """pyh5md (the H5MD reference library, independent of MDAnalysis) reads the particle
+    data and every observable of symmon's log as symmon's reader does."""
+    import pyh5md
+
+    path, n_steps = make_log(tmp_path)
+    with read_log(path) as log:
+        frames = log.frames()
+        expected = {name: log.observable(name) for name in log.observable_names}
+    with pyh5md.File(str(path), "r") as f:
+        particles = f.particles_group("all")
+        position = pyh5md.element(particles, "position")
+        force = pyh5md.element(particles, "force")
+        assert position.value.shape[0] == n_steps
+        np.testing.assert_array_equal(position.step[()], frames.step)
+        np.testing.assert_array_equal(position.value[()], frames.positions)
+        np.testing.assert_array_equal(force.value[()], expected["forces"][2])
+        observables = f["observables"]
+        for name, (steps, times, values) in expected.items():
+            if name == "forces":
+                continue
+            element = pyh5md.element(observables, name)
+            stored = element.value[()]
+            given = np.isin(element.step[()], steps)
+            np.testing.assert_array_equal(stored[given], values, err_msg=name)

@@ -262,3 +262,24 @@ def test_engine_imports_no_front_end_library():
         "print(','.join(bad))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", out.stdout
+
+
+def test_exactness_check_is_quiet_on_round_off_of_an_exact_model():
+    """EMT is exactly O(3)-equivariant: its ε is float64 round-off (~1e-13 eV/Å), whose
+    aliased power is a large fraction of ε² but immaterial; the check must not fire."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    from symmon.adapters import ASEOrbitModel
+    from symmon.core.grids import quadrature_grid
+
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 2))
+    atoms.numbers[::5] = 28
+    atoms.rattle(0.05, seed=1)
+    grid = quadrature_grid(4)
+    values = ASEOrbitModel(EMT()).evaluate(atoms, grid.matrices, ["energy", "forces", "stress"])
+    for name, kind in (("energy", "scalar"), ("forces", "vector_per_atom"),
+                       ("stress", "symmetric_tensor")):
+        error = equivariance_error(values[name], grid, kind)
+        assert error.eps < 1e-10 * error.rms, name
+        assert error.exact, (name, error.alias_power / error.eps_sq)

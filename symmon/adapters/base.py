@@ -21,6 +21,12 @@ from ..core.outputs import OUTPUTS, output_kind, voigt_to_matrix  # noqa: F401 (
 STRESS_OUTPUTS = tuple(name for name, o in OUTPUTS.items() if o.quantity == "stress")
 
 
+#: atoms closer than this (angstrom, after wrapping into the cell) sit "at the same position"
+COINCIDENT_DISTANCE = 1e-4
+#: periodic cell vectors shorter than this or spanning less (angstrom) are degenerate
+DEGENERATE_CELL_LENGTH = 1e-6
+
+
 def validate_atoms(atoms, outputs: Iterable[str] = ()) -> None:
     """Refuse structures no model can be evaluated on, with a message naming the problem."""
     if len(atoms) == 0:
@@ -31,12 +37,48 @@ def validate_atoms(atoms, outputs: Iterable[str] = ()) -> None:
         raise ValueError(f"positions of atoms {bad[:10].tolist()} are NaN or infinite")
     if not np.all(np.isfinite(atoms.cell.array)):
         raise ValueError("the cell contains NaN or infinite entries")
+    _check_periodic_cell(atoms)
+    _check_coincident_atoms(atoms)
     stress = [name for name in outputs if name in STRESS_OUTPUTS]
     if stress and not (all(atoms.pbc) and abs(atoms.cell.volume) > 1e-12):
         raise ValueError(
             f"{stress[0]!r} was requested for a structure that is not periodic in all "
             f"three directions (pbc={atoms.pbc.tolist()}): stress needs a 3D cell"
         )
+
+
+def _check_periodic_cell(atoms) -> None:
+    """The cell vectors of the periodic directions must be linearly independent: the
+    smallest singular value of those rows is the thinnest extent they span."""
+    periodic = np.asarray(atoms.pbc, dtype=bool)
+    if not periodic.any():
+        return
+    vectors = atoms.cell.array[periodic]
+    thinnest = np.linalg.svd(vectors, compute_uv=False).min()
+    if thinnest < DEGENERATE_CELL_LENGTH:
+        what = "has zero volume" if periodic.all() else "has degenerate periodic vectors"
+        raise ValueError(
+            f"the cell {what} (pbc={periodic.tolist()}, cell="
+            f"{np.round(atoms.cell.array, 6).tolist()}): give independent cell vectors "
+            "for the periodic directions, or set pbc=False for a molecule")
+
+
+def _check_coincident_atoms(atoms) -> None:
+    """Refuse two atoms at the same position (periodic images included, via wrapping)."""
+    if len(atoms) < 2:
+        return
+    from scipy.spatial import cKDTree
+
+    positions = atoms.get_positions(wrap=True) if any(atoms.pbc) else atoms.get_positions()
+    pairs = cKDTree(positions).query_pairs(COINCIDENT_DISTANCE, output_type="ndarray")
+    if len(pairs):
+        i, j = min(tuple(pair) for pair in pairs.tolist())
+        more = f" and {len(pairs) - 1} more pairs" if len(pairs) > 1 else ""
+        raise ValueError(
+            f"atoms {i} and {j}{more} are at the same position "
+            f"({positions[i].round(6).tolist()} angstrom; closer than "
+            f"{COINCIDENT_DISTANCE:g} angstrom, periodic images included): remove the "
+            "duplicate atoms")
 
 
 def check_species(atoms, atomic_types: Sequence[int], model_label: str) -> None:

@@ -21,17 +21,29 @@ from ..core.representations import get_representation
 __all__ = ["label_quantity", "read_label", "read_labels", "read_structures"]
 
 
-def read_structures(path, index: str = ":") -> list:
-    """All structures of an ASE-readable file, with a clear error for a missing/empty one."""
+def read_structures(path, index=":", what: str = "structures file") -> list:
+    """All structures of an ASE-readable file (``index`` as ``ase.io.read``), refused with
+    one sentence naming the file when it is missing, empty or unreadable."""
     import ase.io
 
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"structures file {os.fspath(path)!r} does not exist")
-    structures = ase.io.read(path, index=index)
+    name = os.fspath(path)
+    if not os.path.exists(name):
+        raise FileNotFoundError(f"{what} {name!r} does not exist")
+    if os.path.isdir(name):
+        raise IsADirectoryError(f"{what} {name!r} is a directory; give a structure file")
+    if os.path.getsize(name) == 0:
+        raise ValueError(f"{what} {name!r} is empty; give a file with at least one "
+                         "structure (extxyz, or any format ASE reads)")
+    try:
+        structures = ase.io.read(name, index=index)
+    except Exception as error:  # noqa: BLE001 - any parser's failure is a bad file
+        detail = " ".join(str(error).split()) or type(error).__name__
+        raise ValueError(f"cannot read {what} {name!r} with ASE ({detail}); give a file in "
+                         "a format ASE reads (e.g. extxyz), with a known extension") from None
     if not isinstance(structures, list):
         structures = [structures]
     if not structures:
-        raise ValueError(f"no structures in {os.fspath(path)!r} (index {index!r})")
+        raise ValueError(f"no structures in {name!r} (index {index!r})")
     return structures
 
 

@@ -19,7 +19,6 @@ check them against per-copy ``MetatomicCalculator`` calls for every model varian
 from __future__ import annotations
 
 import os
-import pathlib
 import warnings
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -29,6 +28,7 @@ import torch
 from .base import OrbitModel, check_species, validate_atoms, validate_matrices
 from .batched import BatchedEvaluator, atomistic_model_runner, check_chunk_size
 from .catalogue import OutputCatalogue
+from .model_file import loading_model_file
 from .orbit_systems import OrbitSystems, per_copy_values  # noqa: F401 (re-exported)
 from .per_copy import CalculatorLoop
 
@@ -49,10 +49,8 @@ def load_metatomic_model(model, extensions_directory=None):
     from metatomic.torch import load_atomistic_model
 
     if isinstance(model, (str, bytes, os.PathLike)):
-        path = pathlib.Path(os.fsdecode(model))
-        if not path.exists():
-            raise FileNotFoundError(f"model file {str(path)!r} does not exist")
-        return load_atomistic_model(str(path), extensions_directory=extensions_directory)
+        with loading_model_file(os.fsdecode(model)) as path:
+            return load_atomistic_model(path, extensions_directory=extensions_directory)
     if hasattr(model, "capabilities") and hasattr(model, "requested_neighbor_lists"):
         return model
     if isinstance(model, metatomic_calculator_class()):

@@ -13,8 +13,8 @@ summed over all components, from centred moments in float64.
   round-off for band-limited ``y``, by the discrete Bessel inequality). The
   unresolved power bounds the error in practice, ``|Δeps^2| <~ a`` (measured on tiny
   PETs: 0.4 a unaugmented, 0.07 a augmented), so ``quadrature_error =
-  sqrt(eps^2 + a) - eps`` and ``exact = a <= max(0.1 eps^2, noise_floor^2)`` (``eps``
-  within ~5 %).
+  sqrt(eps^2 + a) - eps`` and ``exact = a <= max(0.1 eps^2, noise_floor^2,
+  (1e-9 rms)^2)`` (``eps`` within ~5 %, or an error immaterial at the output's scale).
 * Random grid of ``P`` pairs: unbiased ``eps^2`` and a Student-t interval on
   ``log eps^2`` (:mod:`symmon.core.intervals`).
 * Noise floor: ``NOISE_ULPS * finfo(dtype).eps * rms`` for the dtype the model computed
@@ -39,6 +39,10 @@ from .spectrum import paired_samples, quadrature_powers
 NOISE_ULPS = 16.0
 #: aliased power allowed relative to eps^2 on an "exact" quadrature (eps within ~5 %)
 ALIAS_TOLERANCE = 0.1
+#: ... or in absolute terms: an error of eps below this fraction of the output's RMS is
+#: immaterial at any reading (it keeps round-off of an exactly symmetric float64 model,
+#: e.g. EMT's 1e-13 eV/Å, from being flagged as under-resolved)
+NEGLIGIBLE_ERROR = 1e-9
 
 
 @dataclass
@@ -132,7 +136,8 @@ def equivariance_error(values, grid: O3Grid, kind, *, dtype=None,
         mean, variance = _weighted_variance(back, weights)
         variance = variance.clamp_min(0.0)
         eps_sq = float(variance.sum())
-        stats = _quadrature_statistics(back, mean, grid, eps_sq, floor, check_exactness)
+        stats = _quadrature_statistics(back, mean, grid, eps_sq, floor, check_exactness,
+                                       rms)
     else:
         n_pairs = grid.n_rotations
         estimate = pair_estimate(back[:n_pairs], back[n_pairs:])
@@ -176,12 +181,12 @@ def _paired_variance(back: torch.Tensor):
     return back.mean(dim=0), (d * d).mean(dim=0) + u.var(dim=0)
 
 
-def _quadrature_statistics(back, mean, grid: O3Grid, eps_sq, floor, check) -> dict:
+def _quadrature_statistics(back, mean, grid: O3Grid, eps_sq, floor, check, rms) -> dict:
     eps = float(np.sqrt(eps_sq))
     if not check:
         return _quadrature_result(eps, float("nan"), float("nan"), False)
     alias = alias_power(back - mean, grid)
-    exact = alias <= max(ALIAS_TOLERANCE * eps_sq, floor ** 2)
+    exact = alias <= max(ALIAS_TOLERANCE * eps_sq, floor ** 2, (NEGLIGIBLE_ERROR * rms) ** 2)
     error = float(np.sqrt(eps_sq + alias) - eps)
     return _quadrature_result(eps, alias, error, bool(exact))
 

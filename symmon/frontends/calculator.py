@@ -27,7 +27,8 @@ import numpy as np
 from ase.calculators.calculator import (BaseCalculator, PropertyNotImplementedError,
                                         all_changes)
 
-from ..core.outputs import matrix_to_voigt
+from ..adapters.model_file import loading_model_file
+from ..core.outputs import matrix_to_voigt, spellings
 from ..monitoring.monitor import Monitor
 from ..monitoring.options import MODES, VIOLATION_ACTIONS, MonitorOptions  # noqa: F401
 from ..monitoring.policy import SymmetryViolation, SymmetryViolationWarning  # noqa: F401
@@ -45,13 +46,24 @@ class StressNotAvailable(PropertyNotImplementedError, ValueError):
 
 
 def metatomic_calculator(path, *, device: Optional[str] = None, non_conservative=False):
-    """``MetatomicCalculator`` for a ``.pt`` file, with exact neighbour lists (no skin)."""
+    """``MetatomicCalculator`` for a ``.pt`` file, with exact neighbour lists (no skin).
+
+    ``non_conservative=True`` on a model with direct forces but no direct stress head
+    means direct forces only (``"forces"``), as it does for a molecule."""
     from metatomic_ase import MetatomicCalculator
 
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"model file {os.fspath(path)!r} does not exist")
-    return MetatomicCalculator(os.fspath(path), device=device,
-                               non_conservative=non_conservative, neighbor_skin=0.0)
+    with loading_model_file(path) as checked:
+        if non_conservative is True and not _has_direct_stress(checked):
+            non_conservative = "forces"
+        return MetatomicCalculator(checked, device=device,
+                                   non_conservative=non_conservative, neighbor_skin=0.0)
+
+
+def _has_direct_stress(path) -> bool:
+    from ..adapters.metatomic import load_metatomic_model
+
+    declared = load_metatomic_model(path).capabilities().outputs.keys()
+    return any(name in declared for name in spellings("non_conservative_stress"))
 
 
 def make_monitor(base, log=None, *, readout=None, device=None, chunk_size=None,

@@ -34,11 +34,29 @@ COMMANDS = {
 }
 
 
+#: exceptions that mean "bad input": one sentence on stderr, exit code 2
+INPUT_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError,
+                IsADirectoryError, NotADirectoryError)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``symmon ipi: error: ... (see symmon ipi --help)``."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line (a library's multi-line text joined)."""
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) \
+        or type(error).__name__
+
+
 def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     """The parser; only ``command``'s module is imported to define its arguments."""
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="symmon", description="Measure how well ML interatomic potentials respect O(3) "
         "symmetry while they run.")
     parser.add_argument("--version", action="version", version=f"symmon {__version__}")
@@ -57,13 +75,21 @@ def _command(argv: List[str]) -> Optional[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run one command; bad input is one sentence on stderr and exit code 2 (argument
+    errors too), another failing system call (a full disk) one sentence and code 1."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(_command(argv)).parse_args(argv)
+    try:
+        args = build_parser(_command(argv)).parse_args(argv)
+    except SystemExit as done:  # --help, --version, or an argument error (printed)
+        return done.code if isinstance(done.code, int) else 2
     try:
         return int(args.run(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as error:
-        print(f"symmon {args.command}: error: {error}", file=sys.stderr)
+    except INPUT_ERRORS as error:
+        print(f"symmon {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
+    except OSError as error:
+        print(f"symmon {args.command}: error: {one_line(error)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -51,6 +51,8 @@ EXTRAS_KEYS = (
 #: Warn when i-PI's first structure is farther than this (angstrom, per atom, minimum
 #: image) from the template: the template's atom order probably differs from i-PI's.
 DEFAULT_POSITION_TOLERANCE = 0.5
+#: Seconds the socket client waits for the next message of the server before it gives up.
+DEFAULT_TIMEOUT = 600.0
 
 
 class StructureMismatch(ValueError):
@@ -60,6 +62,10 @@ class StructureMismatch(ValueError):
 # ---------------------------------------------------------------------------- helpers
 def set_threads(threads: Optional[int]) -> None:
     """Limit torch (intra-op) threads; ``None`` or 0 leaves torch's default."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 0):
+        raise ValueError(f"threads must be an integer >= 0 (0: torch's default), got "
+                         f"{threads!r}")
     if not threads:
         return
     try:
@@ -249,11 +255,17 @@ def encode_extras(extras: Dict[str, object]) -> str:
 
 
 def read_template(path: str):
-    import ase.io
+    """The last structure of ``path`` (as ``ase.io.read``), refused with one sentence
+    when the file is missing, empty or unreadable."""
+    from ..adapters.base import validate_atoms
+    from ..adapters.labels import read_structures
 
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"template structure {path!r} does not exist")
-    return ase.io.read(path)
+    template = read_structures(path, index=-1, what="template structure")[0]
+    try:
+        validate_atoms(template)
+    except ValueError as error:
+        raise ValueError(f"template structure {path!r}: {error}") from None
+    return template
 
 
 # ---------------------------------------------------------------------------- socket client
@@ -309,16 +321,50 @@ def _socket_client_class():
     return SymmonSocketClient
 
 
+def check_address(unix: Optional[str], host: str, port) -> None:
+    """One of a unix socket name or an inet port (an integer 1-65535), not both."""
+    if unix is None and port is None:
+        raise ValueError("give a unix socket name (--unix) or a port (--port)")
+    if unix is not None and port is not None:
+        raise ValueError("give either --unix or --host/--port, not both")
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int)
+                             or not 1 <= port <= 65535):
+        raise ValueError(f"port {port!r} is not a TCP port: give an integer from 1 to 65535 "
+                         "(the <port> of i-PI's <ffsocket mode='inet'>)")
+    if unix is not None and not str(unix).strip():
+        raise ValueError("the unix socket name is empty: give i-PI's <address>")
+    if port is not None and not str(host).strip():
+        raise ValueError("the host is empty: give the i-PI server's host name")
+
+
+def check_seconds(name: str, seconds) -> float:
+    """A non-negative finite number of seconds."""
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(seconds, bool) or not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a non-negative number of seconds, got {seconds!r}")
+    return value
+
+
+class ServerSilent(ConnectionError):
+    """No message from the i-PI server within the receive timeout."""
+
+
 def connect(unix: Optional[str] = None, host: str = "localhost",
-            port: Optional[int] = None, wait: float = 60.0, log=None):
-    """Connect to the i-PI server, retrying for ``wait`` seconds while it starts."""
+            port: Optional[int] = None, wait: float = 60.0, log=None,
+            timeout: Optional[float] = None):
+    """Connect to the i-PI server, retrying for ``wait`` seconds while it starts;
+    ``timeout``: seconds any later receive may wait for the server (``None``/0: forever)."""
     from ase.parallel import DummyMPI
 
     cls = _socket_client_class()
     deadline = time.monotonic() + max(0.0, float(wait))
     while True:
         try:
-            return cls(host=host, port=port, unixsocket=unix, log=log, comm=DummyMPI())
+            return cls(host=host, port=port, unixsocket=unix, log=log, comm=DummyMPI(),
+                       timeout=timeout or None)
         except (FileNotFoundError, ConnectionRefusedError, socket.gaierror) as error:
             if time.monotonic() >= deadline:
                 where = f"unix socket {unix!r}" if unix else f"{host}:{port}"
@@ -333,13 +379,16 @@ def run_client(model: str, structure: str, *, unix: Optional[str] = None,
                non_conservative: bool = False, threads: Optional[int] = 1,
                device: Optional[str] = None, connect_wait: float = 60.0,
                position_tolerance: float = DEFAULT_POSITION_TOLERANCE,
-               **monitor_options) -> int:
+               timeout: float = DEFAULT_TIMEOUT, **monitor_options) -> int:
     """Serve i-PI force requests with the monitored model until i-PI says EXIT.
 
+    ``timeout``: seconds to wait for each message of the server (0: forever); a silent
+    server raises :class:`ServerSilent` (the log is closed first).
     Returns the number of force calls served.
     """
-    if unix is None and port is None:
-        raise ValueError("give a unix socket name (--unix) or a port (--port)")
+    check_address(unix, host, port)
+    connect_wait = check_seconds("the connect wait", connect_wait)
+    timeout = check_seconds("the receive timeout", timeout)
     set_threads(threads)
     template = read_template(structure)
     base = make_base_calculator(model, non_conservative=non_conservative, device=device)
@@ -353,9 +402,13 @@ def run_client(model: str, structure: str, *, unix: Optional[str] = None,
         log_mode="overwrite" if overwrite else "create",
         position_tolerance=position_tolerance, template_name=structure,
         device=device, **monitor_options)
-    client = connect(unix=unix, host=host, port=port, wait=connect_wait)
     try:
+        client = connect(unix=unix, host=host, port=port, wait=connect_wait,
+                         timeout=timeout)
         return client.serve(evaluator)
+    except TimeoutError:  # socket.timeout: the server said nothing for `timeout` s
+        raise ServerSilent(f"no message from the i-PI server for {timeout:g} s; is it "
+                           "still running? (--timeout sets the wait)") from None
     finally:
         evaluator.close()
 
@@ -410,6 +463,9 @@ def add_ipi_arguments(parser) -> None:
     parser.add_argument("--device", default=None, help="torch device of the model")
     parser.add_argument("--connect-wait", type=float, default=60.0,
                         help="seconds to keep retrying while the server starts (default 60)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                        help="give up (exit code 3) when the server sends nothing for this "
+                        "long (default %(default)g; 0: wait forever)")
     parser.add_argument("--position-tolerance", type=float,
                         default=DEFAULT_POSITION_TOLERANCE,
                         help="warn if i-PI's first structure is farther than this (angstrom) "
@@ -429,8 +485,6 @@ def run_ipi(args) -> int:
         missing.append("--unix or --port")
     if missing:
         raise ValueError(f"missing {', '.join(missing)}")
-    if args.unix is not None and args.port is not None:
-        raise ValueError("give either --unix or --host/--port, not both")
     if args.shard is not None and not args.log:
         raise ValueError("--shard needs --log")
     shard = str(os.getpid()) if args.shard == "pid" else args.shard
@@ -440,7 +494,8 @@ def run_ipi(args) -> int:
             log=args.log, shard=shard, overwrite=args.overwrite,
             non_conservative=args.non_conservative, threads=args.threads,
             device=args.device, connect_wait=args.connect_wait,
-            position_tolerance=args.position_tolerance, every=args.every,
+            position_tolerance=args.position_tolerance, timeout=args.timeout,
+            every=args.every,
             random_rotations=args.random_rotations, full_every=args.full_every,
             l_max=args.l_max, mode=args.mode, seed=args.seed, flush_every=args.flush_every,
             readout=args.readout, thresholds=parse_thresholds(args.threshold) or None,

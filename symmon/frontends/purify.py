@@ -17,7 +17,7 @@ import numpy as np
 
 from ..core.grids import O3Grid
 from ..adapters import feature_output
-from ..core.outputs import OUTPUTS, output, pretty_unit
+from ..core.outputs import OUTPUTS, canonical_name, output, pretty_unit
 from ..core.purification import NormalEquations, choose_lambda, scan_lambdas
 from ..io.files import file_sha256
 from ..io.readout import Readout
@@ -74,6 +74,7 @@ def sweep_structures(orbit_model, structures, target: str, grid: O3Grid,
 
     from ..adapters.labels import label_quantity, read_label
 
+    target = canonical_name(target)
     if target not in PURIFIABLE:
         raise ValueError(f"cannot purify {target!r}; choose one of {sorted(PURIFIABLE)}")
     row = output(target)
@@ -85,13 +86,16 @@ def sweep_structures(orbit_model, structures, target: str, grid: O3Grid,
     for index, atoms in enumerate(tqdm(structures, desc=f"purify {target}", unit="structure",
                                        disable=not progress)):
         out = orbit_model.evaluate(atoms, grid.matrices, [target, feature])
-        features = out[feature].numpy()
+        outputs, features = out[target].numpy(), out[feature].numpy()
+        if target == "non_conservative_forces":  # net force removed, as MetatomicCalculator,
+            outputs = outputs - outputs.mean(axis=1, keepdims=True)  # the monitor and eval
+            features = features - features.mean(axis=1, keepdims=True)  # do: A phi likewise
         if accumulators is None:
             accumulators = [NormalEquations(row.kind, row.per_atom, features.shape[-1],
                                             intercept) for _ in range(2)]
         labels = None if not labels_key else read_label(
             atoms, labels_key, label_quantity(target), required=True)
-        accumulators[int(is_holdout[index])].add(grid, out[target].numpy(), features, labels)
+        accumulators[int(is_holdout[index])].add(grid, outputs, features, labels)
     return PurificationSweep(target, feature, accumulators[0], accumulators[1], grid,
                              int((~is_holdout).sum()), int(is_holdout.sum()),
                              labels_key or "model orbit average")
@@ -133,7 +137,9 @@ def tradeoff_figure(table, path, target: str, chosen: Optional[Dict] = None) -> 
 def add_purify_arguments(parser) -> None:
     parser.add_argument("model", help="metatomic model (.pt) exported by metatrain")
     parser.add_argument("structures", help="structures (any ASE-readable file)")
-    parser.add_argument("--target", required=True, choices=sorted(PURIFIABLE))
+    parser.add_argument("--target", required=True, type=canonical_name,
+                        choices=sorted(PURIFIABLE),
+                        help="output to purify (metatomic's singular spellings accepted)")
     parser.add_argument("--lambda", dest="lambdas", type=float, action="append",
                         help=f"penalty weight(s) to scan (default {list(DEFAULT_LAMBDAS)})")
     parser.add_argument("--labels", default=None, metavar="KEY",
@@ -185,11 +191,13 @@ def format_table(table, sweep: PurificationSweep) -> str:
     lines = [f"target {sweep.target}: {sweep.n_train} fit / {sweep.n_holdout} held-out "
              f"structures, data term: {sweep.labels}, grid: {len(sweep.grid)} O(3) elements; "
              f"RMSE per component and eps {_EPS_PER[sweep.train.per_atom]} in {unit}",
+             "(forces with their net force removed, as the monitor and symmon eval measure "
+             "them); eps reduction = model's held-out eps / purified held-out eps",
              f"{'lambda':>10} {'train RMSE':>11} {'held-out RMSE':>14} {'held-out eps':>13} "
-             f"{'rel eps':>9} {'eps /':>7} {'RMSE':>8}"]
+             f"{'rel eps':>9} {'eps redn':>9} {'RMSE chg':>8}"]
     for row in table:
         lam = "model" if np.isnan(row["lambda"]) else f"{row['lambda']:g}"
         lines.append(f"{lam:>10} {row['train_rmse']:11.4g} {row['holdout_rmse']:14.4g} "
                      f"{row['holdout_eps']:13.4g} {row['holdout_rel_eps']:9.3g} "
-                     f"{row['eps_reduction']:7.2f} {100 * row['rmse_change']:+7.2f}%")
+                     f"{row['eps_reduction']:9.2f} {100 * row['rmse_change']:+7.2f}%")
     return "\n".join(lines)

@@ -49,8 +49,7 @@ def check_log_path(path: str, mode: str) -> None:
         raise IsADirectoryError(f"cannot write log {path!r}: it is a directory")
     exists = os.path.exists(path)
     if mode == "create" and exists:
-        raise FileExistsError(f"log file {path!r} already exists; use mode='append' to "
-                              f"continue it or mode='overwrite' to replace it")
+        raise FileExistsError(exists_message(path))
     if mode == "append" and not exists:
         raise FileNotFoundError(f"cannot append: log file {path!r} does not exist")
     target = path if mode == "append" else parent
@@ -78,3 +77,10 @@ def check_value(name: str, value, shape: tuple, dtype) -> np.ndarray:
         raise ValueError(
             f"observable {name!r}: cannot store dtype {arr.dtype} as {np.dtype(dtype)}")
     return arr.astype(dtype, copy=True)
+
+
+def exists_message(path: str) -> str:
+    """The one sentence for a log that already exists, naming the fix in each front-end."""
+    return (f"log file {path!r} already exists; continue it with log_mode='append' "
+            "(SymmetryMonitor) or replace it with log_mode='overwrite' (symmon ipi: "
+            "--overwrite)")

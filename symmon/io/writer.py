@@ -38,7 +38,8 @@ from .h5md import (
 from .header import UNCLEAN_HINT, LogHeader, spec_differences
 from .lock import PathLock, temp_path
 from .validate import (
-    check_log_path, check_pbc, check_species, check_specs, check_step_time, check_value)
+    check_log_path, check_pbc, check_species, check_specs, check_step_time, check_value,
+    exists_message)
 
 #: metadata keys that must agree for ``mode="append"`` (when metadata is given)
 APPEND_CHECKED_METADATA = ("model_sha256", "seed")
@@ -407,11 +408,10 @@ def _publish(tmp: str, path: str, replace: bool) -> None:
     try:
         os.link(tmp, path)  # fails if path exists: create never replaces
     except FileExistsError:
-        raise FileExistsError(f"log file {path!r} already exists; use mode='append' to "
-                              f"continue it or mode='overwrite' to replace it") from None
+        raise FileExistsError(exists_message(path)) from None
     except OSError:  # no hard links on this file system
         if os.path.exists(path):
-            raise FileExistsError(f"log file {path!r} already exists") from None
+            raise FileExistsError(exists_message(path)) from None
         os.rename(tmp, path)
         return
     os.remove(tmp)

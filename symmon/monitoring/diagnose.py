@@ -31,6 +31,9 @@ from typing import Dict, Mapping
 import numpy as np
 import torch
 
+import torch
+
+from ..core.irreps import Irrep
 from ..core.metrics import character_spectrum, equivariance_error
 from ..core.outputs import EV_PER_A3_IN_GPA, QUANTITY_KINDS
 from ..core.representations import get_representation
@@ -79,9 +82,36 @@ def spectrum_values(quantity: str, orbit_values, plan: StepPlan, l_max: int) -> 
     spectrum = character_spectrum(orbit_values, plan.spectrum, l_max,
                                   sample_dims=1 if quantity == "forces" else 0)
     targets = get_representation(QUANTITY_KINDS[quantity]).targets
-    return {f"{quantity}_spectrum": spectrum.normalized,
-            f"{quantity}_residual": spectrum.residual_fraction,
-            f"{quantity}_contamination": spectrum.contamination(targets)}
+    values = {f"{quantity}_spectrum": spectrum.normalized,
+              f"{quantity}_residual": spectrum.residual_fraction,
+              f"{quantity}_contamination": spectrum.contamination(targets)}
+    if quantity == "stress":
+        values.update(stress_blocks(orbit_values, plan, l_max))
+    return values
+
+
+def stress_blocks(orbit_values, plan: StepPlan, l_max: int) -> Dict:
+    """Contamination of a stress judged block by block, and the traceless part's spectrum.
+
+    An equivariant stress ``S(Q x) = Q S Q^T`` has its trace in ``(0,+1)`` and its
+    traceless part in ``(2,+1)``; both are targets of the whole tensor, so a traceless
+    part that does not rotate at all (pure ``(0,+1)`` as a function of ``Q``) escapes
+    the whole tensor's contamination. Here the isotropic part ``tr(S)/3 I`` may only be
+    ``(0,+1)`` and the traceless part only ``(2,+1)``.
+    """
+    stress = torch.as_tensor(orbit_values, dtype=torch.float64)
+    stress = (stress + stress.transpose(-1, -2)) / 2
+    trace = torch.diagonal(stress, dim1=-2, dim2=-1).sum(-1) / 3
+    isotropic = trace[..., None, None] * torch.eye(3, dtype=stress.dtype, device=stress.device)
+    off_target, total, blocks = 0.0, 0.0, {}
+    for part, target in ((isotropic, Irrep(0, 1)), (stress - isotropic, Irrep(2, 1))):
+        spectrum = character_spectrum(part, plan.spectrum, l_max)
+        blocks[target] = spectrum
+        off_target += (1 - spectrum.fraction([target])) * spectrum.mean_square
+        total += spectrum.mean_square
+    traceless = blocks[Irrep(2, 1)]
+    return {"stress_contamination": off_target / total if total > 0 else 0.0,
+            "stress_traceless_spectrum": traceless.normalized}
 
 
 def diagnose(orbit: Mapping[str, object], plan: StepPlan, n_atoms: int, l_max: int,

@@ -264,8 +264,9 @@ class Monitor:
         new = [q for q in verdict.problems if ("problem", q) not in self._said]
         if new:
             self._said.update(("problem", q) for q in new)
-            warnings.warn(f"symmetry violation at step {step}: {text} (further problem "
-                          "steps are counted in the log's 'violation', not warned)",
+            warnings.warn(f"symmetry violation at step {step}: {text} (warned once per "
+                          f"quantity; further problem steps of {', '.join(new)} are "
+                          "counted in the log's 'violation')",
                           SymmetryViolationWarning, stacklevel=4)
 
     def _say_once(self, key: str, message: str) -> None:

@@ -7,6 +7,9 @@ validated in one place.
 
 from __future__ import annotations
 
+import math
+import numbers
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Mapping, Optional, Union
 
@@ -16,6 +19,12 @@ from ..core.outputs import QUANTITY_KINDS
 
 MODES = ("monitor", "average", "purified", "random_frame")
 VIOLATION_ACTIONS = ("warn", "raise", "average")
+LOG_MODES = ("create", "append", "overwrite")
+#: O(3) elements per step above which construction warns (each is one model evaluation)
+WARN_ELEMENTS_PER_STEP = 5_000
+#: ... and above which it refuses: hours per step for any real model, and Wigner-D tables
+#: of tens of GB for the spectra
+MAX_ELEMENTS_PER_STEP = 100_000
 
 
 def _integer(name: str, value, minimum: int) -> int:
@@ -24,23 +33,67 @@ def _integer(name: str, value, minimum: int) -> int:
     return int(value)
 
 
+def _positive_number(value) -> bool:
+    return (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+            and math.isfinite(value) and value > 0)
+
+
 def _per_quantity(name: str, values, what: str) -> Dict[str, float]:
     """``{"forces": 0.05}`` or one number for all quantities -> checked dict."""
     if values is None:
         return {}
-    if isinstance(values, (int, float)) and not isinstance(values, bool):
+    if _positive_number(values):
         values = {quantity: float(values) for quantity in QUANTITY_KINDS}
     if not isinstance(values, Mapping):
-        raise ValueError(f"{name} must be a number or a dict quantity -> {what}, got "
-                         f"{type(values).__name__}")
+        raise ValueError(f"{name} must be a positive number or a dict quantity -> {what} "
+                         f"(e.g. {name}=0.05 or {name}={{'forces': 0.05}}), got "
+                         f"{type(values).__name__} {values!r}")
     unknown = set(values) - set(QUANTITY_KINDS)
     if unknown:
-        raise ValueError(f"{name} for unknown quantities {sorted(unknown)}; expected some of "
-                         f"{sorted(QUANTITY_KINDS)}")
+        raise ValueError(f"{name} for unknown quantities {sorted(unknown, key=str)}; "
+                         f"expected some of {sorted(QUANTITY_KINDS)}")
     for quantity, value in values.items():
-        if not (isinstance(value, (int, float)) and value > 0):
-            raise ValueError(f"{name} for {quantity} must be a positive number, got {value!r}")
+        if not _positive_number(value):
+            raise ValueError(f"{name} for {quantity} must be a positive finite number, got "
+                             f"{value!r}")
     return {quantity: float(value) for quantity, value in values.items()}
+
+
+def _choice(name: str, value, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_cost(options: "MonitorOptions") -> None:
+    """Warn when a monitored step evaluates the model on more than
+    :data:`WARN_ELEMENTS_PER_STEP` O(3) elements, refuse above
+    :data:`MAX_ELEMENTS_PER_STEP` (full steps: the quadrature of ``degree``, which has
+    ``2 n_lebedev (degree + 1)`` elements; averaging: that of ``average_degree`` at every
+    step)."""
+    from ..core.grids import quadrature_grid
+
+    steps = []
+    if options.full_every > 0:
+        steps.append((f"full steps (full_every={options.full_every}) use the degree-"
+                      f"{options.degree} quadrature (l_max={options.l_max} needs degree >= "
+                      f"{2 * options.l_max})", options.degree, "lower l_max or degree"))
+    if options.mode == "average" or options.on_violation == "average":
+        steps.append((f"averaged steps use the degree-{options.average_degree} quadrature "
+                      "(average_degree)", options.average_degree, "lower average_degree"))
+    for what, degree, fix in steps:
+        try:
+            n_elements = len(quadrature_grid(degree))
+        except ValueError as error:
+            raise ValueError(f"{what}: {error}; {fix}") from None
+        cost = f"{what}: {n_elements} model evaluations each"
+        if n_elements > MAX_ELEMENTS_PER_STEP:
+            raise ValueError(f"{cost}, more than the {MAX_ELEMENTS_PER_STEP} symmon allows "
+                             "(hours per step with a real model, tens of GB for the "
+                             f"spectra); {fix}")
+        if n_elements > WARN_ELEMENTS_PER_STEP:
+            warnings.warn(f"{cost} (more than {WARN_ELEMENTS_PER_STEP}), which is slow; "
+                          f"{fix} to make them cheaper", UserWarning, stacklevel=6)
 
 
 @dataclass(frozen=True)
@@ -105,16 +158,19 @@ class MonitorOptions:
                    "seed": _integer("seed", self.seed, 0)}
         checked["degree"] = (2 * checked["l_max"] if self.degree is None
                              else _integer("degree", self.degree, 2 * checked["l_max"]))
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.on_violation not in VIOLATION_ACTIONS:
-            raise ValueError(f"on_violation must be one of {VIOLATION_ACTIONS}, got "
-                             f"{self.on_violation!r}")
+        checked["mode"] = _choice("mode", self.mode, MODES)
+        checked["on_violation"] = _choice("on_violation", self.on_violation,
+                                          VIOLATION_ACTIONS)
+        checked["log_mode"] = _choice("log_mode", self.log_mode, LOG_MODES)
         checked["thresholds"] = _per_quantity("thresholds", self.thresholds, "limit")
         checked["model_errors"] = _per_quantity("model_errors", self.model_errors, "RMSE")
+        if not isinstance(self.metadata or {}, Mapping):
+            raise ValueError(f"metadata must be a dict of JSON-ready values, got "
+                             f"{type(self.metadata).__name__}")
         checked["metadata"] = dict(self.metadata or {})
         for name, value in checked.items():
             object.__setattr__(self, name, value)
+        check_cost(self)
 
     def describe(self) -> dict:
         """The settings as JSON-ready metadata (without the user's extra metadata)."""

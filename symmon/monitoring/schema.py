@@ -104,6 +104,12 @@ def observable_specs(quantities: Sequence[str], n_atoms: int, periodic: bool, l_
         specs["forces_eps_per_atom"] = ObservableSpec(
             (n_atoms,), "eV/angstrom", "equivariance error of each atom's force")
     if "stress" in quantities:
+        specs["stress_contamination"] = ObservableSpec(
+            (), "1", "fraction of the stress's power outside its targets, block by block: "
+            "the trace outside (0,+1), the traceless part outside (2,+1) (full-orbit steps)")
+        specs["stress_traceless_spectrum"] = ObservableSpec(
+            (len(labels),), "1", "normalised character spectrum of the traceless part of "
+            "the stress; an equivariant one is pure (2,+1) (full-orbit steps)", labels=labels)
         specs["stress_eps_gpa"] = ObservableSpec((), "GPa", "stress_eps in GPa")
     specs.update({
         "full_orbit": _int("1 on exact-quadrature steps"),

@@ -20,7 +20,8 @@ Two questions are asked of every ε, and the worse answer wins:
    RMS being the orbit RMS of the prediction. The floor (:data:`FLOORS`) keeps a vanishing
    quantity (zero pressure, forces at a minimum) from turning a tiny ε into a large
    relative one. 5 % of the signal is ``caution``, 25 % ``problem`` (:data:`RELATIVE_LIMITS`).
-   Not asked of the energy, whose zero is arbitrary (its relative ε is still reported).
+   Not asked of the energy, whose zero is arbitrary (its relative ε is still reported),
+   nor where the model's own error is known: then the model error is the judge.
 
 Measured on the tiny PET pair of ``examples/tiny_pet/train_pair.py`` (same data, seed
 and 200 epochs, with and without O(3) augmentation; degree-4 orbit of a 32-atom cell):
@@ -100,11 +101,16 @@ def _worse(a: str, b: str) -> str:
 
 def grade(quantity: str, eps: float, rms: Optional[float] = None,
           model_error: Optional[float] = None,
-          overrides: Optional[Mapping[str, float]] = None) -> Grade:
+          overrides: Optional[Mapping[str, float]] = None,
+          relative: Optional[float] = None) -> Grade:
     """Grade ``eps`` of ``quantity`` (``"energy"``, ``"forces"`` or ``"stress"``).
 
     ``eps`` and ``rms`` in the units of :data:`UNITS` (per atom); ``model_error`` is the
     model's test RMSE in the same units (``None``: judged against REFERENCE_ERRORS).
+    ``relative`` gives the relative ε directly (e.g. a percentile of per-step values)
+    instead of ``eps / max(rms, floor)``. Where the model's own error is known, the
+    verdict is against it alone (the relative ε is reported, not judged), unless an
+    override asks for the relative limit of that quantity.
     ``overrides`` maps quantities to the ``problem`` limit of their relative ε (the
     monitor's ``thresholds={"forces": 0.05}``); the ``caution`` limit is then a fifth of
     it, capped by the table's.
@@ -122,8 +128,10 @@ def grade(quantity: str, eps: float, rms: Optional[float] = None,
         problem = float(overrides[quantity])
         relative_limits = Limits(min(RELATIVE_LIMITS.caution, problem / 5), problem)
     ratio = eps / scale
-    relative = None if rms is None else eps / max(float(rms), FLOORS[quantity])
-    judged = quantity != "energy" or bool(overrides and "energy" in overrides)
+    if relative is None and rms is not None:
+        relative = eps / max(float(rms), FLOORS[quantity])
+    overridden = bool(overrides and quantity in overrides)
+    judged = overridden or (quantity != "energy" and source != "model error")
     by_ratio = ratio_limits.level(ratio)
     by_relative = relative_limits.level(relative) if judged else "ok"
     reasons = []

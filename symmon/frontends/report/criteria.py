@@ -25,7 +25,7 @@ import numpy as np
 
 from ...core.outputs import EV_PER_A3_IN_GPA, pretty_unit
 from ...monitoring.thresholds import FLOORS, LEVELS, grade
-from .numbers import fmt
+from .numbers import fmt, percent
 from .series import QUANTITIES, QuantitySeries
 
 #: what a person calls each check, and what it means
@@ -136,7 +136,9 @@ def _check(s: QuantitySeries, returned, model_error, overrides) -> dict | None:
     finite_rms = rms[np.isfinite(rms)]
     rms_median = float(np.median(finite_rms)) if finite_rms.size else None
     p95 = float(np.percentile(eps, 95))
-    main = grade(s.quantity, p95, rms_median, model_error, overrides)
+    relative = eps / np.maximum(np.where(np.isfinite(rms), rms, 0.0), FLOORS[s.quantity])
+    main = grade(s.quantity, p95, rms_median, model_error, overrides,
+                 relative=float(np.percentile(relative, 95)))
     worst = int(np.argmax(eps))
     spike = grade(s.quantity, float(eps[worst]), _finite(rms[worst]), model_error, overrides)
     level = main.level
@@ -152,7 +154,7 @@ def _check(s: QuantitySeries, returned, model_error, overrides) -> dict | None:
         "n": int(len(eps)), "eps": p95, "max": float(eps[worst]),
         "max_step": int(step[worst]), "rms": rms_median, "scale": main.scale,
         "scale_source": main.scale_source, "ratio": main.ratio, "relative": main.relative,
-        "relative_judged": _relative_judged(s.quantity, overrides),
+        "relative_judged": _relative_judged(s.quantity, overrides, model_error),
         "level": level, "level_p95": main.level, "level_max": spike.level,
         "reasons": list(main.reasons), "limits": _plain(main.limits),
         "fraction_steps_flagged": len(bad) / len(per_step),
@@ -160,10 +162,13 @@ def _check(s: QuantitySeries, returned, model_error, overrides) -> dict | None:
     }
 
 
-def _relative_judged(quantity: str, overrides) -> bool:
+def _relative_judged(quantity: str, overrides, model_error=None) -> bool:
     """Whether :func:`grade` judges the relative ε (not the energy's, whose zero is
-    arbitrary, unless an override sets its limit); the rule of the thresholds table."""
-    return quantity != "energy" or bool(overrides and "energy" in overrides)
+    arbitrary, nor any where the model's own error is known, unless an override sets
+    its limit); the rule of the thresholds table."""
+    if overrides and quantity in overrides:
+        return True
+    return quantity != "energy" and not (model_error is not None and model_error > 0)
 
 
 def _finite(x) -> float | None:
@@ -218,7 +223,7 @@ def _sentence(c: dict) -> str:
         size = SIZE_NAMES[q]
         if c["rms"] is None or c["rms"] < FLOORS[q]:
             size = f"the floor scale {fmt(FLOORS[q])} {unit} ({SIZE_NAMES[q]} is smaller)"
-        text += f", {fmt(100 * c['relative'], 2)} % of {size}"
+        text += f", {percent(c['relative'])} % of {size}"
     whose = "the model's" if c["scale_source"] == "model error" else "a typical MLIP"
     return f"{text}, {_comparison(c)} {whose} {ERROR_NOUNS[q]} error ({fmt(c['scale'])} {unit})"
 
@@ -231,7 +236,7 @@ def _comparison(c: dict) -> str:
     if ratio <= caution:
         return "well below"
     if ratio < 1:
-        return f"{fmt(100 * ratio, 2)} % of"
+        return f"{percent(ratio)} % of"
     return "comparable to" if ratio <= 2 else f"{fmt(ratio, 2)}× the size of"
 
 
@@ -246,7 +251,7 @@ def _reason(c: dict, contamination: Mapping | None) -> str:
         text += (f"; a spike of {fmt(c['max'])} {pretty_unit(c['unit'])} at step "
                  f"{c['max_step']} grades '{c['level_max']}'")
     if c["first_step_flagged"] is not None and c["level"] != "ok":
-        text += (f"; {fmt(100 * c['fraction_steps_flagged'])} % of steps above the "
+        text += (f"; {percent(c['fraction_steps_flagged'])} % of steps above the "
                  f"caution limits, first at step {c['first_step_flagged']}")
     top = (contamination or {}).get("top_irreps") or []
     if c["level"] != "ok" and top:

@@ -32,3 +32,9 @@ def fmt_fraction(x) -> str:
     if x is not None and math.isfinite(float(x)) and float(x) < NUMERICAL_ZERO:
         return f"< {NUMERICAL_ZERO:.0e}"
     return fmt(x)
+
+
+def percent(fraction) -> str:
+    """``0.27`` -> ``27``, ``1.06`` -> ``106``, ``0.031`` -> ``3.1`` (no unit sign)."""
+    value = 100 * float(fraction)
+    return f"{value:.0f}" if abs(value) >= 10 else fmt(value, 2)

@@ -184,16 +184,22 @@ def contamination_summary(reader, q) -> dict | None:
     if cont.size == 0:
         return None
     residual = np.clip(read(reader, f"{q}_residual")[2], 0, None)
-    return {**stats(cont), "residual_mean": stats(residual)["mean"],
-            "targets": [str(t) for t in target_irreps(q)], **spectrum_mean(reader, q)}
+    summary = {**stats(cont), "residual_mean": stats(residual)["mean"],
+               "targets": [str(t) for t in target_irreps(q)], **spectrum_mean(reader, q)}
+    if q == "stress" and "stress_traceless_spectrum" in reader.observable_names:
+        # the traceless part may only be (2,+1): name the channels it breaks in
+        traceless = spectrum_mean(reader, q, "stress_traceless_spectrum", [Irrep(2, 1)])
+        summary["top_irreps"] = [dict(t, irrep=f"{t['irrep']} of the traceless part")
+                                 for t in traceless["top_irreps"]]
+    return summary
 
 
-def spectrum_mean(reader, q) -> dict:
-    """Mean c~ per irrep (strided sample of full-orbit steps) and the top off-target
-    irreps (mean c~ above rounding noise)."""
+def spectrum_mean(reader, q, name=None, targets=None) -> dict:
+    """Mean c~ per irrep (strided sample of full-orbit steps) and the top irreps outside
+    ``targets`` (default: the quantity's; mean c~ above rounding noise)."""
     from .numbers import NUMERICAL_ZERO
 
-    name = f"{q}_spectrum"
+    name = name or f"{q}_spectrum"
     n = reader.count(name) if name in reader.observable_names else 0
     if n == 0:
         return {"mean_spectrum": {}, "top_irreps": []}
@@ -201,7 +207,7 @@ def spectrum_mean(reader, q) -> dict:
     values = read(reader, name, stride=sample_stride(n, len(labels)))[2]
     with np.errstate(all="ignore"):
         mean = np.clip(np.nanmean(values, axis=0), 0, None)
-    targets = set(target_irreps(q))
+    targets = set(target_irreps(q) if targets is None else targets)
     off = sorted(((float(p), ir) for p, ir in zip(mean, labels)
                   if ir not in targets and p > NUMERICAL_ZERO), reverse=True)
     return {"mean_spectrum": {str(ir): float(p) for p, ir in zip(mean, labels)},

@@ -1,0 +1,45 @@
+"""An exported metatomic model file, refused with one sentence when it cannot be one.
+
+``torch.jit.save`` (what ``mtt export`` and ``AtomisticModel.save`` call) writes a zip
+archive; random bytes, a truncated copy or an empty file are not one, and torch's own
+message for them ("PytorchStreamReader failed ... internal miniz error") names neither
+the file nor the fix. A zip that loads badly (damaged inside, or written by an
+incompatible version) is reported with torch's first line and the file's name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import zipfile
+
+__all__ = ["check_model_file", "loading_model_file"]
+
+
+def check_model_file(path) -> str:
+    """``path`` as a string, if it names a file that can hold an exported model."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model file {path!r} does not exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"model file {path!r} is a directory; give the exported "
+                                ".pt file")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"model file {path!r} is not an exported model (not a TorchScript "
+                         "archive): the file is damaged or of another kind; export the "
+                         "model with `mtt export` and pass that .pt file")
+    return path
+
+
+@contextlib.contextmanager
+def loading_model_file(path):
+    """Check ``path`` and turn torch's load errors inside the block into one sentence."""
+    path = check_model_file(path)
+    try:
+        yield path
+    except RuntimeError as error:
+        first = next((line.strip() for line in str(error).splitlines() if line.strip()),
+                     type(error).__name__)
+        raise ValueError(f"cannot load model file {path!r} ({first}): is it damaged, or "
+                         "exported with another metatomic version? re-export it with "
+                         "`mtt export`") from None
