@@ -18,6 +18,9 @@ import numpy as np
 from ..core.outputs import QUANTITY_KINDS
 
 MODES = ("monitor", "average", "purified", "random_frame")
+#: orbit components averaged exactly by the default averaging degree: l <= AVERAGE_BAND
+#: (the degree is AVERAGE_BAND + the highest rank returned; symmon.monitoring.schedule)
+AVERAGE_BAND = 3
 VIOLATION_ACTIONS = ("warn", "raise", "average")
 LOG_MODES = ("create", "append", "overwrite")
 #: O(3) elements per step above which construction warns (each is one model evaluation)
@@ -79,8 +82,11 @@ def check_cost(options: "MonitorOptions") -> None:
                       f"{options.degree} quadrature (l_max={options.l_max} needs degree >= "
                       f"{2 * options.l_max})", options.degree, "lower l_max or degree"))
     if options.mode == "average" or options.on_violation == "average":
-        steps.append((f"averaged steps use the degree-{options.average_degree} quadrature "
-                      "(average_degree)", options.average_degree, "lower average_degree"))
+        degree = options.average_degree
+        if degree is None:  # the default is chosen per returned rank: at most this
+            degree = AVERAGE_BAND + 2
+        steps.append((f"averaged steps use the degree-{degree} quadrature "
+                      "(average_degree)", degree, "lower average_degree"))
     for what, degree, fix in steps:
         try:
             n_elements = len(quadrature_grid(degree))

@@ -30,10 +30,7 @@ import numpy as np
 from ..core.grids import O3Grid, quadrature_grid, random_grid
 from ..core.outputs import QUANTITY_KINDS
 from ..core.representations import get_representation
-from .options import MonitorOptions
-
-#: orbit components averaged exactly by default: l <= AVERAGE_BAND (docs/performance.md)
-AVERAGE_BAND = 3
+from .options import AVERAGE_BAND, MonitorOptions
 
 
 def step_seed(seed: int, step: int) -> int:
