@@ -247,8 +247,10 @@ def test_wrapped_metatomic_calculator_takes_the_batched_path(tiny_pet_calculator
         copy.get_forces()
         results.append(monitor.results)
     assert wrapped.monitor.source.path.startswith("batched")
+    # float32 model: the direct monitor's returned values come from the batched forward
+    # (the unrotated copy folded into the orbit), equal to the plain call to float precision
     for name in ("energy", "forces", "stress", "forces_eps", "stress_eps", "energy_eps"):
-        np.testing.assert_allclose(results[0][name], results[1][name], rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(results[0][name], results[1][name], rtol=1e-5, atol=1e-7)
 
     offset = SymmetryMonitor(WrappedMetatomic(tiny_pet_calculator, offset=1.0), every=1,
                              random_rotations=2)
@@ -268,7 +270,9 @@ def test_tiny_pet_md_and_cell_relaxation(tmp_path, tiny_pet_calculator):
         driver, seen = run_logged(monitor, atoms, DRIVERS[name], steps=2)
         with read_log(log) as reader:
             assert reader.observable("forces_eps")[0].tolist() == [0, 2]
-            assert reader.observable("net_force_per_atom")[0].tolist() == [0, 1, 2]
+            # direct forces are returned without their mean: the net force is that of
+            # the unrotated copy's raw forces, known on the monitored steps
+            assert reader.observable("net_force_per_atom")[0].tolist() == [0, 2]
             eps = reader.observable("forces_eps")[2]
             total = reader.observable("forces_eps_total")[2]
             np.testing.assert_allclose(eps, total / np.sqrt(len(atoms)), rtol=1e-12)

@@ -37,7 +37,8 @@ from ..monitoring.source import ModelSource
 #: diagnostics in ``results`` (NaN on steps where they were not computed)
 DIAGNOSTICS = ("energy_eps", "energy_eps_per_atom", "forces_eps", "forces_eps_total",
                "stress_eps", "stress_eps_gpa", "energy_rel_eps", "forces_rel_eps",
-               "stress_rel_eps", "level", "violation", "net_force_per_atom", "net_torque")
+               "stress_rel_eps", "level", "violation", "net_force_per_atom", "net_torque",
+               "frame_noise_energy", "frame_noise_forces", "frame_noise_stress")
 
 
 class StressNotAvailable(PropertyNotImplementedError, ValueError):
@@ -66,7 +67,7 @@ def _has_direct_stress(path) -> bool:
 
 
 def make_monitor(base, log=None, *, readout=None, device=None, chunk_size=None,
-                 extra_specs=None, **options) -> Monitor:
+                 extra_specs=None, warm_up=True, **options) -> Monitor:
     """A :class:`Monitor` of ``base`` (ASE calculator or ``.pt`` path), options checked."""
     options = MonitorOptions(**options)
     if isinstance(base, (str, os.PathLike)):
@@ -75,7 +76,7 @@ def make_monitor(base, log=None, *, readout=None, device=None, chunk_size=None,
     if options.mode == "purified":
         readout = _load_readout(readout, source)
     return Monitor(source, options, log=log, readout=readout if options.mode == "purified"
-                   else None, extra_specs=extra_specs)
+                   else None, extra_specs=extra_specs, warm_up=warm_up)
 
 
 def _load_readout(readout, source):
@@ -173,11 +174,15 @@ def _ase_results(returned, values, n_atoms) -> dict:
         results["forces"] = np.asarray(returned["forces"]).reshape(n_atoms, 3)
     if "stress" in returned:
         results["stress"] = matrix_to_voigt(returned["stress"])
-    for name in DIAGNOSTICS:
-        results[name] = float(values.get(name, np.nan))
-    results["forces_eps_per_atom"] = np.asarray(values.get("forces_eps_per_atom",
-                                                           np.full(n_atoms, np.nan)))
+    results.update(_NOT_COMPUTED)
+    results.update({name: float(values[name]) for name in DIAGNOSTICS if name in values})
+    per_atom = values.get("forces_eps_per_atom")
+    results["forces_eps_per_atom"] = (np.full(n_atoms, np.nan) if per_atom is None
+                                      else np.asarray(per_atom))
     return results
+
+
+_NOT_COMPUTED = dict.fromkeys(DIAGNOSTICS, float("nan"))
 
 
 def _close_at_exit(reference) -> None:

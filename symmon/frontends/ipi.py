@@ -44,7 +44,8 @@ EXTRAS_KEYS = (
     "forces_eps_total",  # summed over atoms, eV/Å
     "stress_eps", "stress_eps_err", "stress_rel_eps", "stress_eps_gpa",
     "level", "violation",
-    "net_force_per_atom",  # every call, eV/Å (the log also has net_torque of molecules)
+    "net_force_per_atom",  # eV/Å (the log also has net_torque of molecules); direct
+                           # forces: monitored calls only (the unrotated copy's raw forces)
     "forces_eps_per_atom",  # list of n_atoms values
 )
 #: Warn when i-PI's first structure is farther than this (angstrom, per atom, minimum
@@ -441,9 +442,10 @@ def add_ipi_arguments(parser) -> None:
     parser.add_argument("--full-every", type=int, default=0,
                         help="exact quadrature + spectra every n calls (default 0: never)")
     parser.add_argument("--l-max", type=int, default=4, help="spectra up to l_max (default 4)")
-    parser.add_argument("--mode", choices=("monitor", "average", "purified"),
+    parser.add_argument("--mode", choices=("monitor", "average", "purified", "random_frame"),
                         default="monitor", help="return the base predictions (monitor), "
-                        "their O(3) average, or a purified readout's (needs --readout)")
+                        "their O(3) average, a purified readout's (needs --readout), or the "
+                        "prediction in one random O(3) frame per call (random_frame)")
     parser.add_argument("--readout", default=None,
                         help="purified readout file written by symmon purify (--mode purified)")
     parser.add_argument("--threshold", action="append", default=[], metavar="Q=LIMIT",

@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import Dict, Mapping
 
 import numpy as np
+import torch
 
 import torch
 
@@ -123,6 +124,29 @@ def diagnose(orbit: Mapping[str, object], plan: StepPlan, n_atoms: int, l_max: i
         if plan.full:
             values.update(spectrum_values(quantity, orbit_values, plan, l_max))
     return values
+
+
+def in_frame(frame_values: Mapping[str, object], frame: np.ndarray,
+             quantities) -> Dict[str, np.ndarray]:
+    """``rho(Q)^{-1} f(Q x)`` of each quantity from its values on the one copy ``x Q^T``
+    (stress symmetrised, as ASE returns it), float64."""
+    matrices = torch.as_tensor(frame, dtype=torch.float64)
+    determinants = torch.linalg.det(matrices)
+    returned = {}
+    for quantity in quantities:
+        values = torch.as_tensor(frame_values[quantity], dtype=torch.float64)
+        representation = get_representation(QUANTITY_KINDS[quantity])
+        back = representation.back_transform(values, matrices, determinants)[0].numpy()
+        returned[quantity] = (back + back.T) / 2 if quantity == "stress" else back
+    return returned
+
+
+def frame_noise(returned: Mapping[str, np.ndarray], unrotated: Mapping[str, np.ndarray],
+                n_atoms: int) -> Dict[str, float]:
+    """``frame_noise_<q>``: ``||y_Q - f(x)||`` of the random-frame prediction against the
+    unrotated one, per atom as ε (eV/atom, RMS over atoms eV/Å, eV/Å³)."""
+    return {f"frame_noise_{q}": float(np.linalg.norm(np.asarray(returned[q]) - unrotated[q]))
+            * per_atom_factor(q, n_atoms) for q in returned}
 
 
 def net_signals(forces: np.ndarray, positions: np.ndarray, masses: np.ndarray,

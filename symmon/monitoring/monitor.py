@@ -18,6 +18,7 @@ i-PI client) call :meth:`calculate` and hand the results on.
 
 from __future__ import annotations
 
+import time
 import warnings
 from typing import Dict, Mapping, Optional, Tuple
 
@@ -30,13 +31,13 @@ from ..core.metrics import orbit_average
 from ..core.outputs import QUANTITY_KINDS, QUANTITY_UNITS
 from ..io.files import file_sha256
 from . import thresholds
-from .diagnose import diagnose, net_signals
+from .diagnose import diagnose, frame_noise, in_frame, net_signals
 from .options import MonitorOptions
 from .policy import Policy, SymmetryViolation, SymmetryViolationWarning, Verdict
 from .recorder import Recorder, StepRecord
 from .schedule import Schedule, StepPlan
 from .schema import CALL_KINDS, observable_specs
-from .source import ModelSource
+from .source import IDENTITY, ModelSource
 from .steps import StepClock
 
 
@@ -48,10 +49,15 @@ class Monitor:
     :param log: HDF5 log path (``None``: results only)
     :param readout: a purified readout (``mode="purified"``), already checked to fit
     :param extra_specs: observables a front-end adds (values passed to :meth:`calculate`)
+    :param warm_up: run the model's code paths on a dimer now (TorchScript compiles on
+        first calls), so that step 0 costs about what later steps cost; the seconds it
+        took (:attr:`warm_up_s`) and those of the first calculation
+        (:attr:`first_step_s`) are in the log's metadata
     """
 
     def __init__(self, source: ModelSource, options: MonitorOptions, *, log=None,
-                 readout=None, extra_specs: Optional[Mapping] = None):
+                 readout=None, extra_specs: Optional[Mapping] = None,
+                 warm_up: bool = True):
         self.source, self.options = source, options
         self.schedule, self.policy = Schedule(options), Policy(options)
         self.recorder = Recorder(log, options.log_mode, options.flush_every)
@@ -66,6 +72,12 @@ class Monitor:
         self._pending: Optional[StepRecord] = None
         self._atoms = None  # the structure of the first record (the log's species, pbc)
         self._said = set()  # one-time messages already given
+        features = [readout.feature] if readout is not None else []
+        self.warm_up_s = (source.warm_up(1 + 2 * options.random_rotations, features)
+                          if warm_up else 0.0)
+        if warm_up:
+            self.schedule.plan(0, False)  # imports and first use of the grid code
+        self.first_step_s: Optional[float] = None  # wall time of the first calculation
 
     # -- set-up ------------------------------------------------------------------------
     def _check_readout(self, readout) -> None:
@@ -122,31 +134,35 @@ class Monitor:
         validate_atoms(atoms)
         quantities = self.source.quantities(atoms)
         self._say_not_monitored(atoms)
+        if self._atoms is None:
+            self._atoms, start = atoms.copy(), time.perf_counter()
         self._commit_left_initial_state()
         step = self.clock.next_step()
+        if self.averaging:
+            self.schedule.choose_average_grid(quantities)
         plan = self.schedule.plan(step, self.averaging)
-        base = self.source.predictions(atoms, quantities)
-        values, orbit = dict(extra_values or {}), None
-        values.update(base)  # the base model's predictions: logged with every frame
+        base, stacks = self.source.evaluate(
+            atoms, quantities, self._frames(plan), base=self._needs_base(plan),
+            features=self._features())
+        self._purify(stacks)
+        values = dict(extra_values or {})
+        if base is not None:
+            values.update(base.predictions)  # logged with every frame
         record = StepRecord(step, self.clock.time_ps(step), atoms.get_positions(),
                             atoms.cell.array.copy(), plan.scheduled, values)
-        if self._atoms is None:
-            self._atoms = atoms.copy()
         if plan.grid is not None:
-            orbit = self._orbit(atoms, plan.grid.matrices, quantities)
-            values.update(diagnose(orbit, plan, len(atoms), self.options.l_max,
-                                   self.source.model_dtype))
-            verdict = self.policy.judge(values, quantities)
-            values.update(verdict.values())
-            self.n_violations += values["violation"]
-            self._act(verdict, record)
-            values["eps_of_returned"] = int(not self.averaging)
-        returned = self._returned(atoms, quantities, base, plan, orbit)
+            self._judge(stacks["grid"], plan, base, quantities, record)
+        returned = self._returned(atoms, quantities, base, plan, stacks)
         values["averaged"] = int(self.averaging)
-        if "forces" in returned:
-            values.update(net_signals(returned["forces"], atoms.get_positions(),
-                                      atoms.get_masses(), periodic=bool(any(atoms.pbc))))
+        if "frame" in stacks and base is not None:
+            values.update(frame_noise(returned, base.predictions, len(atoms)))
+        forces = self._net_force_source(returned, base)
+        if forces is not None:
+            values.update(net_signals(forces, record.positions, atoms.get_masses(),
+                                      periodic=bool(any(atoms.pbc))))
         self.last_values = values
+        if self.first_step_s is None:
+            self.first_step_s = time.perf_counter() - start
         if self.clock.attached:
             record.at_driver = self.clock.confirms(record.positions)
             self._pending = record
@@ -154,31 +170,79 @@ class Monitor:
             self._commit(record, "single_point")
         return returned, values
 
-    def _orbit(self, atoms, matrices, quantities):
-        """Orbit values of what is returned (purified: the readout's predictions)."""
-        if self.readout is None:
-            return self.source.orbit(atoms, matrices, quantities)
-        values = self.source.orbit(atoms, matrices, quantities, [self.readout.feature])
-        features = values.pop(self.readout.feature)
-        quantity = "forces" if self.readout.target == "non_conservative_forces" else "stress"
-        corrected = torch.as_tensor(self.readout.correct(values[quantity].numpy(),
-                                                         features.numpy()))
-        if quantity == "forces":  # as MetatomicCalculator returns direct forces
-            corrected = corrected - corrected.mean(dim=1, keepdim=True)
-        values[quantity] = corrected
-        return values
+    def _frames(self, plan: StepPlan) -> Dict[str, np.ndarray]:
+        """The stacks of elements this step evaluates (one batched call)."""
+        frames = {}
+        if self.readout is not None:
+            frames["identity"] = IDENTITY  # the purified prediction
+        if plan.frame is not None:
+            frames["frame"] = plan.frame
+        if plan.grid is not None:
+            frames["grid"] = plan.grid.matrices
+        if self.averaging and plan.grid is not self.schedule.average_grid:
+            frames["average"] = self.schedule.average_grid.matrices
+        return frames
 
-    def _returned(self, atoms, quantities, base, plan: StepPlan, orbit):
+    def _needs_base(self, plan: StepPlan) -> bool:
+        """Random frames need the unrotated prediction on monitored steps only (the
+        noise they inject); every other mode returns or logs it on every step."""
+        return plan.frame is None or plan.grid is not None
+
+    def _purify(self, stacks) -> None:
+        """Replace the readout's target in every stack by the purified prediction."""
+        readout = self.readout
+        if readout is None:
+            return
+        quantity = "forces" if readout.target == "non_conservative_forces" else "stress"
+        for values in stacks.values():
+            features = values.pop(readout.feature)
+            corrected = torch.as_tensor(readout.correct(values[quantity].numpy(),
+                                                        features.numpy()))
+            if quantity == "forces":  # as MetatomicCalculator returns direct forces
+                corrected = corrected - corrected.mean(dim=1, keepdim=True)
+            values[quantity] = corrected
+
+    def _judge(self, orbit, plan: StepPlan, base, quantities, record: StepRecord) -> None:
+        values = record.values
+        values.update(diagnose(orbit, plan, record.positions.shape[0], self.options.l_max,
+                               self.source.model_dtype))
+        verdict = self.policy.judge(values, quantities)
+        values.update(verdict.values())
+        self.n_violations += values["violation"]
+        self._act(verdict, record)
+        values["eps_of_returned"] = int(self.mode in ("monitor", "purified"))
+
+    def _returned(self, atoms, quantities, base, plan: StepPlan, stacks):
         if self.averaging:
-            grid = self.schedule.average_grid
-            if plan.grid is not grid:
-                orbit = self._orbit(atoms, grid.matrices, quantities)
+            grid = self.schedule.choose_average_grid(quantities)
+            orbit = stacks.get("grid" if plan.grid is grid else "average")
+            if orbit is None:  # switched to averaging at this step
+                orbit = self._evaluate_extra(atoms, quantities, grid.matrices)
             return {q: orbit_average(orbit[q], grid, QUANTITY_KINDS[q]).numpy()
                     for q in quantities}
         if self.readout is not None:
-            purified = self._orbit(atoms, np.eye(3)[None], quantities)
-            return {q: purified[q][0].numpy() for q in quantities}
-        return base
+            return {q: stacks["identity"][q][0].numpy() for q in quantities}
+        if plan.frame is not None:
+            return in_frame(stacks["frame"], plan.frame, quantities)
+        return base.predictions
+
+    def _net_force_source(self, returned, base) -> Optional[np.ndarray]:
+        """The forces whose net force and torque are logged: the returned ones, but for
+        direct forces (returned without their mean) the unrotated copy's raw forces,
+        known on steps that evaluate it in the batched call."""
+        if not self.source.nc_forces:
+            return returned.get("forces")
+        return None if base is None else base.raw_forces
+
+    def _features(self):
+        return [self.readout.feature] if self.readout is not None else []
+
+    def _evaluate_extra(self, atoms, quantities, matrices):
+        """One more batched call (purified where the monitor purifies)."""
+        _, stacks = self.source.evaluate(atoms, quantities, {"extra": matrices}, base=False,
+                                         features=self._features())
+        self._purify(stacks)
+        return stacks["extra"]
 
     # -- acting on a verdict -----------------------------------------------------------
     def _act(self, verdict: Verdict, record: StepRecord) -> None:
@@ -249,7 +313,10 @@ class Monitor:
             "forces_source": "non_conservative" if source.nc_forces else "conservative",
             "stress_source": "non_conservative" if source.nc_stress else "conservative",
             "driver": None if dynamics is None else type(dynamics).__name__,
-            "eps_measured_on": "base model" if options.mode == "average"
+            "warm_up_s": self.warm_up_s, "first_step_s": self.first_step_s,
+            "average_grid": None if self.schedule.average_grid is None
+            else self.schedule.average_grid.describe(),
+            "eps_measured_on": "base model" if options.mode in ("average", "random_frame")
             else "returned predictions",
             "interval_method": "student_t_log_pairs (random steps), exact_quadrature or "
                                "aliasing_bound (full-orbit steps); docs/theory.md",

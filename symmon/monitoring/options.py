@@ -17,7 +17,10 @@ import numpy as np
 
 from ..core.outputs import QUANTITY_KINDS
 
-MODES = ("monitor", "average", "purified")
+MODES = ("monitor", "average", "purified", "random_frame")
+#: orbit components averaged exactly by the default averaging degree: l <= AVERAGE_BAND
+#: (the degree is AVERAGE_BAND + the highest rank returned; symmon.monitoring.schedule)
+AVERAGE_BAND = 3
 VIOLATION_ACTIONS = ("warn", "raise", "average")
 LOG_MODES = ("create", "append", "overwrite")
 #: O(3) elements per step above which construction warns (each is one model evaluation)
@@ -79,8 +82,11 @@ def check_cost(options: "MonitorOptions") -> None:
                       f"{options.degree} quadrature (l_max={options.l_max} needs degree >= "
                       f"{2 * options.l_max})", options.degree, "lower l_max or degree"))
     if options.mode == "average" or options.on_violation == "average":
-        steps.append((f"averaged steps use the degree-{options.average_degree} quadrature "
-                      "(average_degree)", options.average_degree, "lower average_degree"))
+        degree = options.average_degree
+        if degree is None:  # the default is chosen per returned rank: at most this
+            degree = AVERAGE_BAND + 2
+        steps.append((f"averaged steps use the degree-{degree} quadrature "
+                      "(average_degree)", degree, "lower average_degree"))
     for what, degree, fix in steps:
         try:
             n_elements = len(quadrature_grid(degree))
@@ -110,7 +116,13 @@ class MonitorOptions:
     :param l_max: character spectra up to this angular order
     :param mode: ``"monitor"`` (return base predictions), ``"average"`` (return the
         O(3) average over a quadrature of ``average_degree``), ``"purified"``
-        (return the purified readout's predictions; needs ``readout``)
+        (return the purified readout's predictions; needs ``readout``),
+        ``"random_frame"`` (return the prediction in one Haar-random O(3) frame per
+        step, rotated back: an unbiased one-sample estimate of the average)
+    :param average_degree: quadrature degree of ``mode="average"`` (default: the
+        smallest that averages orbit components ``l <= 3`` of every returned quantity
+        exactly, ``3 +`` its rank: 4 without stress, 5 with it; see
+        :mod:`symmon.monitoring.schedule`)
     :param thresholds: problem limit of the relative ε (ε / max(orbit RMS, floor)), per
         quantity (``{"forces": 0.05}``) or one number for all; the other limits are
         those of :mod:`symmon.monitoring.thresholds`
@@ -121,7 +133,8 @@ class MonitorOptions:
         flushed, run stopped) or ``"average"`` (switch to averaging from this step on,
         a logged event)
     :param seed: seed of the random rotations (same seed, same log)
-    :param flush_every: flush the log every this many steps
+    :param flush_every: flush the log every this many monitored steps (and every
+        1000 steps; :mod:`symmon.monitoring.recorder`)
     :param log_mode: ``"create"`` (refuse an existing file), ``"append"``, ``"overwrite"``
     """
 
@@ -131,7 +144,7 @@ class MonitorOptions:
     degree: Optional[int] = None
     l_max: int = 4
     mode: str = "monitor"
-    average_degree: int = 5
+    average_degree: Optional[int] = None
     thresholds: Union[None, float, Mapping[str, float]] = None
     model_errors: Optional[Mapping[str, float]] = None
     on_violation: str = "warn"
@@ -145,7 +158,8 @@ class MonitorOptions:
                    "random_rotations": _integer("random_rotations", self.random_rotations, 2),
                    "full_every": _integer("full_every", self.full_every, 0),
                    "l_max": _integer("l_max", self.l_max, 0),
-                   "average_degree": _integer("average_degree", self.average_degree, 1),
+                   "average_degree": None if self.average_degree is None
+                   else _integer("average_degree", self.average_degree, 1),
                    "flush_every": _integer("flush_every", self.flush_every, 1),
                    "seed": _integer("seed", self.seed, 0)}
         checked["degree"] = (2 * checked["l_max"] if self.degree is None

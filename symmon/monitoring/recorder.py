@@ -19,6 +19,9 @@ import numpy as np
 from ..io.log import LogWriter, check_log_path
 from .schema import EVERY_STEP
 
+#: records of any kind after which the log is flushed whatever the schedule
+FLUSH_STEPS = 1000
+
 
 @dataclass
 class StepRecord:
@@ -35,7 +38,12 @@ class StepRecord:
 
 class Recorder:
     """Writes step records to ``path`` (``None``: keeps nothing); the log is created at
-    the first :meth:`write`, from the ``specs`` and ``metadata`` callables it is given."""
+    the first :meth:`write`, from the ``specs`` and ``metadata`` callables it is given.
+
+    The log is flushed after every ``flush_every`` monitored records, and after
+    :data:`FLUSH_STEPS` records of any kind: a flush writes every observable's buffers
+    (15-40 ms on a CPU), ~2 % of a small model's step if it came every 10 unmonitored
+    steps. A killed run (SIGKILL) loses at most the unflushed records."""
 
     def __init__(self, path, mode: str, flush_every: int):
         self.path = None if path is None else os.fspath(path)
@@ -43,6 +51,7 @@ class Recorder:
         if self.path is not None:
             check_log_path(self.path, mode)  # refuse bad paths before any step runs
         self._writer: Optional[LogWriter] = None
+        self._unflushed, self._unflushed_monitored = 0, 0
 
     def write(self, record: StepRecord, atoms, specs: Callable[[], dict],
               metadata: Callable[[], dict]) -> None:
@@ -52,16 +61,21 @@ class Recorder:
             self._writer = LogWriter(
                 self.path, specs(), species=atoms.numbers,
                 pbc=tuple(bool(p) for p in atoms.pbc),
-                metadata=metadata(), mode=self.mode, flush_every=self.flush_every,
-                handle_signals=True)
+                metadata=metadata(), mode=self.mode,
+                flush_every=max(self.flush_every, FLUSH_STEPS), handle_signals=True)
         self._writer.append_frame(record.step, record.time_ps, record.positions, record.cell)
         logged = {k: v for k, v in record.values.items() if k in self._writer.specs
                   and (record.monitored or k in EVERY_STEP)}
         self._writer.append_many(record.step, record.time_ps, logged)
+        self._unflushed += 1
+        self._unflushed_monitored += int(record.monitored)
+        if self._unflushed_monitored >= self.flush_every or self._unflushed >= FLUSH_STEPS:
+            self.flush()
 
     def flush(self) -> None:
         if self._writer is not None:
             self._writer.flush()
+        self._unflushed, self._unflushed_monitored = 0, 0
 
     def close(self) -> None:
         if self._writer is not None:

@@ -3,11 +3,16 @@
 What is written when:
 
 * every step (monitored or not): the zero-cost signals ``net_force_per_atom`` (and
-  ``net_torque`` without periodicity), ``calls`` and ``call_kind``, ``averaged``;
+  ``net_torque`` without periodicity) of the returned forces -- for direct forces,
+  returned without their mean, of the unrotated copy's raw forces instead, on the steps
+  that evaluate it in the batched call (monitored steps) --, ``calls`` and
+  ``call_kind``, ``averaged``;
 * every monitored step: the base prediction of each quantity, its ε (raw and per-atom
   normalised) with error bars, relative ε, ratio to the error scale and grade, the
   per-atom force ε, and the step's ``level`` / ``violation``;
 * full-orbit steps: character spectra, residual and contamination;
+* ``mode="random_frame"``, monitored steps: ``frame_noise_<q>``, the distance of the
+  returned random-frame prediction from the unrotated one;
 * once, at the step the monitor switched to averaging: ``mode_switch``.
 """
 
@@ -92,6 +97,9 @@ def observable_specs(quantities: Sequence[str], n_atoms: int, periodic: bool, l_
                                          f"base model {quantity}")
         specs.update(_eps_specs(quantity))
         specs.update(_spectrum_specs(quantity, labels))
+        specs[f"frame_noise_{quantity}"] = ObservableSpec(
+            (), UNITS[quantity], f"|returned - unrotated| of {quantity} in "
+            "mode='random_frame', normalised as its eps (monitored steps)")
     if "forces" in quantities:
         specs["forces_eps_per_atom"] = ObservableSpec(
             (n_atoms,), "eV/angstrom", "equivariance error of each atom's force")
@@ -120,12 +128,13 @@ def observable_specs(quantities: Sequence[str], n_atoms: int, periodic: bool, l_
         "call_kind": _int("0: a step confirmed by the attached driver; 1: a single point "
                           "outside any driver (every step)"),
         "net_force_per_atom": ObservableSpec(
-            (), "eV/angstrom", "|sum_i F_i| / N of the returned forces (0 for an exactly "
-            "symmetric conservative model; every step)"),
+            (), "eV/angstrom", "|sum_i F_i| / N of the returned forces (direct forces: of the "
+            "raw unrotated ones, monitored steps; 0 for an exactly symmetric conservative "
+            "model; every step)"),
     })
     if not periodic:
         specs["net_torque"] = ObservableSpec(
-            (), "eV", "|sum_i (r_i - r_com) x F_i| of the returned forces (0 for an exactly "
-            "symmetric conservative model; every step)")
+            (), "eV", "|sum_i (r_i - r_com) x F_i| of the forces of net_force_per_atom "
+            "(0 for an exactly symmetric conservative model; every step)")
     specs.update(extra)
     return specs

@@ -12,15 +12,26 @@ The base is any ASE calculator. Its orbit (the transformed copies) goes through
 
 Monitored quantities follow the base: ``energy`` always, ``forces`` and ``stress`` when
 the base implements them, stress only for 3D-periodic cells.
+
+On the batched path the unrotated structure is *folded* into the orbit: it is the
+first copy of the same forward call (identity prepended to the elements), and its
+values are the base predictions, shaped as ``MetatomicCalculator`` returns them (direct
+forces without their mean, stress symmetrised). The first folded step also calls the
+base calculator and compares (a fast path never diverges): a base whose predictions
+differ (other output variants, a neighbour-list skin the model sees, ...) is evaluated
+separately from then on, with one warning.
 """
 
 from __future__ import annotations
 
+import time
 import warnings
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from ase.calculators.calculator import all_changes
 
 from ..adapters.ase import ASEOrbitModel
 from ..adapters.dispatch import held_metatomic_calculator
@@ -29,6 +40,11 @@ from ..core.outputs import DIRECT_OUTPUTS, voigt_to_matrix
 
 #: ASE properties a monitor returns when its base implements them
 ASE_PROPERTIES = ("energy", "free_energy", "forces", "stress")
+#: the unrotated structure, as a stack of one group element
+IDENTITY = np.eye(3)[None]
+#: largest max|folded - base| / max(max|base|, tiny) accepted, per model dtype
+WARM_UP_CALLS = 3  # the profiling executor optimises after its first calls
+FOLD_TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
 def find_metatomic(base) -> Tuple[Optional[object], str]:
@@ -58,6 +74,22 @@ def _same_predictions(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> boo
     return all(np.allclose(a[name], b[name], rtol=1e-6, atol=1e-8) for name in a)
 
 
+def relative_difference(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> float:
+    """Largest ``max|a - b| / max|b|`` over the quantities of ``b`` (floor 1e-12)."""
+    return max(float(np.max(np.abs(a[q] - b[q]))) / max(float(np.max(np.abs(b[q]))), 1e-12)
+               for q in b)
+
+
+@dataclass
+class BaseValues:
+    """The base model on the structure as given: ``predictions`` as the base calculator
+    returns them (float64, stress 3x3) and ``raw_forces``, its forces before any mean
+    removal (``None`` where unknown: direct forces of a plain base call)."""
+
+    predictions: Dict[str, np.ndarray]
+    raw_forces: Optional[np.ndarray]
+
+
 class ModelSource:
     """The base calculator, the adapter that evaluates its orbit, and what it returns.
 
@@ -82,6 +114,7 @@ class ModelSource:
         self.inner, reason = find_metatomic(base)
         self._inner_checked = self.inner is None or self.inner is base
         self.nc_forces = self.nc_stress = False
+        self._fold, self._fold_checked = True, False
         if self.inner is None:
             self.orbit_model, self.path = ASEOrbitModel(base), f"per-copy ASE loop ({reason})"
         else:
@@ -122,8 +155,20 @@ class ModelSource:
         return {q: DIRECT_OUTPUTS[q] if direct.get(q) else q for q in quantities}
 
     # -- evaluation --------------------------------------------------------------------
+    @property
+    def folds(self) -> bool:
+        """True when the unrotated structure rides in the orbit's batched forward call."""
+        return self.inner is not None and self._inner_checked and self._fold
+
     def predictions(self, atoms, quantities: Sequence[str]) -> Dict[str, np.ndarray]:
         """The base calculator's own predictions, float64 (stress as 3x3), untouched."""
+        if self.inner is self.base:  # one calculation, no cache checks (the caller has one)
+            self.base.calculate(atoms, list(quantities), all_changes)
+            values = {name: np.array(self.base.results[name], dtype=np.float64)
+                      for name in quantities}
+            if "stress" in values:
+                values["stress"] = voigt_to_matrix(values["stress"])
+            return values
         values = ase_predictions(self.base, atoms, quantities)
         if not self._inner_checked:
             self._check_inner(atoms, values)
@@ -135,6 +180,67 @@ class ModelSource:
         if not _same_predictions(values, ase_predictions(self.inner, atoms.copy(), list(values))):
             self._fall_back("its predictions differ from the inner model's")
 
+    def evaluate(self, atoms, quantities: Sequence[str], frames: Mapping[str, np.ndarray],
+                 *, base: bool = True, features: Sequence[str] = ()
+                 ) -> Tuple[Optional[BaseValues], Dict[str, Dict[str, torch.Tensor]]]:
+        """The base predictions (``base=True``) and the values on each stack of elements
+        in ``frames`` (name -> ``(K, 3, 3)``), from one batched call where the base is a
+        metatomic model: the unrotated structure is then the stack ``"identity"``."""
+        if not frames and not features:
+            return (self._plain(atoms, quantities) if base else None), {}
+        fold = base and self.folds
+        if (fold or not frames) and "identity" not in frames:
+            frames = {"identity": IDENTITY, **frames}
+        raw = self._raw_orbit(atoms, np.concatenate(list(frames.values())), quantities,
+                              features)
+        values, start = {}, 0
+        for name, matrices in frames.items():
+            values[name] = {q: v[start:start + len(matrices)] for q, v in raw.items()}
+            start += len(matrices)
+        raw_forces = (values["identity"]["forces"][0].numpy() if "identity" in values
+                      and "forces" in quantities else None)
+        self._remove_mean(values)
+        if not base:
+            return None, values
+        if fold:
+            folded = BaseValues(self.base_predictions(values["identity"], quantities),
+                                raw_forces)
+            return self._checked_fold(atoms, quantities, folded), values
+        plain = self._plain(atoms, quantities)
+        if raw_forces is not None and plain.raw_forces is None:
+            plain.raw_forces = raw_forces
+        return plain, values
+
+    def _plain(self, atoms, quantities) -> BaseValues:
+        predictions = self.predictions(atoms, quantities)
+        conservative = "forces" in predictions and not self.nc_forces
+        return BaseValues(predictions, predictions["forces"] if conservative else None)
+
+    def _checked_fold(self, atoms, quantities, folded: BaseValues) -> BaseValues:
+        """On the first folded step: the base's own call, compared with the folded copy."""
+        if self._fold_checked:
+            return folded
+        self._fold_checked = True
+        plain = self._plain(atoms, quantities)
+        difference = relative_difference(folded.predictions, plain.predictions)
+        if difference > FOLD_TOLERANCE.get(getattr(self.orbit_model, "dtype", None), 1e-10):
+            self._fold = False
+            warnings.warn(f"the batched model's unrotated copy differs from "
+                          f"{type(self.base).__name__}'s predictions (relative "
+                          f"{difference:.2g}): the base is evaluated separately on "
+                          "monitored steps (one more model call)", UserWarning, stacklevel=5)
+            return BaseValues(plain.predictions, folded.raw_forces)
+        return folded
+
+    def base_predictions(self, identity: Dict[str, torch.Tensor],
+                         quantities: Sequence[str]) -> Dict[str, np.ndarray]:
+        """The unrotated copy's values as the base calculator returns them (ASE's Voigt
+        stress is symmetric: the 3x3 is symmetrised)."""
+        values = {q: identity[q][0].numpy() for q in quantities}
+        if "stress" in values:
+            values["stress"] = (values["stress"] + values["stress"].T) / 2
+        return values
+
     @property
     def model_dtype(self):
         """The dtype the model computes in (float64 for ASE calculators): sets the noise
@@ -145,10 +251,44 @@ class ModelSource:
               features: Sequence[str] = ()) -> Dict[str, torch.Tensor]:
         """Quantities (and feature outputs) on the copies ``x Q^T``, as the base returns
         them: direct forces have their mean removed, as ``MetatomicCalculator`` does."""
+        values = {"orbit": self._raw_orbit(atoms, matrices, quantities, features)}
+        self._remove_mean(values)
+        return values["orbit"]
+
+    def _raw_orbit(self, atoms, matrices, quantities, features) -> Dict[str, torch.Tensor]:
         names = self.orbit_names(quantities)
         raw = self.orbit_model.evaluate(atoms, matrices, list(names.values()) + list(features))
         values = {q: raw[names[q]] for q in quantities}
         values.update({name: raw[name] for name in features})
-        if self.nc_forces and "forces" in values:
-            values["forces"] = values["forces"] - values["forces"].mean(dim=1, keepdim=True)
         return values
+
+    def _remove_mean(self, stacks: Dict[str, Dict[str, torch.Tensor]]) -> None:
+        if not self.nc_forces:
+            return
+        for values in stacks.values():
+            if "forces" in values:
+                values["forces"] = values["forces"] - values["forces"].mean(dim=1, keepdim=True)
+
+    # -- warm-up -----------------------------------------------------------------------
+    def warm_up(self, n_copies: int, features: Sequence[str] = ()) -> float:
+        """Run the base call and a batched call of ``n_copies`` twice on a periodic dimer
+        of the model's first species (TorchScript compiles on the first calls of each
+        path); returns the seconds it took (0 without a metatomic model)."""
+        if self.inner is None:
+            return 0.0
+        from ase import Atoms
+
+        start = time.perf_counter()
+        species = self.orbit_model.atomic_types[0]
+        distance = min(2.0, 0.5 * self.orbit_model.cutoff) or 1.0
+        box = 2 * self.orbit_model.cutoff + 2 * distance + 1.0
+        dimer = Atoms(numbers=[species, species], positions=[[0, 0, 0], [0, 0, distance]],
+                      cell=np.eye(3) * box, pbc=True)
+        quantities = self.quantities(dimer)
+        matrices = np.repeat(IDENTITY, max(1, n_copies), axis=0)
+        for _ in range(WARM_UP_CALLS):
+            dimer.positions[1, 2] += 0.01
+            ase_predictions(self.inner, dimer, quantities)
+            self.orbit(dimer, matrices, quantities, features)
+        self.inner.reset()
+        return time.perf_counter() - start
