@@ -20,7 +20,6 @@ from symmon.io.log import (
     LogLockedError,
     LogWriteError,
     LogWriter,
-    ObservableSpec,
     check_log_path,
     read_log,
     recover_log,

@@ -27,7 +27,7 @@ import json
 import os
 import pickle
 import shutil
-from typing import Any, Dict, Hashable, Iterable, List, Optional, Sequence
+from typing import Any, Hashable, List, Optional, Sequence
 
 import numpy as np
 
