@@ -31,7 +31,6 @@ from typing import Dict, Mapping
 import numpy as np
 import torch
 
-
 from ..core.irreps import Irrep
 from ..core.metrics import character_spectrum, equivariance_error
 from ..core.outputs import EV_PER_A3_IN_GPA, QUANTITY_KINDS
