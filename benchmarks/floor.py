@@ -123,8 +123,11 @@ class Cell:
                     block)
 
     def _monitor(self, package, base, options, readout, workdir, name, args):
-        module = importlib.import_module(f"{package.__name__ if package else 'symmon'}"
-                                         ".frontends.calculator")
+        root = package.__name__ if package else "symmon"
+        try:
+            module = importlib.import_module(f"{root}.frontends.calculator")
+        except ModuleNotFoundError:  # symmon 0.1's layout
+            module = importlib.import_module(f"{root}.monitor")
         log = os.path.join(workdir, f"{abs(hash(name))}_{len(self.atoms)}.h5")
         extra = {"readout": readout} if options.get("mode") == "purified" else {}
         monitor = module.SymmetryMonitor(base, log=log, log_mode="overwrite",
