@@ -92,7 +92,7 @@ def test_continued_driver_uses_each_steps_own_schedule(tmp_path):
     """run(2) + run(3) logs what run(5) logs: same steps, same random grids, same eps."""
     def monitored(log):
         return SymmetryMonitor(LabFrameEMT(), log=str(tmp_path / log), every=2, seed=3,
-                               random_rotations=3)
+                               random_rotations=3, trajectory=True)
 
     whole = cu_ni()
     run_logged(monitored("whole.h5"), whole, DRIVERS["VelocityVerlet"], steps=5)

@@ -55,9 +55,10 @@ def full_orbit_log(tmp_path):
 
 
 def every_third_step_log(tmp_path):
-    """Monitored every 3rd step: the others have rows (every-step signals) but no frame."""
+    """Monitored every 3rd step, logged as a whole trajectory (frames and signals every
+    step, diagnostics NaN between monitored steps)."""
     path = tmp_path / "every3.h5"
-    run_md(path, 6, every=3)
+    run_md(path, 6, every=3, trajectory=True)
     return path, 7
 
 

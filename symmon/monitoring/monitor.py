@@ -60,7 +60,8 @@ class Monitor:
                  warm_up: bool = True):
         self.source, self.options = source, options
         self.schedule, self.policy = Schedule(options), Policy(options)
-        self.recorder = Recorder(log, options.log_mode, options.flush_every)
+        self.recorder = Recorder(log, options.log_mode, options.flush_every,
+                                 options.trajectory)
         self.readout = readout
         if options.mode == "purified":
             self._check_readout(readout)

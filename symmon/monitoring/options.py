@@ -136,6 +136,9 @@ class MonitorOptions:
     :param flush_every: flush the log every this many monitored steps (and every
         1000 steps; :mod:`symmon.monitoring.recorder`)
     :param log_mode: ``"create"`` (refuse an existing file), ``"append"``, ``"overwrite"``
+    :param trajectory: also log every unmonitored step (frame, the model's energy,
+        forces and stress, net force/torque, calls), so the log is the whole trajectory;
+        by default only monitored steps are logged (an unmonitored step then costs no I/O)
     """
 
     every: int = 10
@@ -151,6 +154,7 @@ class MonitorOptions:
     seed: int = 0
     flush_every: int = 10
     log_mode: str = "create"
+    trajectory: bool = False
     metadata: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -168,6 +172,8 @@ class MonitorOptions:
         checked["on_violation"] = _choice("on_violation", self.on_violation,
                                           VIOLATION_ACTIONS)
         checked["log_mode"] = _choice("log_mode", self.log_mode, LOG_MODES)
+        if not isinstance(self.trajectory, bool):
+            raise ValueError(f"trajectory must be True or False, got {self.trajectory!r}")
         checked["thresholds"] = _per_quantity("thresholds", self.thresholds, "limit")
         checked["model_errors"] = _per_quantity("model_errors", self.model_errors, "RMSE")
         if not isinstance(self.metadata or {}, Mapping):

@@ -1,10 +1,11 @@
 """Step records and the log they go to (created at the first record, closed once).
 
 A :class:`StepRecord` is everything one step produced; :class:`Recorder` writes it to
-the HDF5 log through :class:`symmon.io.log.LogWriter`'s public API: the frame
-(positions, cell, the base model's energy, forces and stress) and the zero-cost signals
-on every step, so that H5MD readers iterate a whole trajectory; the diagnostics on
-monitored steps (NaN elsewhere). The writer flushes and closes the log on SIGTERM,
+the HDF5 log through :class:`symmon.io.log.LogWriter`'s public API: on every monitored
+step the frame (positions, cell, the base model's energy, forces and stress), the
+zero-cost signals and the diagnostics, so that every row H5MD readers iterate is whole;
+with ``trajectory=True`` also every unmonitored step (frame and signals; diagnostics
+NaN there), at the cost of I/O on every step. The writer flushes and closes the log on SIGTERM,
 SIGHUP and SIGINT; in append mode it refuses a log of another model, seed or settings.
 """
 
@@ -45,8 +46,9 @@ class Recorder:
     (15-40 ms on a CPU), ~2 % of a small model's step if it came every 10 unmonitored
     steps. A killed run (SIGKILL) loses at most the unflushed records."""
 
-    def __init__(self, path, mode: str, flush_every: int):
+    def __init__(self, path, mode: str, flush_every: int, trajectory: bool = False):
         self.path = None if path is None else os.fspath(path)
+        self.trajectory = bool(trajectory)
         self.mode, self.flush_every = mode, int(flush_every)
         if self.path is not None:
             check_log_path(self.path, mode)  # refuse bad paths before any step runs
@@ -55,7 +57,7 @@ class Recorder:
 
     def write(self, record: StepRecord, atoms, specs: Callable[[], dict],
               metadata: Callable[[], dict]) -> None:
-        if self.path is None:
+        if self.path is None or not (record.monitored or self.trajectory):
             return
         if self._writer is None:
             self._writer = LogWriter(
