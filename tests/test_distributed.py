@@ -78,3 +78,19 @@ def test_eval_killed_launch_resumes(tmp_path, one_process):
     assert 1 <= finished and not (tmp_path / "k.json").exists()
     _run(_torchrun(2, EVAL + ["-o", "k.json"], 2), tmp_path)
     _same_results(one_process, json.loads((tmp_path / "k.json").read_text()))
+
+
+def test_purify_two_ranks_equal_one_process(tmp_path):
+    """symmon purify's sweep under torchrun: the same readout as one process."""
+    from symmon.io.readout import Readout
+
+    args = ["purify", str(MODEL), str(STRUCTURES), "--target", "non_conservative_forces",
+            "--degree", "2", "--holdout", "0.25", "--lambda", "0", "--lambda", "1000",
+            "--max-rmse-increase", "100"]
+    _run([sys.executable, "-m", "symmon.frontends.cli", *args, "-o", "one.h5"], tmp_path)
+    _run(_torchrun(2, args + ["-o", "two.h5"], 3), tmp_path)
+    one, two = Readout.load(tmp_path / "one.h5"), Readout.load(tmp_path / "two.h5")
+    assert one.lam == two.lam
+    np.testing.assert_allclose(two.matrix, one.matrix, rtol=1e-12, atol=1e-15)
+    assert np.abs(one.matrix).max() > 0  # a real correction was fitted
+    assert not (tmp_path / "two.h5.parts").exists()

@@ -331,7 +331,7 @@ def run_eval(args) -> int:
     from ..adapters.labels import read_structures
     from ..core.grids import quadrature_grid
     from ..io.files import file_sha256
-    from .ranks import PartialResults, Ranks
+    from .ranks import PartialResults, Ranks, rank_device
 
     grid = quadrature_grid(args.degree)
     structures = read_structures(args.structures, args.index)
@@ -355,13 +355,6 @@ def run_eval(args) -> int:
         if parts is not None:
             parts.clear()
     return 0
-
-
-def rank_device(device: Optional[str]) -> Optional[str]:
-    """``--device cuda`` under torchrun means each rank's own GPU (``cuda:LOCAL_RANK``)."""
-    if device == "cuda" and "LOCAL_RANK" in os.environ:
-        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    return device
 
 
 def _report(args, results, grid, orbit_model, keys) -> None:

@@ -60,6 +60,7 @@ def _holdout_mask(n_structures: int, holdout: float, seed: int) -> np.ndarray:
 
 def sweep_structures(orbit_model, structures, target: str, grid: O3Grid,
                      labels_key: Optional[str] = None, holdout: float = 0.25, seed: int = 0,
+                     parts=None,
                      intercept: Optional[bool] = None, progress: bool = True) -> PurificationSweep:
     """One pass over ``structures``: LLF and outputs on the orbit, normal equations.
 
@@ -69,6 +70,9 @@ def sweep_structures(orbit_model, structures, target: str, grid: O3Grid,
         Voigt values; see :mod:`symmon.adapters.labels`); ``None``: the model's own
         orbit average
     :param holdout: fraction of structures kept out of the fit to score it
+    :param parts: a :class:`~symmon.frontends.ranks.PartialResults`: each rank of a
+        torchrun launch sweeps its share and keeps each structure's normal equations;
+        rank 0 adds them in structure order and gets the sweep (the others ``None``)
     """
     from tqdm.auto import tqdm
 
@@ -82,20 +86,39 @@ def sweep_structures(orbit_model, structures, target: str, grid: O3Grid,
     structures = list(structures)
     is_holdout = _holdout_mask(len(structures), holdout, seed)
     intercept = (row.kind == "scalar") if intercept is None else intercept
-    accumulators = None
-    for index, atoms in enumerate(tqdm(structures, desc=f"purify {target}", unit="structure",
-                                       disable=not progress)):
+    def one_structure(index):
+        atoms = structures[index]
         out = orbit_model.evaluate(atoms, grid.matrices, [target, feature])
         outputs, features = out[target].numpy(), out[feature].numpy()
         if target == "non_conservative_forces":  # net force removed, as MetatomicCalculator,
             outputs = outputs - outputs.mean(axis=1, keepdims=True)  # the monitor and eval
             features = features - features.mean(axis=1, keepdims=True)  # do: A phi likewise
-        if accumulators is None:
-            accumulators = [NormalEquations(row.kind, row.per_atom, features.shape[-1],
-                                            intercept) for _ in range(2)]
         labels = None if not labels_key else read_label(
             atoms, labels_key, label_quantity(target), required=True)
-        accumulators[int(is_holdout[index])].add(grid, outputs, features, labels)
+        equations = NormalEquations(row.kind, row.per_atom, features.shape[-1], intercept)
+        equations.add(grid, outputs, features, labels)
+        return equations
+
+    indices = list(range(len(structures))) if parts is None else \
+        parts.mine(range(len(structures)))
+    main = parts is None or parts.ranks.is_main
+    per_structure = {}
+    for index in tqdm(indices, desc=f"purify {target}", unit="structure",
+                      disable=not (progress and main)):
+        equations = one_structure(index)
+        if parts is None:
+            per_structure[index] = equations
+        else:
+            parts.add(index, equations)
+    if parts is not None:
+        parts.ranks.barrier()
+        if not main:
+            return None
+        per_structure = {key: parts.load(key) for key in parts.keys()}
+    d = next(iter(per_structure.values())).d
+    accumulators = [NormalEquations(row.kind, row.per_atom, d, intercept) for _ in range(2)]
+    for index in sorted(per_structure):  # in structure order: one process or many ranks
+        accumulators[int(is_holdout[index])] += per_structure[index]
     return PurificationSweep(target, feature, accumulators[0], accumulators[1], grid,
                              int((~is_holdout).sum()), int(is_holdout.sum()),
                              labels_key or "model orbit average")
@@ -161,11 +184,29 @@ def run_purify(args) -> int:
     from ..adapters.labels import read_structures
     from ..core.grids import quadrature_grid
 
+    from .ranks import PartialResults, Ranks, rank_device
+
     structures = read_structures(args.structures)
-    orbit_model = MetatomicOrbitModel(args.model, device=args.device)
-    result = sweep_structures(orbit_model, structures, args.target,
-                              quadrature_grid(args.degree), args.labels, args.holdout,
-                              args.seed)
+    with Ranks.from_environment(rank_device(args.device)) as ranks:
+        orbit_model = MetatomicOrbitModel(args.model, device=ranks.device if
+                                          ranks.distributed else args.device)
+        settings = {"model_sha256": file_sha256(args.model), "target": args.target,
+                    "structures_sha256": file_sha256(args.structures),
+                    "degree": args.degree, "labels": args.labels,
+                    "holdout": args.holdout, "seed": args.seed}
+        parts = PartialResults(args.output, ranks, settings) if ranks.distributed else None
+        result = sweep_structures(orbit_model, structures, args.target,
+                                  quadrature_grid(args.degree), args.labels, args.holdout,
+                                  args.seed, parts)
+        if ranks.is_main:
+            _fit_and_save(args, result)
+        if parts is not None:
+            parts.clear()
+    return 0
+
+
+def _fit_and_save(args, result) -> None:
+    """Scan the lambdas, choose one, write the readout file and the trade-off figure."""
     table = result.scan(args.lambdas or DEFAULT_LAMBDAS, args.ridge)
     chosen = choose_lambda(table, args.max_rmse_increase)
     print(format_table(table, result))
@@ -183,7 +224,6 @@ def run_purify(args) -> int:
     print(f"chose lambda={chosen['lambda']:g}: held-out eps reduced "
           f"{chosen['eps_reduction']:.2f}x, RMSE change {100 * chosen['rmse_change']:+.2f}%")
     print(f"readout written to {args.output}; trade-off curve in {figure}")
-    return 0
 
 
 def format_table(table, sweep: PurificationSweep) -> str:

@@ -119,6 +119,13 @@ class Ranks:
         return self.device if self.device.startswith("cuda") else "cpu"
 
 
+def rank_device(device: Optional[str]) -> Optional[str]:
+    """``cuda`` under torchrun means each rank's own GPU (``cuda:LOCAL_RANK``)."""
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return device
+
+
 def _default_device(local_rank: int) -> str:
     import torch
 

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 
 from ...adapters.labels import read_structures
-from ..ranks import PartialResults, Ranks
+from ..ranks import PartialResults, Ranks, rank_device
 from .core import analysis_grid, analyze_structure, combine, torch_device
 from .io import read_analysis, write_analysis
 from .plots import figures_dir, plot_layers, plot_module_epochs, plot_output_metrics, \
@@ -96,7 +96,7 @@ def analyze_layers(model: str, structures: str, output: str = "layers.h5", *,
     if os.path.exists(output) and not overwrite:
         raise FileExistsError(f"{output!r} exists; pass --overwrite to replace it")
     atoms_list = read_structures(structures, index)
-    with Ranks.from_environment(_rank_device(device)) as ranks:
+    with Ranks.from_environment(rank_device(device)) as ranks:
         orbit_model = MetatrainOrbitModel(model, device=torch_device(ranks.device if
                                           ranks.distributed else device),
                                           chunk_size=chunk_size, weights=weights)
@@ -145,13 +145,6 @@ def _settings(model, structures, index, l_max, grid, names, weights, label_keys)
     return {"model": file_sha256(model), "structures": file_sha256(structures), "index": index,
             "l_max": int(l_max), "degree": int(grid.degree), "modules": list(names),
             "weights": weights, "label_keys": label_keys or {}}
-
-
-def _rank_device(device):
-    """``cuda`` under torchrun means each rank's own GPU (``cuda:LOCAL_RANK``)."""
-    if device == "cuda" and "LOCAL_RANK" in os.environ:
-        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    return device
 
 
 # --------------------------------------------------------------------------------------
@@ -212,7 +205,7 @@ def analyze_checkpoints(inputs: Sequence[str], structures: str, output: str = "t
                            "modules": list(modules or []), "weights": weights,
                            "structures": os.path.abspath(structures), "index": index,
                            "label_keys": label_keys or {}}, sort_keys=True)
-    with Ranks.from_environment(_rank_device(device)) as ranks:
+    with Ranks.from_environment(rank_device(device)) as ranks:
         if ranks.is_main:
             _prepare_training_file(output, settings, overwrite)
         ranks.barrier()
