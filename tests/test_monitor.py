@@ -260,3 +260,25 @@ def test_switch_to_averaging_is_a_logged_event(tmp_path):
         # the averaged forces have no net lab force
         assert np.all(reader.observable("net_force_per_atom")[2] < 1e-10)
         assert reader.metadata["eps_measured_on"] == "returned predictions"
+
+
+def test_append_of_another_ase_calculator_is_refused(tmp_path):
+    """Found by an independent fault campaign: ASE calculators have no model file, so the
+    model hash alone let an EMT log take a Lennard-Jones append."""
+    from ase.calculators.lj import LennardJones
+
+    log = str(tmp_path / "a.h5")
+    for calculator, mode in ((EMT(), "create"), (EMT(), "append")):
+        atoms = cu_ni()
+        atoms.calc = SymmetryMonitor(calculator, log=log, log_mode=mode, every=1,
+                                     random_rotations=2)
+        atoms.get_forces()
+        atoms.calc.close()
+    atoms = cu_ni()
+    atoms.calc = SymmetryMonitor(LennardJones(), log=log, log_mode="append", every=1,
+                                 random_rotations=2)
+    with pytest.raises(ValueError, match="base_calculator.*'EMT'.*'LennardJones'"):
+        atoms.get_forces()
+    atoms.calc.close()
+    with read_log(log) as reader:
+        assert len(reader.observable("forces_eps")[0]) == 2  # nothing of the refused run

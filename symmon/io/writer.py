@@ -42,7 +42,7 @@ from .validate import (
     exists_message)
 
 #: metadata keys that must agree for ``mode="append"`` (when metadata is given)
-APPEND_CHECKED_METADATA = ("model_sha256", "seed")
+APPEND_CHECKED_METADATA = ("model_sha256", "base_calculator", "base_parameters", "seed")
 
 
 class LogWriteError(OSError):

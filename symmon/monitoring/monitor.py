@@ -308,6 +308,7 @@ class Monitor:
         meta.update({
             "symmon_version": __version__,
             "base_calculator": type(source.base).__name__,
+            "base_parameters": _parameters(source.base),
             "orbit_path": source.path,
             "model_file": model_path, "model_sha256": file_sha256(model_path),
             "full_grid": self.schedule.full_grid.describe(),
@@ -339,3 +340,11 @@ class Monitor:
         """Flush and close the log (a calculation the driver never confirmed is dropped)."""
         self._pending = None
         self.recorder.close()
+
+
+def _parameters(calculator) -> str:
+    """The base calculator's ASE parameters as sorted JSON (what an append must match)."""
+    import json
+
+    parameters = getattr(calculator, "parameters", None) or {}
+    return json.dumps(dict(parameters), sort_keys=True, default=str)
