@@ -14,7 +14,7 @@ summed over all components, from centred moments in float64.
   unresolved power bounds the error in practice, ``|Δeps^2| <~ a`` (measured on tiny
   PETs: 0.4 a unaugmented, 0.07 a augmented), so ``quadrature_error =
   sqrt(eps^2 + a) - eps`` and ``exact = a <= max(0.1 eps^2, noise_floor^2,
-  (1e-9 rms)^2)`` (``eps`` within ~5 %, or an error immaterial at the output's scale).
+  (1e-12 rms)^2)`` (``eps`` within ~5 %, or an error at float64 round-off of the output).
 * Random grid of ``P`` pairs: unbiased ``eps^2`` and a Student-t interval on
   ``log eps^2`` (:mod:`symmon.core.intervals`).
 * Noise floor: ``NOISE_ULPS * finfo(dtype).eps * rms`` for the dtype the model computed
@@ -39,10 +39,12 @@ from .spectrum import paired_samples, quadrature_powers
 NOISE_ULPS = 16.0
 #: aliased power allowed relative to eps^2 on an "exact" quadrature (eps within ~5 %)
 ALIAS_TOLERANCE = 0.1
-#: ... or in absolute terms: an error of eps below this fraction of the output's RMS is
+#: ... or in absolute terms: an error of eps below this fraction of the output's RMS (~4500
+#: float64 ulps; the RMS includes an invariant offset, so a larger fraction would let a
+#: big constant energy hide real aliasing) is
 #: immaterial at any reading (it keeps round-off of an exactly symmetric float64 model,
 #: e.g. EMT's 1e-13 eV/Å, from being flagged as under-resolved)
-NEGLIGIBLE_ERROR = 1e-9
+NEGLIGIBLE_ERROR = 1e-12
 
 
 @dataclass
