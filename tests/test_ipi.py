@@ -28,7 +28,6 @@ from symmon.io.log import read_log
 
 IPI = shutil.which("i-pi")
 assert IPI is not None, "i-PI's `i-pi` command is missing: install symmon's dependencies (ipi)"
-needs_ipi = pytest.mark.usefixtures()  # i-PI is a dependency: never skipped
 STEPS = 6
 SCALAR_KEYS = [k for k in EXTRAS_KEYS if k != "forces_eps_per_atom"]
 N_ATOMS = 4
@@ -240,7 +239,6 @@ def socket_run(tmp_path_factory):
     return folder, client_rc, server_rc
 
 
-@needs_ipi
 def test_socket_run(socket_run):
     folder, client_rc, server_rc = socket_run
     log_text = (folder / "client.log").read_text()
@@ -269,7 +267,6 @@ def test_socket_run(socket_run):
                                rtol=1e-6, atol=1e-20)
 
 
-@needs_ipi
 def test_ffdirect_matches_socket(socket_run, tmp_path):
     socket_folder = socket_run[0]
     _write_structure(tmp_path)
@@ -297,7 +294,6 @@ def test_ffdirect_matches_socket(socket_run, tmp_path):
         assert log.metadata["ipi_route"] == "pes"
 
 
-@needs_ipi
 def test_client_killed_server_exits(tmp_path):
     address = f"symmon-{uuid.uuid4().hex[:12]}"
     _write_structure(tmp_path)
