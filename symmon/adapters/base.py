@@ -27,8 +27,9 @@ COINCIDENT_DISTANCE = 1e-4
 DEGENERATE_CELL_LENGTH = 1e-6
 
 
-def validate_atoms(atoms, outputs: Iterable[str] = ()) -> None:
-    """Refuse structures no model can be evaluated on, with a message naming the problem."""
+def validate_atoms(atoms, outputs: Iterable[str] = (), overlaps: bool = True) -> None:
+    """Refuse structures no model can be evaluated on, with a message naming the problem
+    (``overlaps=False`` skips the search for coincident atoms, a neighbour-tree build)."""
     if len(atoms) == 0:
         raise ValueError("the structure is empty (0 atoms)")
     positions = atoms.get_positions()
@@ -38,7 +39,8 @@ def validate_atoms(atoms, outputs: Iterable[str] = ()) -> None:
     if not np.all(np.isfinite(atoms.cell.array)):
         raise ValueError("the cell contains NaN or infinite entries")
     _check_periodic_cell(atoms)
-    _check_coincident_atoms(atoms)
+    if overlaps:
+        _check_coincident_atoms(atoms)
     stress = [name for name in outputs if name in STRESS_OUTPUTS]
     if stress and not (all(atoms.pbc) and abs(atoms.cell.volume) > 1e-12):
         raise ValueError(
