@@ -283,3 +283,24 @@ def test_exactness_check_is_quiet_on_round_off_of_an_exact_model():
         error = equivariance_error(values[name], grid, kind)
         assert error.eps < 1e-10 * error.rms, name
         assert error.exact, (name, error.alias_power / error.eps_sq)
+
+
+def test_interval_is_never_narrower_than_the_noise_floor():
+    """Found by an independent check: symmetric forces + a constant lab field give the
+    same ε from every pair; the interval must still contain the exact ε (round-off)."""
+    from symmon.core.grids import quadrature_grid, random_grid
+
+    points = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    field = torch.tensor([0.0, 0.3, 0.1], dtype=torch.float64)
+
+    def forces(x):
+        d = x[:, :, None] - x[:, None]
+        return (d * torch.exp(-(d * d).sum(-1, keepdim=True))).sum(2) + field
+
+    exact = symmon.orbit_metrics(forces, points, "vector_per_point", l_max=None,
+                                 grid=quadrature_grid(12)).error.eps
+    for seed in range(20):
+        error = symmon.orbit_metrics(forces, points, "vector_per_point", l_max=None,
+                                     grid=random_grid(3, seed)).error
+        assert error.interval_68[0] <= exact <= error.interval_68[1]
+        assert error.interval_68[1] - error.interval_68[0] > 0

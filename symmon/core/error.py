@@ -145,7 +145,7 @@ def equivariance_error(values, grid: O3Grid, kind, *, dtype=None,
         estimate = pair_estimate(back[:n_pairs], back[n_pairs:])
         mean, variance = _paired_variance(back)
         eps_sq = float(estimate.eps_sq)
-        stats = _pair_statistics(estimate)
+        stats = _pair_statistics(estimate, floor)
     eps = float(np.sqrt(max(eps_sq, 0.0)))
     n_item = len(representation.item_shape)
     item_dims = tuple(range(variance.dim() - n_item, variance.dim()))
@@ -202,6 +202,11 @@ def _quadrature_result(eps, alias, error, exact) -> dict:
             "quadrature_error": error}
 
 
+def _widened(interval, floor: float):
+    low, high = map(float, interval)
+    return max(low - floor, 0.0), high + floor
+
+
 def alias_power(centred: torch.Tensor, grid: O3Grid) -> float:
     """Power of ``(K, ...)`` values beyond ``l = degree // 2``, measured on the quadrature."""
     values = centred.reshape(len(grid), 1, -1)
@@ -212,9 +217,12 @@ def alias_power(centred: torch.Tensor, grid: O3Grid) -> float:
     return max(total - resolved, 0.0)
 
 
-def _pair_statistics(estimate) -> dict:
-    low68, high68 = map(float, estimate.eps_interval(0.68))
-    low95, high95 = map(float, estimate.eps_interval(0.95))
+def _pair_statistics(estimate, floor: float) -> dict:
+    """Intervals of ``eps`` from random pairs, never narrower than the noise floor: when
+    every pair gives the same value (a constant lab field) the estimate is exact up to
+    round-off, and a zero-width interval would miss the truth by round-off alone."""
+    low68, high68 = _widened(estimate.eps_interval(0.68), floor)
+    low95, high95 = _widened(estimate.eps_interval(0.95), floor)
     return {"interval_68": (low68, high68), "interval_95": (low95, high95),
             "interval_method": PAIRS_METHOD, "exact": False,
             "eps_stderr": (high68 - low68) / 2, "alias_power": float("nan"),
