@@ -10,8 +10,8 @@ import torch
 from .base import (OrbitModel, transformed_atoms, validate_atoms, validate_matrices,
                    voigt_to_matrix)
 
-_ASE_NAMES = {"energy": "energy", "energies": "energies", "forces": "forces",
-              "stress": "stress"}
+#: outputs offered when the calculator implements them (ASE's names are symmon's)
+ASE_OUTPUTS = ("energy", "energies", "forces", "stress")
 
 
 class ASEOrbitModel(OrbitModel):
@@ -28,7 +28,7 @@ class ASEOrbitModel(OrbitModel):
     @property
     def available_outputs(self) -> Sequence[str]:
         implemented = set(getattr(self.calculator, "implemented_properties", ()))
-        return tuple(name for name, ase_name in _ASE_NAMES.items() if ase_name in implemented)
+        return tuple(name for name in ASE_OUTPUTS if name in implemented)
 
     def evaluate(self, atoms, matrices, outputs: Sequence[str]) -> Dict[str, torch.Tensor]:
         self.check_outputs(outputs)
@@ -38,7 +38,7 @@ class ASEOrbitModel(OrbitModel):
         for matrix in matrices:
             copy = transformed_atoms(atoms, matrix)
             for name in outputs:
-                value = self.calculator.get_property(_ASE_NAMES[name], copy)
+                value = self.calculator.get_property(name, copy)
                 if name == "stress":
                     value = voigt_to_matrix(np.asarray(value))
                 results[name].append(np.array(value, dtype=np.float64))

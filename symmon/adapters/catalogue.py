@@ -16,6 +16,8 @@ against what the model declares.
 
 from __future__ import annotations
 
+import functools
+
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 from ..core.outputs import canonical_name, output, spellings
@@ -72,7 +74,7 @@ class OutputCatalogue:
         """Whether the model can split its energy into per-atom contributions."""
         return self.has_energy() and self.declared[self.key("energy")].sample_kind == "atom"
 
-    @property
+    @functools.cached_property
     def available(self) -> Tuple[str, ...]:
         """Every name symmon can return: declared ones, symmon's spellings of them,
         and the energy-derived outputs (``energies``, ``forces``, ``stress``)."""
@@ -83,7 +85,8 @@ class OutputCatalogue:
 
     def check(self, names: Sequence[str]) -> None:
         """Refuse names the model cannot give, naming the model and what it has."""
-        missing = [name for name in names if name not in self.available]
+        available = self.available
+        missing = [name for name in names if name not in available]
         if not missing:
             return
         if any(name in ENERGY_OUTPUTS for name in missing) and not self.has_energy():

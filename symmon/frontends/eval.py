@@ -67,11 +67,9 @@ def choose_outputs(orbit_model, periodic: bool = True) -> Dict[str, str]:
 
 def _per_structure(quantity: str, squared: float, n_atoms: int) -> float:
     """A squared distance (summed over components and atoms) in the quantity's convention."""
-    if quantity == "energy":
-        return math.sqrt(squared) / n_atoms
-    if quantity == "forces":
-        return math.sqrt(squared / n_atoms)
-    return math.sqrt(squared)
+    from ..monitoring.diagnose import per_atom_factor
+
+    return math.sqrt(squared) * per_atom_factor(quantity, n_atoms)
 
 
 @dataclass

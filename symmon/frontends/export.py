@@ -120,7 +120,9 @@ def worst_atoms(reader: LogReader, n: int = 5, step: Optional[int] = None) -> Li
     rows = np.flatnonzero(steps == step)
     if not rows.size:
         raise ValueError(_unknown_steps_message(reader, [step], steps))
-    row, symbols = rows[0], _symbols(reader.species)
+    from .report.series import symbols as chemical_symbols
+
+    row, symbols = rows[0], chemical_symbols(reader.species)
     return [WorstAtom(rank + 1, int(step), float(times[row]), int(i), symbols[i],
                       float(eps_per_atom[row, i]))
             for rank, i in enumerate(_rank_order(eps_per_atom[row])[:n])]
@@ -441,12 +443,6 @@ def _summary(output: str, fmt: str, frames, quantity: str, ranked: bool) -> str:
         f"{'s' if len(frames) != 1 else ''}"
     return (f"symmon export: wrote {what} ({fmt}, per-atom {', '.join(arrays) or 'none'})"
             f"{worst} to {output}")
-
-
-def _symbols(numbers) -> List[str]:
-    from ase.data import chemical_symbols
-
-    return [chemical_symbols[int(z)] for z in numbers]
 
 
 def _names(reader: LogReader) -> str:

@@ -75,16 +75,6 @@ class Ranks:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor.cpu().numpy()
 
-    def gather(self, value: Any) -> List[Any]:
-        """Every rank's ``value`` (any picklable object), on every rank, in rank order."""
-        if not self.distributed:
-            return [value]
-        import torch.distributed as dist
-
-        gathered: List[Any] = [None] * self.world_size
-        dist.all_gather_object(gathered, value)
-        return gathered
-
     def barrier(self) -> None:
         if self.distributed:
             import torch.distributed as dist

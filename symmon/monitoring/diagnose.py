@@ -26,7 +26,7 @@ system (rotation invariance).
 
 from __future__ import annotations
 
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Optional
 
 import numpy as np
 import torch
@@ -147,7 +147,7 @@ def frame_noise(returned: Mapping[str, np.ndarray], unrotated: Mapping[str, np.n
             * per_atom_factor(q, n_atoms) for q in returned}
 
 
-def net_signals(forces: np.ndarray, positions: np.ndarray, masses: np.ndarray,
+def net_signals(forces: np.ndarray, positions: np.ndarray, masses: Optional[np.ndarray],
                 periodic: bool) -> Dict[str, float]:
     """``|sum_i F_i| / N`` (eV/Å) and, without periodicity, ``|sum_i (r_i - r_com) x F_i|``
     (eV) of the returned forces."""

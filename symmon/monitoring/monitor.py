@@ -73,8 +73,9 @@ class Monitor:
         self._pending: Optional[StepRecord] = None
         self._atoms = None  # the structure of the first record (the log's species, pbc)
         self._said = set()  # one-time messages already given
-        features = [readout.feature] if readout is not None else []
-        self.warm_up_s = (source.warm_up(1 + 2 * options.random_rotations, features)
+        #: feature outputs every orbit call asks for (the purified readout's)
+        self.features = [readout.feature] if readout is not None else []
+        self.warm_up_s = (source.warm_up(1 + 2 * options.random_rotations, self.features)
                           if warm_up else 0.0)
         if warm_up:
             self.schedule.plan(0, False)  # imports and first use of the grid code
@@ -136,8 +137,8 @@ class Monitor:
         # step by the adapters; the tree build would be ~1 % of an unmonitored step
         validate_atoms(atoms, overlaps=self._atoms is None)
         quantities = self.source.quantities(atoms)
-        self._say_not_monitored(atoms)
         if self._atoms is None:
+            self._say_not_monitored(atoms)
             self._atoms, start = atoms.copy(), time.perf_counter()
         self._commit_left_initial_state()
         step = self.clock.next_step()
@@ -146,7 +147,7 @@ class Monitor:
         plan = self.schedule.plan(step, self.averaging)
         base, stacks = self.source.evaluate(
             atoms, quantities, self._frames(plan), base=self._needs_base(plan),
-            features=self._features())
+            features=self.features)
         self._purify(stacks)
         values = dict(extra_values or {})
         if base is not None:
@@ -161,8 +162,9 @@ class Monitor:
             values.update(frame_noise(returned, base.predictions, len(atoms)))
         forces = self._net_force_source(returned, base)
         if forces is not None:
-            values.update(net_signals(forces, record.positions, atoms.get_masses(),
-                                      periodic=bool(any(atoms.pbc))))
+            periodic = bool(any(atoms.pbc))
+            values.update(net_signals(forces, record.positions,
+                                      None if periodic else atoms.get_masses(), periodic))
         self.last_values = values
         if self.first_step_s is None:
             self.first_step_s = time.perf_counter() - start
@@ -237,13 +239,10 @@ class Monitor:
             return returned.get("forces")
         return None if base is None else base.raw_forces
 
-    def _features(self):
-        return [self.readout.feature] if self.readout is not None else []
-
     def _evaluate_extra(self, atoms, quantities, matrices):
         """One more batched call (purified where the monitor purifies)."""
         _, stacks = self.source.evaluate(atoms, quantities, {"extra": matrices}, base=False,
-                                         features=self._features())
+                                         features=self.features)
         self._purify(stacks)
         return stacks["extra"]
 
