@@ -316,13 +316,6 @@ def label_keys_for(args, structures) -> Dict[str, str]:
     return keys
 
 
-def _write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as handle:
-        handle.write(text + "\n")
-    os.replace(tmp, path)
-
-
 def run_eval(args) -> int:
     """``symmon eval``: one process, or every rank of ``torchrun ... symmon eval``."""
     from ..adapters import make_orbit_model
@@ -363,7 +356,9 @@ def _report(args, results, grid, orbit_model, keys) -> None:
         args.format is None and str(args.output or "").endswith(".json"))
     text = to_json(document) if json_format else format_text(document)
     if args.output:
-        _write(args.output, text)
+        from ..io.files import write_atomically
+
+        write_atomically(args.output, text + "\n")
         print(format_text(document))
         print(f"wrote {args.output}")
     else:

@@ -31,6 +31,8 @@ from typing import Any, Hashable, List, Optional, Sequence
 
 import numpy as np
 
+from ..io.files import write_atomically
+
 
 class Ranks:
     """This process's place among the ranks (a single process is rank 0 of 1)."""
@@ -154,7 +156,7 @@ class PartialResults:
     def add(self, key, value) -> None:
         """Record one finished item (fsync'ed and renamed into place before returning)."""
         path = os.path.join(self.folder, f"item-{_key_text(key)}.pkl")
-        _write_atomically(path, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+        write_atomically(path, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
 
     def load(self, key) -> Any:
         with open(os.path.join(self.folder, f"item-{_key_text(key)}.pkl"), "rb") as handle:
@@ -178,7 +180,7 @@ class PartialResults:
                         f"{self.folder} holds partial results of a run with other settings "
                         f"({stored}); remove it or use another output")
             else:
-                _write_atomically(path, json.dumps(self.settings, sort_keys=True).encode())
+                write_atomically(path, json.dumps(self.settings, sort_keys=True).encode())
         self.ranks.barrier()
 
 
@@ -194,12 +196,3 @@ def _key_text(key) -> str:
 def _parse_key(text: str):
     parts = [int(part) for part in text.split("_")]
     return tuple(parts) if len(parts) > 1 else parts[0]
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)

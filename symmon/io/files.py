@@ -1,4 +1,4 @@
-"""Small helpers shared by front-ends (no math here)."""
+"""Small file helpers shared by front-ends (no math here)."""
 
 from __future__ import annotations
 
@@ -16,3 +16,18 @@ def file_sha256(path) -> Optional[str]:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def write_atomically(path, data) -> None:
+    """Write ``data`` (str or bytes) to ``path`` whole or not at all: a temporary file
+    beside it, fsync'ed, then renamed over it (removed if anything fails)."""
+    tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
