@@ -396,8 +396,16 @@ def _block(rows: list[_Row], name: str, ds: h5py.Dataset) -> np.ndarray:
 
 
 def _extend(ds: h5py.Dataset, n: int, block: np.ndarray) -> None:
-    ds.resize(n + len(block), axis=0)
-    ds[n:] = block
+    """Rows ``n, n + 1, ...`` of ``ds`` := ``block`` (grown first), through h5py's
+    low-level API: one extent change and one hyperslab write, without the high-level
+    selection machinery (~3x faster per dataset; a flush writes ~70 datasets)."""
+    block = np.ascontiguousarray(block, dtype=ds.dtype)
+    ds.id.set_extent((n + len(block),) + block.shape[1:])
+    if not len(block):
+        return
+    file_space = ds.id.get_space()
+    file_space.select_hyperslab((n,) + (0,) * (block.ndim - 1), block.shape)
+    ds.id.write(h5py.h5s.create_simple(block.shape), file_space, block)
 
 
 def _publish(tmp: str, path: str, replace: bool) -> None:

@@ -1,0 +1,140 @@
+"""Host work of a monitored step, part by part, with wall-clock timers (no profiler).
+
+cProfile inflates Python-heavy parts several times over; here a handful of functions
+are wrapped in ``perf_counter`` timers and a monitored step (every step, 3 rotations,
+log written) is run ``--steps`` times. Reported per step: the model forward
+(``AtomisticModel.forward``, synchronised on GPUs), building the System and the copies,
+unpacking outputs, the metrics (``diagnose``), the verdict, the log (``Recorder.write``,
+flushes included), and their sum as a fraction of the model time -- the issue's target
+is metrics + log <= 3 % of the model time on CPU. With ``--before PATH`` (a symmon
+package directory, e.g. from ``git archive``) the same for that version, interleaved.
+
+    python -m benchmarks.host_work --atoms 32 --steps 40
+    python -m benchmarks.host_work --before /tmp/before/symmon
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import tempfile
+import time
+import warnings
+from collections import defaultdict
+
+import numpy as np
+
+from . import _common as C
+from .floor import PROPERTIES, load_symmon
+
+#: part -> (module, class or None, attribute) of the timed function
+PARTS = {
+    "system + neighbour list": ("adapters.orbit_systems", "OrbitSystems", "system"),
+    "copies": ("adapters.orbit_systems", "OrbitSystems", "copies"),
+    "unpack outputs": ("adapters.batched", "BatchedEvaluator", "unpack"),
+    "metrics (diagnose)": ("monitoring.monitor", None, "diagnose"),
+    "verdict (Policy.judge)": ("monitoring.policy", "Policy", "judge"),
+    "log (Recorder.write)": ("monitoring.recorder", "Recorder", "write"),
+}
+
+
+class Timers:
+    """Accumulated seconds per part of one symmon package (functions patched in place)."""
+
+    def __init__(self, root: str, device: str):
+        self.seconds, self.device = defaultdict(float), device
+        for part, (module_name, owner, attribute) in PARTS.items():
+            module = importlib.import_module(f"{root}.{module_name}")
+            target = module if owner is None else getattr(module, owner)
+            setattr(target, attribute, self._timed(getattr(target, attribute), part))
+
+    def _timed(self, function, part, sync=False):
+        seconds, device = self.seconds, self.device
+
+        def timed(*args, **kwargs):
+            if sync:
+                C.sync(device)
+            start = time.perf_counter()
+            result = function(*args, **kwargs)
+            if sync:
+                C.sync(device)
+            seconds[part] += time.perf_counter() - start
+            return result
+        return timed
+
+    def time_forward(self, calculator) -> None:
+        """Time the monitor's batched forward calls (``AtomisticModel.forward``)."""
+        evaluator = calculator.monitor.source.orbit_model.evaluator
+        evaluator.run = self._timed(evaluator.run, "model forward", sync=True)
+
+
+def monitor(root, model, device, log):
+    from metatomic_ase import MetatomicCalculator
+
+    frontend = importlib.import_module(f"{root}.frontends.calculator")
+    base = MetatomicCalculator(model, non_conservative=True, neighbor_skin=0.0,
+                               device=device)
+    return frontend.SymmetryMonitor(base, log=log, every=1, device=device)
+
+
+def main(argv=None):
+    p = C.parser(__doc__.splitlines()[0])
+    p.add_argument("--big", action="store_true")
+    p.add_argument("--atoms", type=int, default=32)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--before", default=None, metavar="PATH")
+    args = p.parse_args(argv)
+    C.setup_torch(args.threads)
+    warnings.filterwarnings("ignore")
+    print(C.machine_info(args.device))
+    if args.big:
+        from .make_big_pet import ensure_big_pet
+
+        model = ensure_big_pet()
+    else:
+        model = C.model_path("tiny_pet_f32.pt")
+    roots = {"now": "symmon"}
+    if args.before:
+        load_symmon(args.before)
+        roots["before"] = "symmon_before"
+    atoms, rng = C.cell_with(args.atoms), np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as workdir:
+        timers = {name: Timers(root, args.device) for name, root in roots.items()}
+        monitors = {name: monitor(root, model, args.device, os.path.join(workdir, name + ".h5"))
+                    for name, root in roots.items()}
+        for name, calculator in monitors.items():
+            timers[name].time_forward(calculator)
+        totals = defaultdict(float)
+        for step in range(args.steps + 3):
+            if step == 3:  # warm-up done
+                for name in roots:
+                    timers[name].seconds.clear()
+                    totals[name] = 0.0
+            for name, calculator in monitors.items():
+                atoms.positions += rng.normal(scale=1e-3, size=atoms.positions.shape)
+                C.sync(args.device)
+                start = time.perf_counter()
+                calculator.calculate(atoms, PROPERTIES, ["positions"])
+                C.sync(args.device)
+                totals[name] += time.perf_counter() - start
+        for calculator in monitors.values():
+            calculator.close()
+    rows = []
+    for part in ["model forward"] + list(PARTS) + ["metrics + log", "step total"]:
+        row = [part]
+        for name in roots:
+            seconds = timers[name].seconds
+            value = {"metrics + log": seconds["metrics (diagnose)"]
+                     + seconds["log (Recorder.write)"],
+                     "step total": totals[name]}.get(part, seconds.get(part, 0.0))
+            row += [1000 * value / args.steps,
+                    100 * value / max(seconds["model forward"], 1e-12)]
+        rows.append(row)
+    header = ["part"] + [f"{name} {unit}" for name in roots for unit in ("ms", "% of model")]
+    print(f"\nmonitored step (every 1, 3 rotations, log), {args.atoms} atoms, "
+          f"{args.steps} steps, {args.device}\n")
+    print(C.table(header, rows))
+
+
+if __name__ == "__main__":
+    main()
