@@ -113,6 +113,38 @@ def test_returned_values_are_the_plain_calculators(slab, dtype, non_conservative
     assert base_calls == [1, 1, 0, 1]
 
 
+@pytest.mark.parametrize("non_conservative", [False, True])
+def test_unmonitored_steps_return_the_base_calculators_arrays_bit_for_bit(
+        slab, non_conservative, tmp_path):
+    """Through ASE's get_* (the state check, the snapshot the monitor keeps) and through
+    calculate itself: the very arrays of a plain MetatomicCalculator, one base call each."""
+    model = MODELS["f32"]
+    base = CountingCalculator(model, non_conservative=non_conservative, neighbor_skin=0.0)
+    monitor = SymmetryMonitor(base, log=str(tmp_path / "log.h5"), every=10 ** 9,
+                              warm_up=False)
+    atoms = slab.copy()
+    atoms.calc = monitor
+    atoms.get_forces()  # step 0 is monitored (folded: float precision only)
+    for step, positions in enumerate(positions_of(slab, 4, seed=3)):
+        atoms.positions[:] = positions
+        before = base.calls
+        if step % 2:
+            monitor.calculate(atoms, ["energy", "forces", "stress"], ["positions"])
+            forces, stress = monitor.results["forces"], monitor.results["stress"]
+            energy = monitor.results["energy"]
+        else:
+            forces, stress = atoms.get_forces(), atoms.get_stress()
+            energy = atoms.get_potential_energy()
+        assert base.calls - before == 1 and np.isnan(monitor.results["forces_eps"])
+        expected = plain(model, atoms, non_conservative)
+        assert np.array_equal(forces, expected["forces"])
+        assert np.array_equal(stress, expected["stress"])
+        assert energy == expected["energy"]
+        assert atoms.calc.get_property("energy", atoms) == energy  # cached: no new call
+        assert base.calls - before == 1
+    monitor.close()
+
+
 def test_direct_forces_net_force_is_the_raw_unrotated_one():
     atoms = ase.io.read(os.path.join(DATA, "tiny_structures.xyz"), "6")
     atoms.pbc = False  # a cluster: net torque too

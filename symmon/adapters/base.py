@@ -27,18 +27,21 @@ COINCIDENT_DISTANCE = 1e-4
 DEGENERATE_CELL_LENGTH = 1e-6
 
 
-def validate_atoms(atoms, outputs: Iterable[str] = (), overlaps: bool = True) -> None:
+def validate_atoms(atoms, outputs: Iterable[str] = (), overlaps: bool = True,
+                   cell: bool = True) -> None:
     """Refuse structures no model can be evaluated on, with a message naming the problem
-    (``overlaps=False`` skips the search for coincident atoms, a neighbour-tree build)."""
+    (``overlaps=False`` skips the search for coincident atoms, a neighbour-tree build;
+    ``cell=False`` the checks of a cell already checked, an SVD)."""
     if len(atoms) == 0:
         raise ValueError("the structure is empty (0 atoms)")
-    positions = atoms.get_positions()
-    if not np.all(np.isfinite(positions)):
+    positions = atoms.positions
+    if not np.isfinite(positions).all():
         bad = np.where(~np.isfinite(positions).all(axis=1))[0]
         raise ValueError(f"positions of atoms {bad[:10].tolist()} are NaN or infinite")
-    if not np.all(np.isfinite(atoms.cell.array)):
-        raise ValueError("the cell contains NaN or infinite entries")
-    _check_periodic_cell(atoms)
+    if cell:
+        if not np.isfinite(atoms.cell.array).all():
+            raise ValueError("the cell contains NaN or infinite entries")
+        _check_periodic_cell(atoms)
     if overlaps:
         _check_coincident_atoms(atoms)
     stress = [name for name in outputs if name in STRESS_OUTPUTS]

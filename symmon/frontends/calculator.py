@@ -150,8 +150,9 @@ class SymmetryMonitor(BaseCalculator):
             raise StressNotAvailable(
                 "stress was requested for a structure that is not periodic in all three "
                 f"directions (pbc={atoms.pbc.tolist()}): stress needs a 3D cell")
-        self.atoms = atoms.copy()
-        returned, values = self.monitor.calculate(self.atoms)
+        if not _is_snapshot(self.atoms, atoms):  # ASE's get_property took one just now
+            self.atoms = atoms.copy()
+        returned, values = self.monitor.calculate(atoms)
         self.results = _ase_results(returned, values, len(atoms))
 
     def flush(self) -> None:
@@ -166,6 +167,17 @@ class SymmetryMonitor(BaseCalculator):
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _is_snapshot(snapshot, atoms) -> bool:
+    """True if ``snapshot`` is another ``Atoms`` with the positions, numbers, cell and
+    pbc of ``atoms`` (a copy costs 3x these comparisons; a snapshot kept with other
+    differences only makes ASE's next state check recalculate)."""
+    return (snapshot is not None and snapshot is not atoms and len(snapshot) == len(atoms)
+            and np.array_equal(snapshot.positions, atoms.positions)
+            and np.array_equal(snapshot.numbers, atoms.numbers)
+            and np.array_equal(snapshot.cell.array, atoms.cell.array)
+            and np.array_equal(snapshot.pbc, atoms.pbc))
 
 
 def _ase_results(returned, values, n_atoms) -> dict:

@@ -72,6 +72,7 @@ class Monitor:
         self.last_values: Dict[str, object] = {}
         self._pending: Optional[StepRecord] = None
         self._atoms = None  # the structure of the first record (the log's species, pbc)
+        self._valid_cell = None  # (cell, pbc) bytes last checked by validate_atoms
         self._said = set()  # one-time messages already given
         #: feature outputs every orbit call asks for (the purified readout's)
         self.features = [readout.feature] if readout is not None else []
@@ -133,9 +134,7 @@ class Monitor:
                   ) -> Tuple[Dict[str, np.ndarray], Dict[str, object]]:
         """Returned predictions (energy, forces, 3x3 stress as available) and the values
         of this calculation (diagnostics, NaN-free; only what was computed)."""
-        # coincident atoms are searched on the first call here and on every monitored
-        # step by the adapters; the tree build would be ~1 % of an unmonitored step
-        validate_atoms(atoms, overlaps=self._atoms is None)
+        self._validate(atoms)
         quantities = self.source.quantities(atoms)
         if self._atoms is None:
             self._say_not_monitored(atoms)
@@ -174,6 +173,15 @@ class Monitor:
         else:
             self._commit(record, "single_point")
         return returned, values
+
+    def _validate(self, atoms) -> None:
+        """:func:`validate_atoms` at the cost an unmonitored step can bear: coincident
+        atoms are searched on the first call here and on every monitored step by the
+        adapters (the tree build would be ~1 % of an unmonitored step), the cell (an
+        SVD) whenever it or the periodicity changes."""
+        cell = (atoms.cell.array.tobytes(), atoms.pbc.tobytes())
+        validate_atoms(atoms, overlaps=self._atoms is None, cell=cell != self._valid_cell)
+        self._valid_cell = cell
 
     def _frames(self, plan: StepPlan) -> Dict[str, np.ndarray]:
         """The stacks of elements this step evaluates (one batched call)."""

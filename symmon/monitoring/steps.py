@@ -87,7 +87,7 @@ class StepClock:
 
     def confirms(self, positions: np.ndarray) -> bool:
         """True if ``positions`` are those of the driver's atoms now."""
-        current = driver_atoms(self.dynamics).get_positions()
+        current = driver_atoms(self.dynamics).positions  # read only: no copy
         return current.shape == positions.shape and np.array_equal(current, positions)
 
     def committed(self) -> None:
