@@ -29,6 +29,8 @@ from .floor import PROPERTIES, load_symmon
 
 #: part -> (module, class or None, attribute) of the timed function
 PARTS = {
+    "orbit call (MetatomicOrbitModel.evaluate)": ("adapters.metatomic",
+                                                  "MetatomicOrbitModel", "evaluate"),
     "system + neighbour list": ("adapters.orbit_systems", "OrbitSystems", "system"),
     "copies": ("adapters.orbit_systems", "OrbitSystems", "copies"),
     "unpack outputs": ("adapters.batched", "BatchedEvaluator", "unpack"),

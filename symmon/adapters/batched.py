@@ -48,6 +48,14 @@ class BatchedEvaluator:
         check_chunk_size(chunk_size)
         self.systems, self.catalogue, self.run = systems, catalogue, run
         self.chunk_size = chunk_size
+        self._requests: Dict[tuple, Dict] = {}
+
+    def requests(self, names: Sequence[str]) -> Dict:
+        """The model's requests for ``names``, built once per set of names."""
+        key = tuple(names)
+        if key not in self._requests:
+            self._requests[key] = self.catalogue.requests(names)
+        return self._requests[key]
 
     def evaluate(self, atoms, matrices, names: Sequence[str]) -> Dict[str, torch.Tensor]:
         """Outputs on the copies ``x Q_k^T`` (transformed frame), float64 ``(K, ...)``."""
@@ -68,7 +76,7 @@ class BatchedEvaluator:
             return self._gradient_chunk(system, matrices, gradient, direct, n_atoms, volume)
         with torch.no_grad():
             copies = self.systems.copies(system, matrices)
-            raw = self.run(copies, self.catalogue.requests(direct))
+            raw = self.run(copies, self.requests(direct))
         return self.unpack(raw, direct, len(copies), n_atoms)
 
     def _gradient_chunk(self, system, matrices, gradient, direct, n_atoms, volume):
@@ -78,7 +86,7 @@ class BatchedEvaluator:
             .clone().requires_grad_("stress" in gradient)
         copies = self.systems.copies(system, matrices, positions=positions @ strain,
                                      cell=system.cell.expand(k, 3, 3) @ strain)
-        raw = self.run(copies, self.catalogue.requests(["energy"] + direct))
+        raw = self.run(copies, self.requests(["energy"] + direct))
         results = self.unpack(raw, direct, k, n_atoms)
         energy = raw[self.catalogue.key("energy")].block().values.reshape(-1)
         wrt = [positions] + ([strain] if "stress" in gradient else [])

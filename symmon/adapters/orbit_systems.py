@@ -60,12 +60,15 @@ class OrbitSystems:
         rotated_cells = rotate(system.cell if cell is None else cell)
         neighbors = [(options, system.get_neighbor_list(options))
                      for options in system.known_neighbor_lists()]
-        rotated_vectors = [rotate(block.values.detach()[..., 0]).unsqueeze(-1)
+        # per-copy views in one call each (not one indexing op per copy and tensor)
+        rotated_vectors = [rotate(block.values.detach()[..., 0]).unsqueeze(-1).unbind(0)
                            for _, block in neighbors]
         copies = []
-        for k in range(matrices.shape[0]):
-            copy = System(types=system.types, positions=rotated_positions[k],
-                          cell=rotated_cells[k], pbc=system.pbc)
+        for k, (copy_positions, copy_cell) in enumerate(zip(rotated_positions.unbind(0),
+                                                            rotated_cells.unbind(0))):
+            # metatomic validates each System and list: 3 host reads (syncs on GPUs)
+            copy = System(types=system.types, positions=copy_positions, cell=copy_cell,
+                          pbc=system.pbc)
             for (options, block), vectors in zip(neighbors, rotated_vectors):
                 rotated = TensorBlock(vectors[k], block.samples, block.components,
                                       block.properties)
