@@ -19,6 +19,7 @@ this class is the ASE glue, modelled on ``ase.calculators.mixing``: a few lines 
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import weakref
 from typing import Optional
@@ -33,6 +34,7 @@ from ..monitoring.monitor import Monitor
 from ..monitoring.options import MODES, VIOLATION_ACTIONS, MonitorOptions  # noqa: F401
 from ..monitoring.policy import SymmetryViolation, SymmetryViolationWarning  # noqa: F401
 from ..monitoring.source import ModelSource
+from ..monitoring.steps import same_values
 
 #: diagnostics in ``results`` (NaN on steps where they were not computed)
 DIAGNOSTICS = ("energy_eps", "energy_eps_per_atom", "forces_eps", "forces_eps_total",
@@ -173,28 +175,38 @@ def _is_snapshot(snapshot, atoms) -> bool:
     """True if ``snapshot`` is another ``Atoms`` with the positions, numbers, cell and
     pbc of ``atoms`` (a copy costs 3x these comparisons; a snapshot kept with other
     differences only makes ASE's next state check recalculate)."""
-    return (snapshot is not None and snapshot is not atoms and len(snapshot) == len(atoms)
-            and np.array_equal(snapshot.positions, atoms.positions)
-            and np.array_equal(snapshot.numbers, atoms.numbers)
-            and np.array_equal(snapshot.cell.array, atoms.cell.array)
-            and np.array_equal(snapshot.pbc, atoms.pbc))
+    return (snapshot is not None and snapshot is not atoms
+            and same_values(snapshot.positions, atoms.positions)
+            and same_values(snapshot.numbers, atoms.numbers)
+            and same_values(snapshot.cell.array, atoms.cell.array)
+            and same_values(snapshot.pbc, atoms.pbc))
 
 
 def _ase_results(returned, values, n_atoms) -> dict:
-    results = {"energy": float(returned["energy"]), "free_energy": float(returned["energy"])}
+    energy = float(returned["energy"])
+    results = dict(_NOT_COMPUTED, energy=energy, free_energy=energy)
     if "forces" in returned:
         results["forces"] = np.asarray(returned["forces"]).reshape(n_atoms, 3)
     if "stress" in returned:
         results["stress"] = matrix_to_voigt(returned["stress"])
-    results.update(_NOT_COMPUTED)
-    results.update({name: float(values[name]) for name in DIAGNOSTICS if name in values})
+    for name in _DIAGNOSTIC_NAMES.intersection(values):  # none on unmonitored steps
+        results[name] = float(values[name])
     per_atom = values.get("forces_eps_per_atom")
-    results["forces_eps_per_atom"] = (np.full(n_atoms, np.nan) if per_atom is None
-                                      else np.asarray(per_atom))
+    results["forces_eps_per_atom"] = (_not_computed_per_atom(n_atoms).copy()
+                                      if per_atom is None else np.asarray(per_atom))
     return results
 
 
 _NOT_COMPUTED = dict.fromkeys(DIAGNOSTICS, float("nan"))
+_DIAGNOSTIC_NAMES = frozenset(DIAGNOSTICS)
+
+
+@functools.lru_cache(maxsize=8)
+def _not_computed_per_atom(n_atoms: int) -> np.ndarray:
+    """NaN per atom (copied per step: cheaper than ``np.full`` after a model call)."""
+    values = np.full(n_atoms, np.nan)
+    values.flags.writeable = False
+    return values
 
 
 def _close_at_exit(reference) -> None:

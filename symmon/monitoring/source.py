@@ -24,6 +24,7 @@ separately from then on, with one warning.
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from ..core.outputs import DIRECT_OUTPUTS, voigt_to_matrix
 ASE_PROPERTIES = ("energy", "free_energy", "forces", "stress")
 #: the unrotated structure, as a stack of one group element
 IDENTITY = np.eye(3)[None]
+_PERIODIC = np.ones(3, dtype=bool).tobytes()
 #: largest max|folded - base| / max(max|base|, tiny) accepted, per model dtype
 WARM_UP_CALLS = 3  # the profiling executor optimises after its first calls
 FOLD_TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
@@ -138,9 +140,14 @@ class ModelSource:
     # -- what is monitored -------------------------------------------------------------
     def quantities(self, atoms) -> Tuple[str, ...]:
         """Monitored quantities for this structure (stress only for 3D-periodic cells)."""
-        periodic = bool(all(atoms.pbc))
-        return tuple(q for q in ("energy", "forces", "stress") if q in self.implemented
-                     and (q != "stress" or periodic))
+        periodic = atoms.pbc.tobytes() == _PERIODIC  # no NumPy reduction per step
+        return self._quantities[periodic]
+
+    @functools.cached_property
+    def _quantities(self) -> Dict[bool, Tuple[str, ...]]:
+        return {periodic: tuple(q for q in ("energy", "forces", "stress")
+                                if q in self.implemented and (q != "stress" or periodic))
+                for periodic in (False, True)}
 
     def not_monitored(self, atoms) -> List[str]:
         """What a user could expect here but the base does not provide."""
