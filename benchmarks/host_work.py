@@ -6,11 +6,20 @@ log written) is run ``--steps`` times. Reported per step: the model forward
 (``AtomisticModel.forward``, synchronised on GPUs), building the System and the copies,
 unpacking outputs, the metrics (``diagnose``), the verdict, the log (``Recorder.write``,
 flushes included), and their sum as a fraction of the model time -- the issue's target
-is metrics + log <= 3 % of the model time on CPU. With ``--before PATH`` (a symmon
-package directory, e.g. from ``git archive``) the same for that version, interleaved.
+is metrics + log <= 3 % of the model time on CPU.
+
+``--unmonitored``: the wrapper's own cost on unmonitored steps (``every=10**9``, log
+written, attached to velocity Verlet): per step, the time inside
+``SymmetryMonitor.calculate`` outside the base ``calculate``, plus the driver observer,
+as a fraction of the median base calculation -- measured inside the same steps, so a
+loaded machine slows both alike (a floor ratio of two separate runs cannot resolve 1 %
+there).
+
+With ``--before PATH`` (a symmon package directory, e.g. from ``git archive``) the same
+for that version, interleaved.
 
     python -m benchmarks.host_work --atoms 32 --steps 40
-    python -m benchmarks.host_work --before /tmp/before/symmon
+    python -m benchmarks.host_work --unmonitored --before /tmp/before/symmon
 """
 
 from __future__ import annotations
@@ -79,12 +88,74 @@ def monitor(root, model, device, log):
     return frontend.SymmetryMonitor(base, log=log, every=1, device=device)
 
 
+class UnmonitoredRun:
+    """MD through a monitor that never monitors, with its parts timed per step."""
+
+    def __init__(self, root, model, atoms, log):
+        from ase import units
+        from ase.md.verlet import VelocityVerlet
+        from metatomic_ase import MetatomicCalculator
+
+        frontend = importlib.import_module(f"{root}.frontends.calculator")
+        base = MetatomicCalculator(model, non_conservative=True, neighbor_skin=0.0)
+        self.base_s, self.inside_s, self.observer_s = [], [], []
+        base.calculate = _recorded(base.calculate, self.base_s)
+        self.monitor = frontend.SymmetryMonitor(base, log=log, every=10 ** 9)
+        self.monitor.calculate = _recorded(self.monitor.calculate, self.inside_s)
+        self.atoms = atoms.copy()
+        self.atoms.calc = self.monitor
+        self.dynamics = VelocityVerlet(self.atoms, 1 * units.fs)
+        self.monitor.attach(self.dynamics)
+        observer = self.dynamics.observers[-1]
+        self.dynamics.observers[-1] = (_recorded(observer[0], self.observer_s),) + \
+            tuple(observer[1:])
+
+    def per_step(self):
+        """(base ms, inside calculate outside base us, observer us): medians."""
+        inside = np.array(self.inside_s) - np.array(self.base_s)
+        return (1000 * C.median(self.base_s), 1e6 * C.median(inside),
+                1e6 * C.median(self.observer_s))
+
+
+def _recorded(function, seconds):
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        result = function(*args, **kwargs)
+        seconds.append(time.perf_counter() - start)
+        return result
+    return timed
+
+
+def unmonitored(roots, model, sizes, rounds, workdir):
+    rows = []
+    for n_atoms in sizes:
+        atoms = C.cell_with(n_atoms)
+        runs = {name: UnmonitoredRun(root, model, atoms, os.path.join(
+            workdir, f"u{name}{n_atoms}.h5")) for name, root in roots.items()}
+        for round_ in range(rounds + 1):
+            for run in runs.values():
+                if round_ == 1:  # the first round warms up
+                    for times in (run.base_s, run.inside_s, run.observer_s):
+                        times.clear()
+                run.dynamics.run(20)
+        for name, run in runs.items():
+            base_ms, inside_us, observer_us = run.per_step()
+            rows.append([n_atoms, name, base_ms, inside_us, observer_us,
+                         0.1 * (inside_us + observer_us) / base_ms])
+            run.monitor.close()
+    print("\nunmonitored steps: the wrapper's own cost per step (medians)\n")
+    print(C.table(["atoms", "version", "base calculate ms", "in calculate, outside base us",
+                   "driver observer us", "wrapper % of base"], rows))
+
+
 def main(argv=None):
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--big", action="store_true")
     p.add_argument("--atoms", type=int, default=32)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--before", default=None, metavar="PATH")
+    p.add_argument("--unmonitored", action="store_true")
+    p.add_argument("--rounds", type=int, default=10)
     args = p.parse_args(argv)
     C.setup_torch(args.threads)
     warnings.filterwarnings("ignore")
@@ -99,6 +170,11 @@ def main(argv=None):
     if args.before:
         load_symmon(args.before)
         roots["before"] = "symmon_before"
+    if args.unmonitored:
+        with tempfile.TemporaryDirectory() as workdir:
+            unmonitored(roots, C.model_path("tiny_pet_f32.pt"), [32, 108], args.rounds,
+                        workdir)
+        return
     atoms, rng = C.cell_with(args.atoms), np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as workdir:
         timers = {name: Timers(root, args.device) for name, root in roots.items()}

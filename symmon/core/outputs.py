@@ -100,10 +100,6 @@ def pretty_unit(unit: str) -> str:
             .replace("^3", "³").replace("^2", "²"))
 
 
-#: Voigt index (``xx yy zz yz xz xy``) of each entry of the 3x3 (one indexing op)
-_VOIGT_OF_ENTRY = np.array([0, 5, 4, 5, 1, 3, 4, 3, 2])
-
-
 def voigt_to_matrix(stress) -> np.ndarray:
     """3x3 stress from ASE's Voigt order ``xx yy zz yz xz xy`` (a 3x3 passes through)."""
     stress = np.asarray(stress, dtype=np.float64)
@@ -112,7 +108,8 @@ def voigt_to_matrix(stress) -> np.ndarray:
     stress = stress.reshape(-1)
     if stress.shape != (6,):
         raise ValueError(f"a stress has 6 (Voigt) or 9 components, got {stress.size}")
-    return stress[_VOIGT_OF_ENTRY].reshape(3, 3)
+    xx, yy, zz, yz, xz, xy = stress.tolist()  # Python floats: see matrix_to_voigt
+    return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
 
 
 def matrix_to_voigt(stress) -> np.ndarray:

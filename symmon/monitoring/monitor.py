@@ -151,7 +151,7 @@ class Monitor:
         values = dict(extra_values or {})
         if base is not None:
             values.update(base.predictions)  # logged with every frame
-        record = StepRecord(step, self.clock.time_ps(step), atoms.get_positions(),
+        record = StepRecord(step, self.clock.time_ps(step), atoms.positions.copy(),
                             atoms.cell.array.copy(), plan.scheduled, values)
         if plan.grid is not None:
             self._judge(stacks["grid"], plan, base, quantities, record)

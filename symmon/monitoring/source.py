@@ -171,11 +171,9 @@ class ModelSource:
         """The base calculator's own predictions, float64 (stress as 3x3), untouched."""
         if self.inner is self.base:  # one calculation, no cache checks (the caller has one)
             self.base.calculate(atoms, list(quantities), all_changes)
-            values = {name: np.array(self.base.results[name], dtype=np.float64)
-                      for name in quantities}
-            if "stress" in values:
-                values["stress"] = voigt_to_matrix(values["stress"])
-            return values
+            results = self.base.results
+            return {name: voigt_to_matrix(results[name]) if name == "stress"
+                    else np.array(results[name], dtype=np.float64) for name in quantities}
         values = ase_predictions(self.base, atoms, quantities)
         if not self._inner_checked:
             self._check_inner(atoms, values)
