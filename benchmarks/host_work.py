@@ -91,16 +91,17 @@ def monitor(root, model, device, log):
 class UnmonitoredRun:
     """MD through a monitor that never monitors, with its parts timed per step."""
 
-    def __init__(self, root, model, atoms, log):
+    def __init__(self, root, model, atoms, log, device):
         from ase import units
         from ase.md.verlet import VelocityVerlet
         from metatomic_ase import MetatomicCalculator
 
         frontend = importlib.import_module(f"{root}.frontends.calculator")
-        base = MetatomicCalculator(model, non_conservative=True, neighbor_skin=0.0)
+        base = MetatomicCalculator(model, non_conservative=True, neighbor_skin=0.0,
+                                   device=device)
         self.base_s, self.inside_s, self.observer_s = [], [], []
         base.calculate = _recorded(base.calculate, self.base_s)
-        self.monitor = frontend.SymmetryMonitor(base, log=log, every=10 ** 9)
+        self.monitor = frontend.SymmetryMonitor(base, log=log, every=10 ** 9, device=device)
         self.monitor.calculate = _recorded(self.monitor.calculate, self.inside_s)
         self.atoms = atoms.copy()
         self.atoms.calc = self.monitor
@@ -126,12 +127,12 @@ def _recorded(function, seconds):
     return timed
 
 
-def unmonitored(roots, model, sizes, rounds, workdir):
+def unmonitored(roots, model, sizes, rounds, workdir, device):
     rows = []
     for n_atoms in sizes:
         atoms = C.cell_with(n_atoms)
         runs = {name: UnmonitoredRun(root, model, atoms, os.path.join(
-            workdir, f"u{name}{n_atoms}.h5")) for name, root in roots.items()}
+            workdir, f"u{name}{n_atoms}.h5"), device) for name, root in roots.items()}
         for round_ in range(rounds + 1):
             for run in runs.values():
                 if round_ == 1:  # the first round warms up
@@ -156,7 +157,10 @@ def main(argv=None):
     p.add_argument("--before", default=None, metavar="PATH")
     p.add_argument("--unmonitored", action="store_true")
     p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--sizes", type=int, nargs="*", default=None, help="--unmonitored")
     args = p.parse_args(argv)
+    if args.quick:
+        args.steps, args.rounds, args.sizes = 5, 1, args.sizes or [32]
     C.setup_torch(args.threads)
     warnings.filterwarnings("ignore")
     print(C.machine_info(args.device))
@@ -172,8 +176,8 @@ def main(argv=None):
         roots["before"] = "symmon_before"
     if args.unmonitored:
         with tempfile.TemporaryDirectory() as workdir:
-            unmonitored(roots, C.model_path("tiny_pet_f32.pt"), [32, 108], args.rounds,
-                        workdir)
+            unmonitored(roots, model, args.sizes or [32, 108], args.rounds, workdir,
+                        args.device)
         return
     atoms, rng = C.cell_with(args.atoms), np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as workdir:
