@@ -73,6 +73,7 @@ class StepPlan:
     spectrum: Optional[O3Grid]
     scheduled: bool  # a monitored step of the schedule (logged with its diagnostics)
     frame: Optional[np.ndarray] = None
+    calibrating: bool = False  # a calibration step (symmon.monitoring.calibration)
 
     @property
     def full(self) -> bool:
