@@ -73,9 +73,12 @@ class PairCalibration:
 
     def ratio_quantiles(self, n_pairs: int, probabilities: Sequence[float]) -> np.ndarray:
         """Quantiles of ``T* = eps*^2 / eps_ref^2`` for ``n_pairs`` pairs (cached draws)."""
-        if n_pairs not in self._tables:
-            self._tables[n_pairs] = np.sort(self._draw_ratios(n_pairs))
-        return np.quantile(self._tables[n_pairs], probabilities)
+        key = (n_pairs, tuple(float(p) for p in probabilities))
+        if key not in self._tables:
+            if n_pairs not in self._tables:
+                self._tables[n_pairs] = np.sort(self._draw_ratios(n_pairs))
+            self._tables[key] = np.quantile(self._tables[n_pairs], key[1])
+        return self._tables[key]
 
     def interval(self, eps_sq, n_pairs: int, level: float) -> Tuple[np.ndarray, np.ndarray]:
         """``(low, high)`` of ``eps^2`` with coverage ``level`` for estimates ``eps_sq``."""

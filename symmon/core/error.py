@@ -165,15 +165,15 @@ def equivariance_error(values, grid: O3Grid, kind, *, dtype=None,
                                        rms)
     else:
         n_pairs = grid.n_rotations
-        estimate = pair_estimate(back[:n_pairs], back[n_pairs:])
-        mean, variance = _paired_variance(back)
-        eps_sq = float(estimate.eps_sq)
         own = calibration_from_back(back, grid) if n_pairs >= MIN_REFERENCE_PAIRS else None
         reference, method = ((calibration, CALIBRATED_METHOD)
                              if calibration is not None and calibration.usable
                              else (own, "bootstrap"))
         if reference is not None and not reference.usable:
             reference = None
+        estimate = pair_estimate(back[:n_pairs], back[n_pairs:], spread=reference is None)
+        mean, variance = _paired_variance(back)
+        eps_sq = float(estimate.eps_sq)
         stats = _pair_statistics(estimate, floor, reference, method)
     eps = float(np.sqrt(max(eps_sq, 0.0)))
     n_item = len(representation.item_shape)

@@ -57,10 +57,10 @@ class PairEstimate:
 
     def eps_sq_interval(self, level: float) -> Tuple[np.ndarray, np.ndarray]:
         """``(low, high)`` of ``eps^2`` with the given two-sided coverage."""
-        from scipy.stats import t as student_t
+        from scipy.special import stdtrit  # the t quantile, without scipy.stats' overhead
 
         dof = np.where(np.isfinite(self.dof), self.dof, 1e12)
-        half = student_t.ppf((1 + level) / 2, dof) * self.log_se
+        half = stdtrit(dof, (1 + level) / 2) * self.log_se
         return self.eps_sq * np.exp(-half), self.eps_sq * np.exp(half)
 
     def eps_interval(self, level: float) -> Tuple[np.ndarray, np.ndarray]:
@@ -69,18 +69,22 @@ class PairEstimate:
         return np.sqrt(np.maximum(low, 0.0)), np.sqrt(np.maximum(high, 0.0))
 
 
-def pair_estimate(plus, minus) -> PairEstimate:
+def pair_estimate(plus, minus, spread: bool = True) -> PairEstimate:
     """:class:`PairEstimate` from back-transformed values at ``R_i`` and ``-R_i``.
 
     :param plus, minus: ``(P, *components)`` for one orbit (``(S, P, ...)`` for ``S``
         orbits: :func:`batched_pair_estimate`)
     """
     return batched_pair_estimate(torch.as_tensor(plus)[None], torch.as_tensor(minus)[None],
-                                 squeeze=True)
+                                 squeeze=True, spread=spread)
 
 
-def batched_pair_estimate(plus, minus, squeeze: bool = False) -> PairEstimate:
-    """:func:`pair_estimate` of ``S`` independent orbits at once, values ``(S, P, ...)``."""
+def batched_pair_estimate(plus, minus, squeeze: bool = False,
+                          spread: bool = True) -> PairEstimate:
+    """:func:`pair_estimate` of ``S`` independent orbits at once, values ``(S, P, ...)``.
+
+    ``spread=False``: only ``eps^2``, ``W`` and ``B`` (``log_se`` and ``dof`` NaN), for
+    callers whose interval comes from a reference orbit."""
     plus, minus = torch.as_tensor(plus, dtype=torch.float64), torch.as_tensor(
         minus, dtype=torch.float64)
     n_batch, n_pairs = plus.shape[:2]
@@ -94,6 +98,11 @@ def batched_pair_estimate(plus, minus, squeeze: bool = False) -> PairEstimate:
     b_i = (deviations * deviations).sum(dim=2) * n_pairs / (n_pairs - 1)
     within, between = w_i.mean(dim=1).numpy(), b_i.mean(dim=1).numpy()
     eps_sq = within + between
+    if not spread:
+        unknown = np.full_like(eps_sq, np.nan)
+        fields = (eps_sq, within, between, unknown, unknown)
+        return PairEstimate(*(np.asarray(f[0]) for f in fields) if squeeze else fields,
+                            n_pairs)
     var_w = w_i.var(dim=1).numpy() / n_pairs
     var_b, dof_b = _between_variance(b_i, deviations, between, n_pairs)
     variance = var_w + var_b
