@@ -78,7 +78,7 @@ class Monitor:
         self.warm_up_s = (source.warm_up(1 + 2 * options.random_rotations, self.features)
                           if warm_up else 0.0)
         if warm_up:
-            self.schedule.plan(0, False)  # imports and first use of the grid code
+            self.schedule.warm_up()
         self.first_step_s: Optional[float] = None  # wall time of the first calculation
 
     # -- set-up ------------------------------------------------------------------------
@@ -119,7 +119,9 @@ class Monitor:
                            "logged (the driver moved the atoms after evaluating them)")
             return
         pending.step, pending.time_ps = step, self.clock.time_ps(step)
+        started = self.schedule.clock()
         self._commit(pending, "driver_step")
+        self.schedule.spend(self.schedule.clock() - started)
 
     def _commit_left_initial_state(self) -> None:
         pending = self._pending
@@ -132,7 +134,9 @@ class Monitor:
     def calculate(self, atoms, extra_values: Optional[Mapping] = None
                   ) -> Tuple[Dict[str, np.ndarray], Dict[str, object]]:
         """Returned predictions (energy, forces, 3x3 stress as available) and the values
-        of this calculation (diagnostics, NaN-free; only what was computed)."""
+        of this calculation (diagnostics, NaN-free; only what was computed); its time
+        is booked in the overhead budget of ``every="auto"``."""
+        started = self.schedule.clock()
         # coincident atoms are searched on the first call here and on every monitored
         # step by the adapters; the tree build would be ~1 % of an unmonitored step
         validate_atoms(atoms, overlaps=self._atoms is None)
@@ -156,6 +160,8 @@ class Monitor:
                             atoms.cell.array.copy(), plan.scheduled, values)
         if plan.grid is not None:
             self._judge(stacks["grid"], plan, base, quantities, record)
+        if plan.scheduled:
+            values["monitor_stride"] = plan.stride
         returned = self._returned(atoms, quantities, base, plan, stacks)
         values["averaged"] = int(self.averaging)
         if "frame" in stacks and base is not None:
@@ -173,6 +179,7 @@ class Monitor:
             self._pending = record
         else:
             self._commit(record, "single_point")
+        self.schedule.charge(plan, self.schedule.clock() - started)
         return returned, values
 
     def _frames(self, plan: StepPlan) -> Dict[str, np.ndarray]:
