@@ -7,7 +7,8 @@ slow step), every calculation earns ``overhead * t_plain`` of credit and a monit
 one spends its extra time ``max(t - t_plain, 0)`` (full-orbit steps too: they happen on
 their own schedule and are charged; the log writes of a monitored step as well). The
 next random-rotation step is the first at which the credit covers the expected extra
-cost, the median of the last :data:`EXTRA_WINDOW` random steps' extras -- before one is
+cost (credit a random step leaves, having cost less than expected, is dropped: no
+bursts of monitored steps), the median of the last :data:`EXTRA_WINDOW` random steps' extras -- before one is
 measured, ``copies * t_plain`` (copies costing what a plain step costs: the CPU case,
 an overestimate on GPUs) --, with the stride (steps since the previous monitored step)
 clamped to ``[1, MAX_STRIDE]``. The first calculation is always monitored and not
@@ -16,7 +17,8 @@ log's metadata).
 
 Over ``n`` calculations the extra time is then at most ``overhead * n * t_plain`` plus
 one monitored step's deviation from the expected extra (the credit is spent only when
-it covers the expectation), except where ``MAX_STRIDE`` forces a step. Timing is the
+it covers the expectation), except where full-orbit steps alone cost more or
+``MAX_STRIDE`` forces a step. Timing is the
 caller's: which steps are monitored depends on the machine's speed (the rotations of a
 monitored step are still seeded by its step number).
 """
@@ -92,7 +94,6 @@ class OverheadBudget:
         plain = self.plain_s
         if plain is None:  # monitored before any unmonitored step: nothing to compare
             return
-        self.credit += self.overhead * plain
         if monitored:
             extra = max(seconds - plain, 0.0)
             self.credit -= extra
@@ -100,7 +101,9 @@ class OverheadBudget:
                 self._extras.append(extra)
                 self._extra_s = _median(self._extras)
                 self._last_random = True
-        self.credit = min(self.credit, CREDIT_CAP * self.expected_extra_s)
+                self.credit = min(self.credit, 0.0)  # no burst from an overestimate
+        self.credit = min(self.credit + self.overhead * plain,
+                          CREDIT_CAP * self.expected_extra_s)
 
     def spend(self, seconds: float) -> None:
         """Charge monitor work done after the calculation (a monitored step's log write)

@@ -23,7 +23,6 @@ import warnings
 from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
-import torch
 
 from .. import __version__
 from ..adapters.base import validate_atoms
@@ -75,6 +74,7 @@ class Monitor:
         self._said = set()  # one-time messages already given
         #: feature outputs every orbit call asks for (the purified readout's)
         self.features = [readout.feature] if readout is not None else []
+        source.keep_on_device(self.features)
         self.warm_up_s = (source.warm_up(1 + 2 * options.random_rotations, self.features)
                           if warm_up else 0.0)
         if warm_up:
@@ -201,15 +201,15 @@ class Monitor:
         return plan.frame is None or plan.grid is not None
 
     def _purify(self, stacks) -> None:
-        """Replace the readout's target in every stack by the purified prediction."""
+        """Replace the readout's target in every stack by the purified prediction (the
+        correction is computed where the features are, on the model's device)."""
         readout = self.readout
         if readout is None:
             return
         quantity = "forces" if readout.target == "non_conservative_forces" else "stress"
         for values in stacks.values():
             features = values.pop(readout.feature)
-            corrected = torch.as_tensor(readout.correct(values[quantity].numpy(),
-                                                        features.numpy()))
+            corrected = readout.correct_torch(values[quantity], features)
             if quantity == "forces":  # as MetatomicCalculator returns direct forces
                 corrected = corrected - corrected.mean(dim=1, keepdim=True)
             values[quantity] = corrected
