@@ -121,12 +121,12 @@ class Schedule:
         frame = random_frame(self.seed, step) if self.random_frames and not averaging \
             else None
         if full:
-            return StepPlan(step, self.full_grid, self.full_grid, True, frame, stride)
+            return StepPlan(step, self.full_grid, self.full_grid, True, frame, stride=stride)
         if averaging:
             return StepPlan(step, self.average_grid, None, scheduled, stride=stride)
         if scheduled:
             grid = random_grid(self.random_rotations, step_seed(self.seed, step))
-            return StepPlan(step, grid, None, True, frame, stride)
+            return StepPlan(step, grid, None, True, frame, stride=stride)
         return StepPlan(step, None, None, False, frame)
 
     def _decide(self, step: int, full: bool):
