@@ -108,8 +108,9 @@ def test_returned_values_are_the_plain_calculators(slab, dtype, non_conservative
         for name in ("energy", "forces", "stress"):
             assert_close(monitor.results[name], expected[name], PRECISION[dtype])
         assert np.isfinite(monitor.results["forces_eps"]) == (step % 2 == 0)
-    # monitored steps: one batched call of 1 + 4 copies (step 0 also checks the fold once)
-    assert evaluations == [5, 5]
+    # monitored steps: one batched call of 1 + 2P copies (step 0 also checks the fold
+    # once); step 0 is the calibration step (32 pairs), step 2 an ordinary one (2 pairs)
+    assert evaluations == [1 + 2 * 32, 1 + 2 * 2]
     assert base_calls == [1, 1, 0, 1]
 
 

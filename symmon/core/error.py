@@ -15,8 +15,11 @@ summed over all components, from centred moments in float64.
   PETs: 0.4 a unaugmented, 0.07 a augmented), so ``quadrature_error =
   sqrt(eps^2 + a) - eps`` and ``exact = a <= max(0.1 eps^2, noise_floor^2,
   (1e-12 rms)^2)`` (``eps`` within ~5 %, or an error at float64 round-off of the output).
-* Random grid of ``P`` pairs: unbiased ``eps^2`` and a Student-t interval on
-  ``log eps^2`` (:mod:`symmon.core.intervals`).
+* Random grid of ``P`` pairs: unbiased ``eps^2``; its interval is the bootstrap pivot
+  interval of a reference orbit of the same shape (``calibration``,
+  :mod:`symmon.core.calibration`; the monitor's calibration steps), or of the grid
+  itself when it has ``>= 16`` pairs, else a Student-t interval on ``log eps^2``
+  (:mod:`symmon.core.intervals`; approximate: see docs/theory.md).
 * Noise floor: ``NOISE_ULPS * finfo(dtype).eps * rms`` for the dtype the model computed
   in (float32: ``1.9e-6 rms``; float32 Lennard-Jones forces measured 9 ulps); ``eps`` below it is *at precision floor*.
 """
@@ -24,11 +27,13 @@ summed over all components, from centred moments in float64.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
 
+from .calibration import (MIN_REFERENCE_PAIRS, PairCalibration, calibration_from_back,
+                          METHOD as CALIBRATED_METHOD)
 from .grids import O3Grid
 from .intervals import METHOD as PAIRS_METHOD, pair_estimate
 from .orbit_values import back_transform
@@ -67,8 +72,13 @@ class EquivarianceError:
     :ivar interval_68, interval_95: ``(low, high)`` of ``eps`` with that coverage
         (random grids), ``(eps, eps)`` on exact quadratures, ``eps ∓ quadrature_error``
         (no stated coverage) on quadratures that failed the check
-    :ivar interval_method: ``"student_t_log_pairs"``, ``"exact_quadrature"`` or
-        ``"aliasing_bound"``
+    :ivar interval_method: ``"calibrated_bootstrap"`` (a reference orbit's pivot law),
+        ``"bootstrap"`` (the grid's own, >= 16 pairs), ``"student_t_log_pairs"``
+        (data only, approximate), ``"exact_quadrature"`` or ``"aliasing_bound"``
+    :ivar calibration_source: the reference of a calibrated interval (e.g.
+        ``"random(32)"``), else ``""``
+    :ivar calibration: this orbit as a reference for later random grids
+        (:class:`~symmon.core.calibration.PairCalibration`; only with ``calibrate=True``)
     :ivar exact: True only on quadratures that passed the exactness check
     :ivar alias_power: power of the centred back-transformed output beyond
         ``l = degree // 2`` (quadratures; NaN on random grids), units of ``eps**2``
@@ -98,6 +108,8 @@ class EquivarianceError:
     noise_floor: float
     at_floor: bool
     dtype: str
+    calibration_source: str = ""
+    calibration: Optional[PairCalibration] = None
 
     @property
     def mean_square(self) -> float:
@@ -111,11 +123,14 @@ class EquivarianceError:
                 "interval_95": list(self.interval_95), "interval_method": self.interval_method,
                 "exact": self.exact, "alias_power": self.alias_power,
                 "quadrature_error": self.quadrature_error, "noise_floor": self.noise_floor,
-                "at_floor": self.at_floor, "dtype": self.dtype}
+                "at_floor": self.at_floor, "dtype": self.dtype,
+                "calibration_source": self.calibration_source}
 
 
 def equivariance_error(values, grid: O3Grid, kind, *, dtype=None,
-                       check_exactness: bool = True) -> EquivarianceError:
+                       check_exactness: bool = True,
+                       calibration: Optional[PairCalibration] = None,
+                       calibrate: bool = False) -> EquivarianceError:
     """Equivariance error (paper Eq. 1-2) of an output sampled on ``grid``'s orbit.
 
     :param values: ``(len(grid), ...)`` outputs ``f(Q_k x)``, any float dtype/device
@@ -126,6 +141,10 @@ def equivariance_error(values, grid: O3Grid, kind, *, dtype=None,
         noise floor
     :param check_exactness: measure the aliased power on quadratures (else ``exact``
         is False: unchecked)
+    :param calibration: reference orbit of the same output (an earlier result's
+        ``calibration``) whose pivot law gives a random grid's interval
+    :param calibrate: also return this orbit as a reference (``.calibration``; grids of
+        at least 16 pairs)
     """
     representation = get_representation(kind)
     dtype = torch.as_tensor(values).dtype if dtype is None else dtype
@@ -134,6 +153,7 @@ def equivariance_error(values, grid: O3Grid, kind, *, dtype=None,
     mean_square = float(torch.tensordot(weights, back * back, dims=1).sum())
     rms = float(np.sqrt(mean_square))
     floor = NOISE_ULPS * float(torch.finfo(_torch_dtype(dtype)).eps) * rms
+    own = None
     if grid.is_exact:
         mean, variance = _weighted_variance(back, weights)
         variance = variance.clamp_min(0.0)
@@ -145,7 +165,13 @@ def equivariance_error(values, grid: O3Grid, kind, *, dtype=None,
         estimate = pair_estimate(back[:n_pairs], back[n_pairs:])
         mean, variance = _paired_variance(back)
         eps_sq = float(estimate.eps_sq)
-        stats = _pair_statistics(estimate, floor)
+        own = calibration_from_back(back, grid) if n_pairs >= MIN_REFERENCE_PAIRS else None
+        reference, method = ((calibration, CALIBRATED_METHOD)
+                             if calibration is not None and calibration.usable
+                             else (own, "bootstrap"))
+        if reference is not None and not reference.usable:
+            reference = None
+        stats = _pair_statistics(estimate, floor, reference, method)
     eps = float(np.sqrt(max(eps_sq, 0.0)))
     n_item = len(representation.item_shape)
     item_dims = tuple(range(variance.dim() - n_item, variance.dim()))
@@ -157,8 +183,16 @@ def equivariance_error(values, grid: O3Grid, kind, *, dtype=None,
         rms=rms, relative=eps / rms if rms > 0 else float("nan"),
         mean=mean.cpu().numpy(), estimator="quadrature" if grid.is_exact else "unbiased_pairs",
         n_elements=len(grid), noise_floor=floor, at_floor=bool(eps <= floor),
-        dtype=str(dtype).replace("torch.", ""), **stats,
+        dtype=str(dtype).replace("torch.", ""),
+        calibration=_reference_of(back, grid, own) if calibrate else None, **stats,
     )
+
+
+def _reference_of(back, grid: O3Grid, own) -> Optional[PairCalibration]:
+    if own is not None:
+        return own
+    return calibration_from_back(back, grid) if grid.n_rotations >= MIN_REFERENCE_PAIRS \
+        else None
 
 
 def _torch_dtype(dtype) -> torch.dtype:
@@ -202,6 +236,11 @@ def _quadrature_result(eps, alias, error, exact) -> dict:
             "quadrature_error": error}
 
 
+def _sqrt_interval(interval):
+    low, high = interval
+    return np.sqrt(np.maximum(low, 0.0)), np.sqrt(np.maximum(high, 0.0))
+
+
 def _widened(interval, floor: float):
     low, high = map(float, interval)
     return max(low - floor, 0.0), high + floor
@@ -217,13 +256,21 @@ def alias_power(centred: torch.Tensor, grid: O3Grid) -> float:
     return max(total - resolved, 0.0)
 
 
-def _pair_statistics(estimate, floor: float) -> dict:
-    """Intervals of ``eps`` from random pairs, never narrower than the noise floor: when
-    every pair gives the same value (a constant lab field) the estimate is exact up to
-    round-off, and a zero-width interval would miss the truth by round-off alone."""
-    low68, high68 = _widened(estimate.eps_interval(0.68), floor)
-    low95, high95 = _widened(estimate.eps_interval(0.95), floor)
+def _pair_statistics(estimate, floor: float, reference=None, method="") -> dict:
+    """Intervals of ``eps`` from random pairs (from ``reference``'s pivot law when
+    given), never narrower than the noise floor: when every pair gives the same value
+    (a constant lab field) the estimate is exact up to round-off, and a zero-width
+    interval would miss the truth by round-off alone."""
+    if reference is None:
+        intervals, method, source = [estimate.eps_interval(level) for level in (0.68, 0.95)], \
+            PAIRS_METHOD, ""
+    else:
+        intervals = [_sqrt_interval(reference.interval(estimate.eps_sq, estimate.n_pairs,
+                                                       level)) for level in (0.68, 0.95)]
+        source = reference.source
+    low68, high68 = _widened(intervals[0], floor)
+    low95, high95 = _widened(intervals[1], floor)
     return {"interval_68": (low68, high68), "interval_95": (low95, high95),
-            "interval_method": PAIRS_METHOD, "exact": False,
+            "interval_method": method, "calibration_source": source, "exact": False,
             "eps_stderr": (high68 - low68) / 2, "alias_power": float("nan"),
             "quadrature_error": float("nan")}

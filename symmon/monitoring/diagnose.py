@@ -12,8 +12,9 @@ gives the same number:
 * stress: eV/Å³ (``stress_eps``) and GPa (``stress_eps_gpa``).
 
 Error bars: ``*_eps_ci68`` and ``*_eps_ci95`` are ``(low, high)`` intervals of the
-per-atom-normalised ε with 68 % and 95 % coverage (Student-t on log ε², calibrated in
-docs/theory.md; ``interval_method`` says which was used), ``*_eps_err`` the half width of
+per-atom-normalised ε with 68 % and 95 % coverage (the bootstrap pivot law of the
+calibration step's reference orbit, :mod:`symmon.monitoring.calibration`; coverage in
+docs/theory.md), ``*_eps_err`` the half width of
 the 68 % one. On full-orbit steps ``<q>_exact`` is 1 only when the quadrature passed the
 aliasing check (``<q>_quadrature_error`` estimates what it misses); ``<q>_at_floor`` is 1
 when ε is below the model's floating-point noise floor.
@@ -26,7 +27,7 @@ system (rotation invariance).
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, MutableMapping, Optional
 
 import numpy as np
 import torch
@@ -52,11 +53,19 @@ RAW_EPS = {"energy": "energy_eps", "forces": "forces_eps_total", "stress": "stre
 
 
 def epsilon_values(quantity: str, orbit_values, plan: StepPlan, n_atoms: int,
-                   dtype=None) -> Dict:
+                   dtype=None, references: Optional[MutableMapping] = None,
+                   calibrate: bool = False) -> Dict:
     """ε of one quantity on ``plan.grid``'s orbit (raw and per-atom normalised, with
-    intervals and exactness flags) and its orbit RMS ``<q>_rms`` (normalised)."""
+    intervals and exactness flags) and its orbit RMS ``<q>_rms`` (normalised).
+
+    ``references``: quantity -> reference orbit of the intervals
+    (:mod:`symmon.monitoring.calibration`); with ``calibrate`` this orbit replaces it."""
+    references = {} if references is None else references
     error = equivariance_error(orbit_values, plan.grid, QUANTITY_KINDS[quantity],
-                               dtype=dtype, check_exactness=plan.full)
+                               dtype=dtype, check_exactness=plan.full,
+                               calibration=references.get(quantity), calibrate=calibrate)
+    if error.calibration is not None:
+        references[quantity] = error.calibration
     factor = per_atom_factor(quantity, n_atoms)
     raw, normalised = RAW_EPS[quantity], NORMALISED_EPS[quantity]
     values = {raw: error.eps, f"{raw}_err": error.eps_stderr,
@@ -113,12 +122,14 @@ def stress_blocks(orbit_values, plan: StepPlan, l_max: int) -> Dict:
 
 
 def diagnose(orbit: Mapping[str, object], plan: StepPlan, n_atoms: int, l_max: int,
-             dtype=None) -> Dict:
+             dtype=None, references: Optional[MutableMapping] = None,
+             calibrate: bool = False) -> Dict:
     """All diagnostics of one step from the orbit values of each quantity (``dtype``: the
-    model's, for the noise floor)."""
+    model's, for the noise floor; ``references``/``calibrate``: :func:`epsilon_values`)."""
     values: Dict[str, object] = {"full_orbit": int(plan.full), "n_elements": len(plan.grid)}
     for quantity, orbit_values in orbit.items():
-        values.update(epsilon_values(quantity, orbit_values, plan, n_atoms, dtype))
+        values.update(epsilon_values(quantity, orbit_values, plan, n_atoms, dtype,
+                                     references, calibrate))
         if plan.full:
             values.update(spectrum_values(quantity, orbit_values, plan, l_max))
     return values

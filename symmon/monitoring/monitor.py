@@ -30,6 +30,7 @@ from ..core.metrics import orbit_average
 from ..core.outputs import QUANTITY_KINDS, QUANTITY_UNITS
 from ..io.files import file_sha256
 from . import thresholds
+from .calibration import Calibrations
 from .diagnose import diagnose, frame_noise, in_frame, net_signals
 from .options import MonitorOptions
 from .policy import Policy, SymmetryViolation, SymmetryViolationWarning, Verdict
@@ -59,6 +60,8 @@ class Monitor:
                  warm_up: bool = True):
         self.source, self.options = source, options
         self.schedule, self.policy = Schedule(options), Policy(options)
+        self.calibrations = Calibrations(options.calibration_rotations,
+                                         options.calibrate_every, options.seed)
         self.recorder = Recorder(log, options.log_mode, options.flush_every,
                                  options.trajectory)
         self.readout = readout
@@ -148,7 +151,7 @@ class Monitor:
         step = self.clock.next_step()
         if self.averaging:
             self.schedule.choose_average_grid(quantities)
-        plan = self.schedule.plan(step, self.averaging)
+        plan = self.calibrations.adjust(self.schedule.plan(step, self.averaging))
         base, stacks = self.source.evaluate(
             atoms, quantities, self._frames(plan), base=self._needs_base(plan),
             features=self.features)
@@ -216,8 +219,14 @@ class Monitor:
 
     def _judge(self, orbit, plan: StepPlan, base, quantities, record: StepRecord) -> None:
         values = record.values
+        references = {} if self.calibrations.wanted(plan) else None
         values.update(diagnose(orbit, plan, record.positions.shape[0], self.options.l_max,
-                               self.source.model_dtype))
+                               self.source.model_dtype,
+                               self.calibrations.references if references is None
+                               else references, references is not None))
+        if references is not None:
+            self.calibrations.update(plan, references)
+        values.update(self.calibrations.values(plan))
         verdict = self.policy.judge(values, quantities)
         values.update(verdict.values())
         self.n_violations += values["violation"]
@@ -328,8 +337,13 @@ class Monitor:
             else self.schedule.average_grid.describe(),
             "eps_measured_on": "base model" if options.mode in ("average", "random_frame")
             else "returned predictions",
-            "interval_method": "student_t_log_pairs (random steps), exact_quadrature or "
-                               "aliasing_bound (full-orbit steps); docs/theory.md",
+            "interval_method": ("calibrated_bootstrap (random steps: the pivot law of the "
+                                "reference orbit of step calibration_step) or bootstrap "
+                                "(calibration steps), exact_quadrature or aliasing_bound "
+                                "(full-orbit steps); docs/theory.md"
+                                if options.calibration_rotations else
+                                "student_t_log_pairs (random steps), exact_quadrature or "
+                                "aliasing_bound (full-orbit steps); docs/theory.md"),
             "model_dtype": str(source.model_dtype).replace("torch.", ""),
             "reference_errors": dict(thresholds.REFERENCE_ERRORS),
             "floors": dict(thresholds.FLOORS),

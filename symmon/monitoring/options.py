@@ -96,6 +96,16 @@ def _per_quantity(name: str, values, what: str) -> Dict[str, float]:
     return {quantity: float(value) for quantity, value in values.items()}
 
 
+def _calibration_rotations(value) -> int:
+    from ..core.calibration import MIN_REFERENCE_PAIRS
+
+    value = _integer("calibration_rotations", value, 0)
+    if 0 < value < MIN_REFERENCE_PAIRS:
+        raise ValueError(f"calibration_rotations must be 0 (no calibration steps) or at least "
+                         f"{MIN_REFERENCE_PAIRS} (a reference needs that many pairs), got {value}")
+    return value
+
+
 def _choice(name: str, value, choices) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
@@ -174,6 +184,11 @@ class MonitorOptions:
     :param on_violation: on a step graded ``problem``: ``"warn"``, ``"raise"`` (log
         flushed, run stopped) or ``"average"`` (switch to averaging from this step on,
         a logged event)
+    :param calibration_rotations: random pairs of a calibration step (0: none), whose
+        orbit gives the following random steps' intervals their law
+        (:mod:`symmon.monitoring.calibration`); at least 16
+    :param calibrate_every: a calibration step every this many monitored random steps
+        (and on the first)
     :param seed: seed of the random rotations (same seed, same log)
     :param flush_every: flush the log every this many monitored steps (and every
         1000 steps; :mod:`symmon.monitoring.recorder`)
@@ -194,6 +209,8 @@ class MonitorOptions:
     thresholds: Union[None, float, Mapping[str, float]] = None
     model_errors: Optional[Mapping[str, float]] = None
     on_violation: str = "warn"
+    calibration_rotations: int = 32
+    calibrate_every: int = 100
     seed: int = 0
     flush_every: int = 10
     log_mode: str = "create"
@@ -208,6 +225,8 @@ class MonitorOptions:
                    "average_degree": None if self.average_degree is None
                    else _integer("average_degree", self.average_degree, 1),
                    "flush_every": _integer("flush_every", self.flush_every, 1),
+                   "calibration_rotations": _calibration_rotations(self.calibration_rotations),
+                   "calibrate_every": _integer("calibrate_every", self.calibrate_every, 1),
                    "seed": _integer("seed", self.seed, 0)}
         checked["degree"] = (2 * checked["l_max"] if self.degree is None
                              else _integer("degree", self.degree, 2 * checked["l_max"]))

@@ -78,6 +78,7 @@ class StepPlan:
     spectrum: Optional[O3Grid]
     scheduled: bool  # a monitored step of the schedule (logged with its diagnostics)
     frame: Optional[np.ndarray] = None
+    calibrating: bool = False  # a calibration step (symmon.monitoring.calibration)
     stride: int = 0
 
     @property
@@ -150,7 +151,9 @@ class Schedule:
     def charge(self, plan: StepPlan, seconds: float) -> None:
         """Book a calculation's time in the overhead budget (``every="auto"``)."""
         if self.budget is not None:
-            self.budget.charge(seconds, plan.scheduled, plan.spectrum is None)
+            # full-orbit and calibration steps are charged, not expected of random steps
+            self.budget.charge(seconds, plan.scheduled,
+                               plan.spectrum is None and not plan.calibrating)
 
     def spend(self, seconds: float) -> None:
         """Book monitor work after a calculation (its log write) in the budget."""

@@ -116,6 +116,11 @@ def observable_specs(quantities: Sequence[str], n_atoms: int, periodic: bool, l_
     specs.update({
         "full_orbit": _int("1 on exact-quadrature steps"),
         "n_elements": _int("O(3) elements evaluated"),
+        "calibration_step": _int("step whose reference orbit gave this step's random-pair "
+                                 "intervals their law (-1: none yet; "
+                                 "symmon.monitoring.calibration)"),
+        "calibration_rotations": _int("random pairs of a calibration step (0 on other "
+                                      "steps)"),
         "level": _int("worst grade of the step: 0 ok, 1 caution, 2 problem "
                       "(symmon.monitoring.thresholds)"),
         "violation": _int("1 when the step was graded problem"),

@@ -1,0 +1,62 @@
+"""Calibration steps: the reference orbits that give random steps calibrated intervals.
+
+The interval of a random step's ε is the bootstrap pivot interval of a reference orbit
+of the same trajectory (:mod:`symmon.core.calibration`): its coverage is nominal when
+the step's orientation dependence has the reference's shape, whatever its scale. The
+monitor takes a reference
+
+* on its first monitored random step and then every ``calibrate_every`` monitored
+  random steps: that step evaluates ``calibration_rotations`` (default 32) random pairs
+  instead of ``random_rotations`` (its own ε is then the more precise one, with a
+  bootstrap interval from its own pairs);
+* on every full-orbit step (the quadrature, with its weights).
+
+A continued run takes a new reference at its first monitored step. With
+``calibration_rotations=0`` random steps keep the data-only Student-t interval
+(approximate below 10 rotations: docs/theory.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Dict, Optional
+
+from ..core.calibration import PairCalibration
+from ..core.grids import random_grid
+from .schedule import StepPlan, step_seed
+
+
+class Calibrations:
+    """The current reference per quantity, and when the next calibration step is due."""
+
+    def __init__(self, rotations: int, every: int, seed: int):
+        self.rotations, self.every, self.seed = rotations, every, seed
+        self.references: Dict[str, PairCalibration] = {}
+        self.step: Optional[int] = None  # step of the current references
+        self._random_steps_since = 0
+
+    def adjust(self, plan: StepPlan) -> StepPlan:
+        """``plan`` with a calibration grid where a random step is due for one."""
+        if self.rotations == 0 or plan.grid is None or plan.grid.kind != "random":
+            return plan
+        due = not self.references or self._random_steps_since >= self.every
+        self._random_steps_since += 1
+        if not due:
+            return plan
+        grid = random_grid(self.rotations, step_seed(self.seed, plan.step))
+        return replace(plan, grid=grid, calibrating=True)
+
+    def wanted(self, plan: StepPlan) -> bool:
+        """Whether this step's orbits become the references."""
+        return plan.calibrating or (plan.full and self.rotations > 0)
+
+    def update(self, plan: StepPlan, references: Dict[str, PairCalibration]) -> None:
+        if references:
+            self.references.update(references)
+            self.step = plan.step
+            self._random_steps_since = 0 if plan.calibrating else self._random_steps_since
+
+    def values(self, plan: StepPlan) -> dict:
+        """Logged with a step: where its intervals' law came from."""
+        return {"calibration_step": -1 if self.step is None else self.step,
+                "calibration_rotations": len(plan.grid) // 2 if plan.calibrating else 0}
