@@ -4,8 +4,9 @@ A user asks "how much slower is my run": ``overhead`` is the monitor's extra tim
 fraction of the time the same calculations take unmonitored. With ``t_plain`` the
 median of the last :data:`PLAIN_WINDOW` unmonitored calculations (robust to the odd
 slow step), every calculation earns ``overhead * t_plain`` of credit and a monitored
-one spends its extra time ``max(t - t_plain, 0)`` (full-orbit steps too: they happen on
-their own schedule and are charged; the log writes of a monitored step as well). The
+one spends its extra time ``max(t - t_plain, 0)`` (full-orbit and calibration steps
+too: they happen on their own schedules and are charged; the log writes of a monitored
+step as well). The
 next random-rotation step is the first at which the credit covers the expected extra
 cost (credit a random step leaves, having cost less than expected, is dropped: no
 bursts of monitored steps), the median of the last :data:`EXTRA_WINDOW` random steps' extras -- before one is
