@@ -152,3 +152,33 @@ def test_too_small_a_reference_is_refused():
     with pytest.raises(ValueError, match="at least 16 rotation pairs"):
         pair_calibration(back[:8], back[8:])
     assert equivariance_error(values, grid, "scalar", calibrate=True).calibration is None
+
+
+def test_monitor_calibrates_on_schedule_and_logs_it(tmp_path):
+    from ase.build import bulk
+
+    from broken import LabFrameEMT
+    from symmon import SymmetryMonitor
+    from symmon.io.reader import read_log
+
+    log = str(tmp_path / "calibrated.h5")
+    atoms = bulk("Cu", cubic=True).repeat(2)
+    rng = np.random.default_rng(0)
+    lab_stress = 0.002  # e_z e_z^T: eps^2 = |traceless part|^2 = (2/3) lab_stress^2
+    with SymmetryMonitor(LabFrameEMT(lab_stress=lab_stress), log=log, every=1,
+                         calibrate_every=3, warm_up=False) as monitor:
+        for _ in range(8):
+            atoms.positions += rng.normal(scale=0.02, size=atoms.positions.shape)
+            monitor.calculate(atoms, ["energy", "forces", "stress"], ["positions"])
+    with read_log(log) as reader:
+        rotations = reader.observable("calibration_rotations")[2]
+        steps = reader.observable("calibration_step")[2]
+        elements = reader.observable("n_elements")[2]
+        low, high = reader.observable("stress_eps_ci95")[2].T
+        meta = reader.metadata
+    assert rotations.tolist() == [32, 0, 0, 32, 0, 0, 32, 0]
+    assert steps.tolist() == [0, 0, 0, 3, 3, 3, 6, 6]
+    assert elements.tolist() == [64, 6, 6, 64, 6, 6, 64, 6]
+    exact = np.sqrt(2 / 3) * lab_stress
+    assert np.sum((low <= exact) & (exact <= high)) >= 7
+    assert "calibrated_bootstrap" in meta["interval_method"]

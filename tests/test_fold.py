@@ -170,7 +170,8 @@ def test_purified_mode_reads_features_from_the_same_forward(slab, tmp_path):
                             for name in (forces_key, feature))
         expected = forces.reshape(-1, 3) + features @ matrix.T
         assert_close(monitor.results["forces"], expected - expected.mean(0), 1e-10)
-    assert evaluations == [5, 1, 5]  # one forward per step, features included
+    # one forward per step, features included; step 0 is the calibration step (32 pairs)
+    assert evaluations == [1 + 2 * 32, 1, 5]
 
 
 def test_random_frame_returns_the_prediction_in_that_frame(slab, tmp_path):
@@ -198,7 +199,8 @@ def test_random_frame_returns_the_prediction_in_that_frame(slab, tmp_path):
             noise = np.sqrt(((expected["forces"] @ frame - unrotated) ** 2).sum() / len(atoms))
             assert abs(monitor.results["frame_noise_forces"] - noise) <= 1e-8 * noise
     monitor.close()
-    assert evaluations == [1 + 1 + 6, 1, 1 + 1 + 6, 1]  # identity + frame + grid; frame only
+    # identity + frame + grid (step 0: the 32-pair calibration grid); frame only
+    assert evaluations == [1 + 1 + 64, 1, 1 + 1 + 6, 1]
     assert min(determinants) < 0 < max(determinants)
 
 

@@ -15,7 +15,7 @@ reference's own value (``E[T*] = 1``):
 * a quadrature (weights ``v_c``, ``C >> P``): with replacement, probabilities ``v_c``,
   ``T* = eps*^2 / eps_ref^2``, ``eps_ref^2 = sum_c v_c ||d_c||^2 + sum_c v_c ||u_c - u_bar||^2``;
 * a random reference (equal weights): ``P`` distinct pairs, relative to the estimator on
-  all ``C`` pairs, with the finite-population correction ``1 + (T* - 1) sqrt((C-1)/(C-P))``
+  all ``C`` pairs, with the finite-population correction ``1 + (T* - 1) sqrt(C/(C-P))``
   (with replacement, most draws of 10 out of 32 repeat a pair, which widens the law:
   the 68 % interval then covered 79 % on a tensor model). The interval of a step with estimate ``eps_hat^2`` is the pivot
 interval ``[eps_hat^2 / q*_{(1+a)/2}, eps_hat^2 / q*_{(1-a)/2}]``. Its coverage is
@@ -90,7 +90,9 @@ class PairCalibration:
         Equal weights (a random reference of ``C`` pairs): ``n_pairs`` distinct pairs
         (drawing with replacement from so few repeats pairs in most draws at ``P = 10``,
         which widens the law), relative to the reference's own unbiased value, with
-        the finite-population correction ``1 + (T - 1) sqrt((C-1)/(C-P))``. Unequal
+        the finite-population correction ``1 + (T - 1) sqrt(C/(C-P))`` (the variance of a
+        mean of ``P`` of ``C`` values drawn without replacement is ``(1 - P/C)`` that of
+        ``P`` independent draws). Unequal
         weights (a quadrature, ``C >> P``): with replacement, probabilities = weights.
         """
         rng = np.random.default_rng(n_pairs)  # same reference, same table
@@ -98,7 +100,7 @@ class PairCalibration:
         if np.allclose(self.weights, 1.0 / n_ref) and n_pairs < n_ref:
             index = np.argsort(rng.random((DRAWS, n_ref)), axis=1)[:, :n_pairs]
             ratios = self._estimates(index) / self.unbiased_eps_sq
-            ratios = 1 + (ratios - 1) * np.sqrt((n_ref - 1) / (n_ref - n_pairs))
+            ratios = 1 + (ratios - 1) * np.sqrt(n_ref / (n_ref - n_pairs))
             return np.maximum(ratios, 0.0)
         index = rng.choice(n_ref, size=(DRAWS, n_pairs), p=self.weights)
         return self._estimates(index) / self.eps_sq

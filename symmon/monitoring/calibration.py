@@ -5,8 +5,8 @@ of the same trajectory (:mod:`symmon.core.calibration`): its coverage is nominal
 the step's orientation dependence has the reference's shape, whatever its scale. The
 monitor takes a reference
 
-* on its first monitored random step and then every ``calibrate_every`` monitored
-  random steps: that step evaluates ``calibration_rotations`` (default 32) random pairs
+* on its first monitored random step and then on every ``calibrate_every``-th monitored
+  random step (itself included: with 3, steps 0, 3, 6, ... of a monitor run every step): that step evaluates ``calibration_rotations`` (default 32) random pairs
   instead of ``random_rotations`` (its own ε is then the more precise one, with a
   bootstrap interval from its own pairs);
 * on every full-orbit step (the quadrature, with its weights).
@@ -54,7 +54,8 @@ class Calibrations:
         if references:
             self.references.update(references)
             self.step = plan.step
-            self._random_steps_since = 0 if plan.calibrating else self._random_steps_since
+            # the calibration step counts as the first of its block of calibrate_every
+            self._random_steps_since = 1 if plan.calibrating else self._random_steps_since
 
     def values(self, plan: StepPlan) -> dict:
         """Logged with a step: where its intervals' law came from."""
