@@ -7,9 +7,10 @@ the uncontended time and give the steadier ratios):
 * the floor: one plain ``MetatomicCalculator`` calculation, and one batched orbit call
   (``MetatomicOrbitModel.evaluate``) of K = 1, 3, 7, 13 copies;
 * the monitor: an unmonitored step, a monitored step (every step, 3 rotations: 1 + 6
-  copies), the default schedule (every 10th step, blocks of 10 steps), a random-frame
-  step, a purified monitored step (random readout, when the model has last-layer
-  features), each with its ratio to its floor (plain step, K=7, ``(9 plain + K7)/10``,
+  copies), every 10th step (blocks of 10 steps), the default overhead budget
+  (``every="auto"``, 5 %; blocks of :data:`AUTO_BLOCK` steps), a random-frame step, a
+  purified monitored step (random readout, when the model has last-layer features),
+  each with its ratio to its floor (plain step, K=7, ``(9 plain + K7)/10``, plain,
   K=1, the monitored step);
 * with ``--before PATH`` (a symmon package directory of another version, e.g. from
   ``git archive``), the same monitor variants of that version side by side.
@@ -37,12 +38,15 @@ import numpy as np
 from . import _common as C
 
 COPIES = (1, 3, 7, 13)
+#: calculations per timed block of the overhead budget (~2 of its strides on a CPU)
+AUTO_BLOCK = 240
 PROPERTIES = ["energy", "forces", "stress"]
 #: monitor variant -> (SymmetryMonitor options, calculations per timed block, floor)
 MONITOR_VARIANTS = {
     "unmonitored step": ({"every": 10 ** 9}, 1, "plain"),
     "monitored step (every 1, 3 rot)": ({"every": 1}, 1, "K=7"),
-    "default (every 10, 3 rot)": ({}, 10, "plain + K=7 / 10"),
+    "every 10, 3 rot": ({"every": 10}, 10, "plain + K=7 / 10"),
+    "default (auto, 5 %)": ({}, AUTO_BLOCK, "plain"),
     "random frame step": ({"mode": "random_frame", "every": 10 ** 9}, 1, "K=1"),
     "purified monitored step (every 1)": ({"every": 1, "mode": "purified"}, 1,
                                           "monitored step (every 1, 3 rot)"),
@@ -114,8 +118,8 @@ class Cell:
             for name, (options, block, _) in MONITOR_VARIANTS.items():
                 if options.get("mode") == "purified" and readout is None:
                     continue
-                if label and options.get("mode") == "random_frame":
-                    continue  # not in older versions
+                if label and (options.get("mode") == "random_frame" or not options):
+                    continue  # not in older versions (their default is every 10)
                 monitor = self._monitor(package, base(), options, readout, workdir,
                                         label + name, args)
                 self.variants[label + name] = (

@@ -222,3 +222,22 @@ def test_tradeoff_figure_marks_the_chosen_lambda(tmp_path):
     path = tmp_path / "tradeoff.png"
     tradeoff_figure(table, path, "non_conservative_forces", chosen)
     assert path.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("target, shape, intercept", [
+    ("non_conservative_forces", (5, 7, 3), True),   # per atom, with intercept
+    ("non_conservative_stress", (5, 3, 3), False),  # per structure: features summed
+])
+def test_correction_in_torch_equals_the_numpy_readout(target, shape, intercept):
+    rng = np.random.default_rng(3)
+    n_features = 16
+    components = 3 if target.endswith("forces") else 9
+    matrix = rng.normal(size=(components, n_features + int(intercept)))
+    readout = Readout(target, "features", matrix, 1.0, intercept)
+    outputs = rng.normal(size=shape)
+    features = torch.as_tensor(rng.normal(size=(5, 7, n_features)), dtype=torch.float32)
+    expected = readout.correct(outputs, features.numpy())
+    corrected = readout.correct_torch(torch.as_tensor(outputs), features)
+    assert corrected.dtype == torch.float64 and corrected.shape == shape
+    np.testing.assert_allclose(corrected.numpy(), expected, rtol=1e-12, atol=1e-12)
+    assert np.abs(expected - outputs).max() > 0.1  # the correction is not a no-op

@@ -57,8 +57,10 @@ class BatchedEvaluator:
             self._requests[key] = self.catalogue.requests(names)
         return self._requests[key]
 
-    def evaluate(self, atoms, matrices, names: Sequence[str]) -> Dict[str, torch.Tensor]:
-        """Outputs on the copies ``x Q_k^T`` (transformed frame), float64 ``(K, ...)``."""
+    def evaluate(self, atoms, matrices, names: Sequence[str],
+                 on_device: Sequence[str] = ()) -> Dict[str, torch.Tensor]:
+        """Outputs on the copies ``x Q_k^T`` (transformed frame), float64 ``(K, ...)``
+        on the CPU; those in ``on_device`` stay on the model's device, in its dtype."""
         system = self.systems.system(atoms)
         volume = abs(atoms.cell.volume)
         chunks: Dict[str, List[torch.Tensor]] = {name: [] for name in names}
@@ -66,7 +68,8 @@ class BatchedEvaluator:
             block = torch.as_tensor(matrices[start:start + self.chunk_size],
                                     dtype=self.systems.dtype, device=self.systems.device)
             for name, value in self._chunk(system, block, names, len(atoms), volume).items():
-                chunks[name].append(value.detach().to("cpu", torch.float64))
+                chunks[name].append(value.detach() if name in on_device
+                                    else value.detach().to("cpu", torch.float64))
         return {name: torch.cat(values) for name, values in chunks.items()}
 
     def _chunk(self, system, matrices, names, n_atoms, volume):

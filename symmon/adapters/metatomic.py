@@ -124,6 +124,9 @@ class MetatomicOrbitModel(OrbitModel):
                                               atomistic_model_runner(self.model), chunk_size)
         self.chunk_size = chunk_size
         self.wrapper = wrapper
+        #: outputs :meth:`evaluate` leaves on the model's device (for a consumer that
+        #: uses them there: the monitor's purified readout corrects with its features)
+        self.device_outputs: Tuple[str, ...] = ()
         if wrapper is not None:
             self.path += (f" (the MetatomicCalculator held in "
                           f"{type(wrapper[0]).__name__}.{wrapper[1]})")
@@ -159,13 +162,18 @@ class MetatomicOrbitModel(OrbitModel):
 
     # -- evaluation ----------------------------------------------------------------
     def evaluate(self, atoms, matrices, outputs: Sequence[str]) -> Dict[str, torch.Tensor]:
-        """Outputs on the copies ``x Q_k^T`` (transformed frame), float64 ``(K, ...)``."""
+        """Outputs on the copies ``x Q_k^T`` (transformed frame), float64 ``(K, ...)``
+        on the CPU, but on the batched path those in :attr:`device_outputs`, which stay
+        on the model's device in its dtype."""
         self.check_outputs(outputs)
         validate_atoms(atoms, outputs)
         check_species(atoms, self.atomic_types, self.label)
         matrices = validate_matrices(matrices)
         if self.wrapper is not None:
             self._check_wrapper(atoms)
+        on_device = [name for name in outputs if name in self.device_outputs]
+        if on_device and isinstance(self.evaluator, BatchedEvaluator):
+            return self.evaluator.evaluate(atoms, matrices, outputs, on_device)
         return self.evaluator.evaluate(atoms, matrices, outputs)
 
     def _check_wrapper(self, atoms) -> None:

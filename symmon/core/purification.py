@@ -36,7 +36,7 @@ from .grids import O3Grid
 from .metrics import back_transform
 from .representations import get_representation
 
-__all__ = ["NormalEquations", "apply_correction", "choose_lambda", "inverse_representation",
+__all__ = ["NormalEquations", "apply_correction", "apply_correction_torch", "choose_lambda", "inverse_representation",
            "scan_lambdas"]
 
 
@@ -219,6 +219,25 @@ def apply_correction(outputs, features, matrix: np.ndarray, kind: str, per_atom:
     phi = _with_intercept(phi, intercept)
     correction = np.einsum("md,...d->...m", matrix, phi)
     return outputs + correction.reshape(outputs.shape[:outputs.ndim - len(item)] + item)
+
+
+def apply_correction_torch(outputs: torch.Tensor, features: torch.Tensor,
+                           matrix: torch.Tensor, kind: str, per_atom: bool,
+                           intercept: bool = False) -> torch.Tensor:
+    """:func:`apply_correction` in torch, float64, where ``features`` are (the model's
+    device: only the correction, of the outputs' size, is copied to ``outputs``' device;
+    ``matrix`` ``(m, d)`` on the features' device)."""
+    item = get_representation(kind).item_shape
+    phi = features.to(torch.float64)
+    if not per_atom and phi.dim() >= 2:  # per-structure target: sum over atoms
+        phi = phi.sum(dim=-2)
+    n_features = phi.shape[-1]
+    correction = phi @ matrix[:, :n_features].T
+    if intercept:
+        correction = correction + matrix[:, n_features]
+    correction = correction.to(outputs.device)
+    return outputs.to(torch.float64) + correction.reshape(
+        outputs.shape[:outputs.dim() - len(item)] + item)
 
 
 def _row(lam, train, holdout, baseline, matrix) -> Dict:

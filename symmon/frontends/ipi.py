@@ -29,6 +29,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from ..monitoring.options import parse_every
 from .calculator import make_monitor
 
 #: Keys of the JSON extras returned to i-PI with *every* force (NaN where a value was
@@ -104,6 +105,16 @@ def shard_log_path(log: str, shard) -> str:
     suffix = path.suffix or ".h5"
     stem = path.name[: -len(path.suffix)] if path.suffix else path.name
     return str(path.with_name(f"{stem}.client-{shard}{suffix}"))
+
+
+def every_argument(text: str):
+    """argparse type of ``--every auto|N``."""
+    import argparse
+
+    try:
+        return parse_every(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def parse_thresholds(items) -> Dict[str, float]:
@@ -435,8 +446,13 @@ def add_ipi_arguments(parser) -> None:
                         help="one log per client: --log run.h5 --shard ID writes "
                         "run.client-ID.h5 (bare --shard: ID = process id)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing log")
-    parser.add_argument("--every", type=int, default=10,
-                        help="monitor every n-th force call (default 10, as SymmetryMonitor)")
+    parser.add_argument("--every", type=every_argument, default="auto", metavar="auto|N",
+                        help="auto (default, as SymmetryMonitor): monitor as often as the "
+                        "--overhead budget allows (timing-dependent); N: every n-th force "
+                        "call (reproducible)")
+    parser.add_argument("--overhead", type=float, default=None,
+                        help="with --every auto: the monitor's allowed extra time as a "
+                        "fraction of the unmonitored calls' (default 0.05: 5 %% slower)")
     parser.add_argument("--random-rotations", type=int, default=3,
                         help="random rotations per monitored call (default 3)")
     parser.add_argument("--full-every", type=int, default=0,
@@ -495,7 +511,7 @@ def run_ipi(args) -> int:
             non_conservative=args.non_conservative, threads=args.threads,
             device=args.device, connect_wait=args.connect_wait,
             position_tolerance=args.position_tolerance, timeout=args.timeout,
-            every=args.every,
+            every=args.every, overhead=args.overhead,
             random_rotations=args.random_rotations, full_every=args.full_every,
             l_max=args.l_max, mode=args.mode, seed=args.seed, flush_every=args.flush_every,
             readout=args.readout, thresholds=parse_thresholds(args.threshold) or None,

@@ -14,9 +14,9 @@ or as a socket client: ``i-pi-py_driver -m custom -P $(symmon ipi --pes-path) -u
 Parameters (``<parameters>`` keys / ``-o`` keywords): ``template`` (required, structure
 file with the atoms in i-PI's order; its species are used), ``model`` (``emt`` or a
 metatomic ``.pt`` path; default ``emt``), ``log`` (HDF5 log, default none), ``overwrite``,
-``every``, ``random_rotations``, ``full_every``, ``l_max``, ``mode``, ``seed``,
-``flush_every``, ``non_conservative``, ``threads`` (torch threads, default 1), ``device``,
-``position_tolerance``, ``readout`` (purified readout file, with ``mode: purified``),
+``every`` (``auto``, the default, or N), ``overhead``, ``random_rotations``,
+``full_every``, ``l_max``, ``mode``, ``seed``, ``flush_every``, ``non_conservative``,
+``threads`` (torch threads, default 1), ``device``, ``position_tolerance``, ``readout`` (purified readout file, with ``mode: purified``),
 ``on_violation``. i-PI passes ``verbosity`` too; unknown keywords are refused.
 
 i-PI gives the cell as column vectors in bohr and positions in bohr, and wants energy in
@@ -47,7 +47,9 @@ except ImportError:  # pragma: no cover - used without i-PI installed
 __DRIVER_NAME__ = "symmon"
 __DRIVER_CLASS__ = "SymmonDriver"
 
-_MONITOR_INTS = ("every", "random_rotations", "full_every", "l_max", "seed", "flush_every")
+_MONITOR_INTS = ("random_rotations", "full_every", "l_max", "seed", "flush_every")
+#: the other monitor settings: every ("auto" or an integer) and overhead (a number)
+_MONITOR_PARSED = ("every", "overhead")
 _IPI_KWARGS = ("verbosity",)
 
 
@@ -65,12 +67,18 @@ class SymmonDriver(Dummy_driver):
         for name in _MONITOR_INTS:
             if name in kwargs:
                 options[name] = int(kwargs.pop(name))
+        from symmon.monitoring.options import parse_every
+
+        parsers = {"every": lambda value: parse_every(str(value)), "overhead": float}
+        for name in _MONITOR_PARSED:
+            if name in kwargs:
+                options[name] = parsers[name](kwargs.pop(name))
         unknown = sorted(set(kwargs) - set(_IPI_KWARGS))
         if unknown or args:
             raise ValueError(f"unknown symmon PES parameters {unknown or list(args)}; known: "
                              "template, model, log, overwrite, non_conservative, threads, "
                              "device, position_tolerance, mode, readout, on_violation, "
-                             + ", ".join(_MONITOR_INTS))
+                             + ", ".join(_MONITOR_INTS + _MONITOR_PARSED))
         self.template = str(template)
         self.model = str(model)
         self.log = None if log in (None, "", "none", "None") else str(log)

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import numpy as np
+import torch
 
 from ..core.outputs import output
-from ..core.purification import apply_correction
+from ..core.purification import apply_correction, apply_correction_torch
 from .files import file_sha256
 
 __all__ = ["Readout", "load_readout"]
@@ -41,6 +42,8 @@ class Readout:
     intercept: bool
     model_sha256: Optional[str] = None
     table: List[Dict[str, float]] = field(default_factory=list)
+    #: the matrix as a float64 tensor per device (built at the first correction there)
+    _matrices: Dict[object, object] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def kind(self) -> str:
@@ -54,6 +57,16 @@ class Readout:
         """Corrected outputs of one structure or of an orbit (any leading axes)."""
         return apply_correction(outputs, features, self.matrix, self.kind, self.per_atom,
                                 self.intercept)
+
+    def correct_torch(self, outputs, features):
+        """:meth:`correct` in torch where ``features`` are (e.g. on the model's device,
+        never copied to the host), returned on ``outputs``' device, float64."""
+        matrix = self._matrices.get(features.device)
+        if matrix is None:
+            matrix = self._matrices[features.device] = torch.as_tensor(
+                self.matrix, dtype=torch.float64, device=features.device)
+        return apply_correction_torch(outputs, features, matrix, self.kind, self.per_atom,
+                                      self.intercept)
 
     def save(self, path) -> None:
         import h5py

@@ -23,7 +23,6 @@ import warnings
 from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
-import torch
 
 from .. import __version__
 from ..adapters.base import validate_atoms
@@ -79,10 +78,11 @@ class Monitor:
         self._said = set()  # one-time messages already given
         #: feature outputs every orbit call asks for (the purified readout's)
         self.features = [readout.feature] if readout is not None else []
+        source.keep_on_device(self.features)
         self.warm_up_s = (source.warm_up(1 + 2 * options.random_rotations, self.features)
                           if warm_up else 0.0)
         if warm_up:
-            self.schedule.plan(0, False)  # imports and first use of the grid code
+            self.schedule.warm_up()
         self.first_step_s: Optional[float] = None  # wall time of the first calculation
 
     # -- set-up ------------------------------------------------------------------------
@@ -123,7 +123,9 @@ class Monitor:
                            "logged (the driver moved the atoms after evaluating them)")
             return
         pending.step, pending.time_ps = step, self.clock.time_ps(step)
+        started = self.schedule.clock()
         self._commit(pending, "driver_step")
+        self.schedule.spend(self.schedule.clock() - started)
 
     def _commit_left_initial_state(self) -> None:
         pending = self._pending
@@ -136,7 +138,9 @@ class Monitor:
     def calculate(self, atoms, extra_values: Optional[Mapping] = None
                   ) -> Tuple[Dict[str, np.ndarray], Dict[str, object]]:
         """Returned predictions (energy, forces, 3x3 stress as available) and the values
-        of this calculation (diagnostics, NaN-free; only what was computed)."""
+        of this calculation (diagnostics, NaN-free; only what was computed); its time
+        is booked in the overhead budget of ``every="auto"``."""
+        started = self.schedule.clock()
         self._validate(atoms)
         quantities = self.source.quantities(atoms)
         if self._atoms is None:
@@ -158,6 +162,8 @@ class Monitor:
                             atoms.cell.array.copy(), plan.scheduled, values)
         if plan.grid is not None:
             self._judge(stacks["grid"], plan, base, quantities, record)
+        if plan.scheduled:
+            values["monitor_stride"] = plan.stride
         returned = self._returned(atoms, quantities, base, plan, stacks)
         values["averaged"] = int(self.averaging)
         if "frame" in stacks and base is not None:
@@ -175,6 +181,7 @@ class Monitor:
             self._pending = record
         else:
             self._commit(record, "single_point")
+        self.schedule.charge(plan, self.schedule.clock() - started)
         return returned, values
 
     def _validate(self, atoms) -> None:
@@ -205,15 +212,15 @@ class Monitor:
         return plan.frame is None or plan.grid is not None
 
     def _purify(self, stacks) -> None:
-        """Replace the readout's target in every stack by the purified prediction."""
+        """Replace the readout's target in every stack by the purified prediction (the
+        correction is computed where the features are, on the model's device)."""
         readout = self.readout
         if readout is None:
             return
         quantity = "forces" if readout.target == "non_conservative_forces" else "stress"
         for values in stacks.values():
             features = values.pop(readout.feature)
-            corrected = torch.as_tensor(readout.correct(values[quantity].numpy(),
-                                                        features.numpy()))
+            corrected = readout.correct_torch(values[quantity], features)
             if quantity == "forces":  # as MetatomicCalculator returns direct forces
                 corrected = corrected - corrected.mean(dim=1, keepdim=True)
             values[quantity] = corrected

@@ -17,6 +17,8 @@ import numpy as np
 
 from ..core.outputs import QUANTITY_KINDS
 
+#: the overhead budget of every="auto": the monitor may make a run this much slower
+DEFAULT_OVERHEAD = 0.05
 MODES = ("monitor", "average", "purified", "random_frame")
 #: orbit components averaged exactly by the default averaging degree: l <= AVERAGE_BAND
 #: (the degree is AVERAGE_BAND + the highest rank returned; symmon.monitoring.schedule)
@@ -34,6 +36,38 @@ def _integer(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _every(value) -> Union[int, str]:
+    """``every``: ``"auto"`` (the overhead budget) or a stride >= 1."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"every must be an integer >= 1, got {value!r} (or 'auto': monitor "
+                         "as often as the overhead budget allows)")
+    return int(value)
+
+
+def parse_every(text: str) -> Union[int, str]:
+    """``--every auto|N`` of the command lines."""
+    try:
+        return "auto" if text == "auto" else _every(int(text))
+    except ValueError:
+        raise ValueError(f"--every must be 'auto' or an integer >= 1, got {text!r}") from None
+
+
+def _overhead(every, value) -> Optional[float]:
+    """``overhead``: the budget of ``every="auto"`` (default :data:`DEFAULT_OVERHEAD`)."""
+    if value is None:
+        return DEFAULT_OVERHEAD if every == "auto" else None
+    if every != "auto":
+        raise ValueError(f"overhead={value!r} applies to every='auto' only; with every="
+                         f"{every!r} the schedule is fixed (drop overhead, or pass "
+                         "every='auto')")
+    if not _positive_number(value):
+        raise ValueError(f"overhead must be a positive number, the allowed extra time as a "
+                         f"fraction of the unmonitored run's (0.05: 5 % slower), got {value!r}")
+    return float(value)
 
 
 def _positive_number(value) -> bool:
@@ -116,8 +150,16 @@ def check_cost(options: "MonitorOptions") -> None:
 class MonitorOptions:
     """Settings of a symmetry monitor (the keyword arguments of ``SymmetryMonitor``).
 
-    :param every: monitor every n-th step (default 10: the orbit costs about
-        ``2 * random_rotations`` model calls, see docs/performance.md)
+    :param every: ``"auto"`` (default): monitor as often as the overhead budget
+        ``overhead`` allows, from the measured time of each calculation
+        (:mod:`symmon.monitoring.budget`); which steps are monitored then depends on
+        timing and can differ from run to run (the rotations of a monitored step do
+        not: they are seeded by its step number). An integer n: every n-th step, a
+        reproducible schedule (the orbit costs about ``2 * random_rotations`` model
+        calls, see docs/performance.md)
+    :param overhead: with ``every="auto"``, the monitor's allowed extra time as a
+        fraction of the unmonitored calculations' time (default 0.05: 5 % slower); the
+        first step and full-orbit steps are always monitored
     :param random_rotations: Haar-random rotations per monitored step (each paired with
         its improper partner); at least 2, and 3 for error bars
     :param full_every: every m-th step use the exact quadrature and compute character
@@ -156,7 +198,8 @@ class MonitorOptions:
         by default only monitored steps are logged (an unmonitored step then costs no I/O)
     """
 
-    every: int = 10
+    every: Union[int, str] = "auto"
+    overhead: Optional[float] = None
     random_rotations: int = 3
     full_every: int = 0
     degree: Optional[int] = None
@@ -175,7 +218,7 @@ class MonitorOptions:
     metadata: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self):
-        checked = {"every": _integer("every", self.every, 1),
+        checked = {"every": _every(self.every),
                    "random_rotations": _integer("random_rotations", self.random_rotations, 2),
                    "full_every": _integer("full_every", self.full_every, 0),
                    "l_max": _integer("l_max", self.l_max, 0),
@@ -187,6 +230,7 @@ class MonitorOptions:
                    "seed": _integer("seed", self.seed, 0)}
         checked["degree"] = (2 * checked["l_max"] if self.degree is None
                              else _integer("degree", self.degree, 2 * checked["l_max"]))
+        checked["overhead"] = _overhead(checked["every"], self.overhead)
         checked["mode"] = _choice("mode", self.mode, MODES)
         checked["on_violation"] = _choice("on_violation", self.on_violation,
                                           VIOLATION_ACTIONS)

@@ -1,8 +1,10 @@
 """Which O(3) elements are evaluated at which step.
 
-* every ``every``-th step: ``random_rotations`` Haar-random rotations and their improper
-  partners, seeded by ``SeedSequence([seed, step])`` (same seed, same log; a continued
-  run draws the same elements at the same step);
+* every ``every``-th step, or with ``every="auto"`` as often as the overhead budget
+  allows (:mod:`.budget`; the first calculation always): ``random_rotations``
+  Haar-random rotations and their improper partners, seeded by
+  ``SeedSequence([seed, step])`` (same seed, same elements at the same step; a
+  continued run draws the same elements at the same step);
 * every ``full_every``-th step: the exact quadrature of degree ``degree`` (ε exact, and
   the character spectra up to ``l_max``);
 * when the monitor returns O(3) averages: the averaging quadrature at every step (it
@@ -23,13 +25,15 @@ degree is ``AVERAGE_BAND + r`` for the highest rank ``r`` returned.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from time import perf_counter
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from ..core.grids import O3Grid, quadrature_grid, random_grid
 from ..core.outputs import QUANTITY_KINDS
 from ..core.representations import get_representation
+from .budget import OverheadBudget
 from .options import AVERAGE_BAND, MonitorOptions
 
 
@@ -66,7 +70,8 @@ def random_frame(seed: int, step: int) -> np.ndarray:
 @dataclass(frozen=True)
 class StepPlan:
     """What one step evaluates: ``grid`` for ε (None: nothing), ``spectrum`` for spectra,
-    ``frame`` the random frame of the returned prediction (``mode="random_frame"``)."""
+    ``frame`` the random frame of the returned prediction (``mode="random_frame"``);
+    ``stride``: steps since the previous monitored step (0 at the first)."""
 
     step: int
     grid: Optional[O3Grid]
@@ -74,6 +79,7 @@ class StepPlan:
     scheduled: bool  # a monitored step of the schedule (logged with its diagnostics)
     frame: Optional[np.ndarray] = None
     calibrating: bool = False  # a calibration step (symmon.monitoring.calibration)
+    stride: int = 0
 
     @property
     def full(self) -> bool:
@@ -81,10 +87,17 @@ class StepPlan:
 
 
 class Schedule:
-    """The grid of every step, from the monitor's options."""
+    """The grid of every step, from the monitor's options (``clock``: seconds, for the
+    overhead budget of ``every="auto"``; default ``time.perf_counter``)."""
 
-    def __init__(self, options: MonitorOptions):
+    def __init__(self, options: MonitorOptions, clock: Optional[Callable[[], float]] = None):
         self.every, self.full_every = options.every, options.full_every
+        self.budget = (OverheadBudget(options.overhead, 2 * options.random_rotations, clock)
+                       if options.every == "auto" else None)
+        #: seconds (the monitor times its calculations with it)
+        self.clock = self.budget.clock if self.budget is not None else perf_counter
+        self._last_monitored: Optional[int] = None  # step of the last monitored step
+        self._planned = (None, False, 0)  # (step, monitored?, stride) of the last plan
         self.random_rotations, self.seed = options.random_rotations, options.seed
         self.random_frames = options.mode == "random_frame"
         self.full_grid = quadrature_grid(options.degree)
@@ -103,14 +116,46 @@ class Schedule:
     def plan(self, step: int, averaging: bool) -> StepPlan:
         """The plan of ``step`` (``averaging``: the returned values are O(3) averages)."""
         full = self.full_every > 0 and step % self.full_every == 0
-        scheduled = full or step % self.every == 0
+        if step != self._planned[0]:  # a new step (a re-evaluation keeps its decision)
+            self._planned = (step, *self._decide(step, full))
+        _, scheduled, stride = self._planned
         frame = random_frame(self.seed, step) if self.random_frames and not averaging \
             else None
         if full:
-            return StepPlan(step, self.full_grid, self.full_grid, True, frame)
+            return StepPlan(step, self.full_grid, self.full_grid, True, frame, stride=stride)
         if averaging:
-            return StepPlan(step, self.average_grid, None, scheduled)
+            return StepPlan(step, self.average_grid, None, scheduled, stride=stride)
         if scheduled:
             grid = random_grid(self.random_rotations, step_seed(self.seed, step))
-            return StepPlan(step, grid, None, True, frame)
+            return StepPlan(step, grid, None, True, frame, stride=stride)
         return StepPlan(step, None, None, False, frame)
+
+    def _decide(self, step: int, full: bool):
+        """(monitored?, stride) of a new step: ``every``'s multiples, or the budget's
+        choice (the first step, and one numbered before the last monitored one, as
+        when a driver restarts its count, is monitored)."""
+        last = self._last_monitored
+        stride = step - last if last is not None and step > last else None
+        if self.budget is None:
+            monitored = full or step % self.every == 0
+        else:
+            monitored = full or self.budget.due(stride)
+        if monitored:
+            self._last_monitored = step
+        return monitored, stride or 0
+
+    def warm_up(self) -> None:
+        """Imports and first use of the grid code (no step is planned)."""
+        random_grid(self.random_rotations, step_seed(self.seed, 0))
+
+    def charge(self, plan: StepPlan, seconds: float) -> None:
+        """Book a calculation's time in the overhead budget (``every="auto"``)."""
+        if self.budget is not None:
+            # full-orbit and calibration steps are charged, not expected of random steps
+            self.budget.charge(seconds, plan.scheduled,
+                               plan.spectrum is None and not plan.calibrating)
+
+    def spend(self, seconds: float) -> None:
+        """Book monitor work after a calculation (its log write) in the budget."""
+        if self.budget is not None:
+            self.budget.spend(seconds)

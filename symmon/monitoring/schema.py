@@ -13,7 +13,9 @@ What is written when:
 * full-orbit steps: character spectra, residual and contamination;
 * ``mode="random_frame"``, monitored steps: ``frame_noise_<q>``, the distance of the
   returned random-frame prediction from the unrotated one;
-* once, at the step the monitor switched to averaging: ``mode_switch``.
+* once, at the step the monitor switched to averaging: ``mode_switch``;
+* every monitored step: ``monitor_stride``, the steps since the previous monitored step
+  (with ``every="auto"`` chosen by the overhead budget, :mod:`.budget`).
 """
 
 from __future__ import annotations
@@ -127,6 +129,8 @@ def observable_specs(quantities: Sequence[str], n_atoms: int, periodic: bool, l_
                                 "O(3)-averaged)"),
         "averaged": _int("1 when the returned predictions were O(3)-averaged (every step)"),
         "mode_switch": _int("1 at the step the monitor switched to O(3) averaging"),
+        "monitor_stride": _int("steps since the previous monitored step (0 at the first; "
+                               "with every='auto' chosen by the overhead budget)"),
         "calls": _int("base-model calculations since the previous logged step, this one "
                       "included (>1: re-evaluations a driver did not keep, e.g. line "
                       "searches; every step)"),

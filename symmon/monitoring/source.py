@@ -161,6 +161,12 @@ class ModelSource:
         direct = {"forces": self.nc_forces, "stress": self.nc_stress}
         return {q: DIRECT_OUTPUTS[q] if direct.get(q) else q for q in quantities}
 
+    def keep_on_device(self, features: Sequence[str]) -> None:
+        """Feature outputs the batched path returns on the model's device (the purified
+        readout is applied there; elsewhere every value is on the CPU)."""
+        if isinstance(self.orbit_model, MetatomicOrbitModel):
+            self.orbit_model.device_outputs = tuple(features)
+
     # -- evaluation --------------------------------------------------------------------
     @property
     def folds(self) -> bool:

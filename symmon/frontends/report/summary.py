@@ -22,7 +22,7 @@ TOP_STEPS = 5
 TOP_ATOMS = 5
 ERROR_SUFFIXES = ("_error", "_model_error")  # optional logged reference model errors
 METADATA_KEYS = ("model_file", "model_sha256", "base_calculator", "mode", "every",
-                 "full_every", "random_rotations", "degree", "l_max", "seed", "thresholds",
+                 "overhead", "full_every", "random_rotations", "degree", "l_max", "seed", "thresholds",
                  "on_violation", "average_degree", "symmon_version")
 
 

@@ -55,9 +55,9 @@ def run_table(s) -> Table:
     if run["time_start_ps"] is not None:
         span = f"{fmt(run['time_start_ps'], 4)} – {fmt(run['time_end_ps'], 4)} ps"
     meta = run["metadata"]
-    settings = ", ".join(f"{k}={meta[k]}" for k in ("mode", "every", "full_every",
+    settings = ", ".join(f"{k}={meta[k]}" for k in ("mode", "every", "overhead", "full_every",
                                                     "random_rotations", "l_max", "seed")
-                         if k in meta) or "–"
+                         if meta.get(k) is not None) or "–"
     rows = [["logs", ", ".join(os.path.basename(p) for p in s["logs"])],
             ["atoms", f"{run['n_atoms']} (" + ", ".join(
                 f"{n} {el}" for el, n in run["composition"].items()) + ")"],
