@@ -153,3 +153,13 @@ def model_path(name: str = "tiny_pet.pt") -> str:
     from symmon.frontends.demo import bundled_model_path
 
     return bundled_model_path(name)
+
+
+def timing_model(big: bool) -> str:
+    """The model the timing benchmarks use: the PET-MAD-sized random-weight PET
+    (``--big``, built once by make_big_pet) or the bundled tiny PET in float32."""
+    if big:
+        from .make_big_pet import ensure_big_pet
+
+        return ensure_big_pet()
+    return model_path("tiny_pet_f32.pt")

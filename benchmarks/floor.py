@@ -211,13 +211,10 @@ def main(argv=None):
     warnings.filterwarnings("ignore")
     info = C.machine_info(args.device)
     print(info)
+    model = C.timing_model(args.big)
     if args.big:
-        from .make_big_pet import ensure_big_pet
-
-        model = ensure_big_pet()
         sizes = args.sizes or ([64] if args.quick else [64, 256, 500])
     else:
-        model = C.model_path("tiny_pet_f32.pt")
         sizes = args.sizes or ([32] if args.quick else [32, 108])
     repeats = args.repeats or (2 if args.quick else 15)
     before = load_symmon(args.before) if args.before else None

@@ -65,12 +65,7 @@ def main(argv=None):
     C.setup_torch(args.threads)
     warnings.filterwarnings("ignore")
     print(C.machine_info(args.device))
-    if args.big:
-        from .make_big_pet import ensure_big_pet
-
-        model = ensure_big_pet()
-    else:
-        model = C.model_path("tiny_pet_f32.pt")
+    model = C.timing_model(args.big)
     atoms, rng = C.cell_with(args.atoms), np.random.default_rng(0)
 
     def base():
