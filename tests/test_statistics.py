@@ -304,3 +304,30 @@ def test_interval_is_never_narrower_than_the_noise_floor():
                                      grid=random_grid(3, seed)).error
         assert error.interval_68[0] <= exact <= error.interval_68[1]
         assert error.interval_68[1] - error.interval_68[0] > 0
+
+
+def test_monitor_full_grid_is_turned_so_an_aligned_ring_cannot_hide_aliasing():
+    """A 9-atom ring about the product quadrature's z axis: degree 8 samples the in-plane
+    angle at 9 points, so the ring's 9-fold orientation dependence aliases onto the mean
+    and the exactness check sees nothing. The monitor's full grid is turned by a seeded
+    Haar rotation, which the check then catches (found by an independent review)."""
+    from symmon.monitoring.options import MonitorOptions
+    from symmon.monitoring.schedule import Schedule
+
+    angles = 2 * np.pi * np.arange(9) / 9
+    ring = torch.tensor(np.stack([1.4 * np.cos(angles), 1.4 * np.sin(angles),
+                                  np.zeros(9)], 1))
+    lab = torch.tensor([0.48, -0.6, 0.64], dtype=torch.float64)
+
+    def energy(x):
+        return torch.exp(-((x - 1.4 * lab) ** 2).sum(-1) / 0.5).sum(-1)
+
+    exact = equivariance_error(energy(symmon.transform_points(ring, quadrature_grid(40))),
+                               quadrature_grid(40), "scalar", check_exactness=False).eps
+    aligned = equivariance_error(energy(symmon.transform_points(ring, quadrature_grid(8))),
+                                 quadrature_grid(8), "scalar")
+    assert aligned.exact and abs(aligned.eps / exact - 1) > 0.01  # the blind spot
+    grid = Schedule(MonitorOptions(full_every=1, degree=8)).full_grid
+    turned = equivariance_error(energy(symmon.transform_points(ring, grid)), grid, "scalar")
+    assert not turned.exact or abs(turned.eps / exact - 1) < 0.01
+    assert abs(turned.eps - exact) <= turned.quadrature_error + 1e-12

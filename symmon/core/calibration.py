@@ -44,8 +44,27 @@ DRAWS = 4000
 MIN_REFERENCE_PAIRS = 16
 
 
+class _PivotLaw:
+    """Quantiles of the law of ``T = eps_hat^2 / eps^2`` and the pivot interval; the
+    subclass gives ``ratio_table(n_pairs)`` (sorted draws) and a ``_tables`` cache."""
+
+    def ratio_quantiles(self, n_pairs: int, probabilities: Sequence[float]) -> np.ndarray:
+        """Quantiles of ``T*`` for ``n_pairs`` pairs (cached)."""
+        key = (n_pairs, tuple(float(p) for p in probabilities))
+        if key not in self._tables:
+            self._tables[key] = np.quantile(self.ratio_table(n_pairs), key[1])
+        return self._tables[key]
+
+    def interval(self, eps_sq, n_pairs: int, level: float) -> Tuple[np.ndarray, np.ndarray]:
+        """``(low, high)`` of ``eps^2`` with coverage ``level`` for estimates ``eps_sq``."""
+        low_q, high_q = self.ratio_quantiles(n_pairs, [(1 - level) / 2, (1 + level) / 2])
+        eps_sq = np.asarray(eps_sq, dtype=float)
+        high = eps_sq / low_q if low_q > 0 else np.full_like(eps_sq, np.inf)
+        return eps_sq / high_q, high
+
+
 @dataclass(frozen=True, eq=False)
-class PairCalibration:
+class PairCalibration(_PivotLaw):
     """The law of ``eps_hat^2 / eps^2`` at any number of pairs, from a reference orbit.
 
     :ivar within: ``(C,)`` ``||d_c||^2`` of each reference pair (output units squared)
@@ -71,21 +90,11 @@ class PairCalibration:
         """False when the reference is itself symmetric (``eps_ref = 0``): no shape."""
         return bool(self.eps_sq > 0 and np.isfinite(self.eps_sq))
 
-    def ratio_quantiles(self, n_pairs: int, probabilities: Sequence[float]) -> np.ndarray:
-        """Quantiles of ``T* = eps*^2 / eps_ref^2`` for ``n_pairs`` pairs (cached draws)."""
-        key = (n_pairs, tuple(float(p) for p in probabilities))
-        if key not in self._tables:
-            if n_pairs not in self._tables:
-                self._tables[n_pairs] = np.sort(self._draw_ratios(n_pairs))
-            self._tables[key] = np.quantile(self._tables[n_pairs], key[1])
-        return self._tables[key]
-
-    def interval(self, eps_sq, n_pairs: int, level: float) -> Tuple[np.ndarray, np.ndarray]:
-        """``(low, high)`` of ``eps^2`` with coverage ``level`` for estimates ``eps_sq``."""
-        low_q, high_q = self.ratio_quantiles(n_pairs, [(1 - level) / 2, (1 + level) / 2])
-        eps_sq = np.asarray(eps_sq, dtype=float)
-        high = eps_sq / low_q if low_q > 0 else np.full_like(eps_sq, np.inf)
-        return eps_sq / high_q, high
+    def ratio_table(self, n_pairs: int) -> np.ndarray:
+        """Sorted ``T* = eps*^2 / eps_ref^2`` of the bootstrap draws at ``n_pairs`` (cached)."""
+        if n_pairs not in self._tables:
+            self._tables[n_pairs] = np.sort(self._draw_ratios(n_pairs))
+        return self._tables[n_pairs]
 
     def _draw_ratios(self, n_pairs: int) -> np.ndarray:
         """``T*`` of ``DRAWS`` bootstrap samples of ``n_pairs`` pairs.
@@ -122,6 +131,45 @@ class PairCalibration:
         diagonal = self.gram[index, index].sum(axis=1)
         total = self.gram[index[:, :, None], index[:, None, :]].sum(axis=(1, 2))
         return within + np.maximum((diagonal - total / n_pairs) / (n_pairs - 1), 0.0)
+
+
+@dataclass(frozen=True, eq=False)
+class CalibrationPool(_PivotLaw):
+    """Several references of one trajectory as one law: the mixture of their ``T*``
+    (each reference's draws with equal weight), so a shape that drifts between
+    calibration steps widens the law instead of being missed, and one unlucky
+    reference weighs ``1/n``. The monitor pools its last :data:`POOL` references."""
+
+    members: Tuple[PairCalibration, ...]
+    _tables: Dict = field(default_factory=dict, repr=False)
+
+    @property
+    def usable(self) -> bool:
+        return any(member.usable for member in self.members)
+
+    @property
+    def source(self) -> str:
+        return " + ".join(member.source for member in self.members if member.usable)
+
+    def ratio_table(self, n_pairs: int) -> np.ndarray:
+        return np.sort(np.concatenate([member.ratio_table(n_pairs) for member in self.members
+                                       if member.usable]))
+
+
+#: references the monitor pools (its last calibration steps, the current one included)
+POOL = 4
+
+
+def pooled(*references) -> Optional[_PivotLaw]:
+    """One law from references and pools (None and unusable ones dropped)."""
+    members = []
+    for reference in references:
+        if reference is not None:
+            members += list(getattr(reference, "members", (reference,)))
+    members = [member for member in members if member.usable]
+    if not members:
+        return None
+    return members[0] if len(members) == 1 else CalibrationPool(tuple(members))
 
 
 def pair_calibration(plus, minus, weights=None, source: str = "reference") -> PairCalibration:

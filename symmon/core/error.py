@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .calibration import (MIN_REFERENCE_PAIRS, PairCalibration, calibration_from_back,
-                          METHOD as CALIBRATED_METHOD)
+                          pooled, METHOD as CALIBRATED_METHOD)
 from .grids import O3Grid
 from .intervals import METHOD as PAIRS_METHOD, pair_estimate
 from .orbit_values import back_transform
@@ -145,7 +145,9 @@ def equivariance_error(values, grid: O3Grid, kind, *, dtype=None,
     :param check_exactness: measure the aliased power on quadratures (else ``exact``
         is False: unchecked)
     :param calibration: reference orbit of the same output (an earlier result's
-        ``calibration``) whose pivot law gives a random grid's interval
+        ``calibration``, or a :class:`~symmon.core.calibration.CalibrationPool` of
+        several) whose pivot law gives a random grid's interval; a grid of >= 16 pairs
+        is pooled with it
     :param calibrate: also return this orbit as a reference (``.calibration``; grids of
         at least 16 pairs)
     """
@@ -166,11 +168,9 @@ def equivariance_error(values, grid: O3Grid, kind, *, dtype=None,
     else:
         n_pairs = grid.n_rotations
         own = calibration_from_back(back, grid) if n_pairs >= MIN_REFERENCE_PAIRS else None
-        reference, method = ((calibration, CALIBRATED_METHOD)
-                             if calibration is not None and calibration.usable
-                             else (own, "bootstrap"))
-        if reference is not None and not reference.usable:
-            reference = None
+        given = calibration is not None and calibration.usable
+        reference = pooled(calibration, own)  # a grid of >= 16 pairs joins the reference
+        method = CALIBRATED_METHOD if given else "bootstrap"
         estimate = pair_estimate(back[:n_pairs], back[n_pairs:], spread=reference is None)
         mean, variance = _paired_variance(back)
         eps_sq = float(estimate.eps_sq)

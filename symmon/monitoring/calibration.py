@@ -11,6 +11,11 @@ monitor takes a reference
   bootstrap interval from its own pairs);
 * on every full-orbit step (the quadrature, with its weights).
 
+The intervals use the pooled law of the last :data:`~symmon.core.calibration.POOL`
+references (:class:`~symmon.core.calibration.CalibrationPool`; a calibration step's
+own interval pools its own pairs with the earlier references): the coverage of the
+steps that share one 32-pair reference scatters around the nominal value with that
+reference's luck, and pooling halves that scatter once four calibrations have run.
 A continued run takes a new reference at its first monitored step. With
 ``calibration_rotations=0`` random steps keep the data-only Student-t interval
 (approximate below 10 rotations: docs/theory.md).
@@ -18,10 +23,11 @@ A continued run takes a new reference at its first monitored step. With
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import replace
-from typing import Dict, Optional
+from typing import Deque, Dict, Optional
 
-from ..core.calibration import PairCalibration
+from ..core.calibration import POOL, PairCalibration, pooled
 from ..core.grids import random_grid
 from .schedule import StepPlan, step_seed
 
@@ -31,8 +37,9 @@ class Calibrations:
 
     def __init__(self, rotations: int, every: int, seed: int):
         self.rotations, self.every, self.seed = rotations, every, seed
-        self.references: Dict[str, PairCalibration] = {}
-        self.step: Optional[int] = None  # step of the current references
+        self.references: Dict[str, Deque[PairCalibration]] = {}
+        self._laws: Dict[str, object] = {}
+        self.step: Optional[int] = None  # step of the newest references
         self._random_steps_since = 0
 
     def adjust(self, plan: StepPlan) -> StepPlan:
@@ -50,9 +57,15 @@ class Calibrations:
         """Whether this step's orbits become the references."""
         return plan.calibrating or (plan.full and self.rotations > 0)
 
+    def laws(self) -> Dict[str, object]:
+        """quantity -> the pooled law of its references (the intervals' law)."""
+        return self._laws
+
     def update(self, plan: StepPlan, references: Dict[str, PairCalibration]) -> None:
         if references:
-            self.references.update(references)
+            for quantity, reference in references.items():
+                self.references.setdefault(quantity, deque(maxlen=POOL)).append(reference)
+                self._laws[quantity] = pooled(*self.references[quantity])
             self.step = plan.step
             # the calibration step counts as the first of its block of calibrate_every
             self._random_steps_since = 1 if plan.calibrating else self._random_steps_since

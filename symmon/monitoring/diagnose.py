@@ -53,19 +53,20 @@ RAW_EPS = {"energy": "energy_eps", "forces": "forces_eps_total", "stress": "stre
 
 
 def epsilon_values(quantity: str, orbit_values, plan: StepPlan, n_atoms: int,
-                   dtype=None, references: Optional[MutableMapping] = None,
-                   calibrate: bool = False) -> Dict:
+                   dtype=None, laws: Optional[Mapping] = None,
+                   collect: Optional[MutableMapping] = None) -> Dict:
     """ε of one quantity on ``plan.grid``'s orbit (raw and per-atom normalised, with
     intervals and exactness flags) and its orbit RMS ``<q>_rms`` (normalised).
 
-    ``references``: quantity -> reference orbit of the intervals
-    (:mod:`symmon.monitoring.calibration`); with ``calibrate`` this orbit replaces it."""
-    references = {} if references is None else references
+    ``laws``: quantity -> reference law of the random-pair intervals
+    (:mod:`symmon.monitoring.calibration`); ``collect``: where this orbit is stored as a
+    new reference (calibration and full-orbit steps)."""
     error = equivariance_error(orbit_values, plan.grid, QUANTITY_KINDS[quantity],
                                dtype=dtype, check_exactness=plan.full,
-                               calibration=references.get(quantity), calibrate=calibrate)
-    if error.calibration is not None:
-        references[quantity] = error.calibration
+                               calibration=(laws or {}).get(quantity),
+                               calibrate=collect is not None)
+    if collect is not None and error.calibration is not None:
+        collect[quantity] = error.calibration
     factor = per_atom_factor(quantity, n_atoms)
     raw, normalised = RAW_EPS[quantity], NORMALISED_EPS[quantity]
     values = {raw: error.eps, f"{raw}_err": error.eps_stderr,
@@ -122,14 +123,14 @@ def stress_blocks(orbit_values, plan: StepPlan, l_max: int) -> Dict:
 
 
 def diagnose(orbit: Mapping[str, object], plan: StepPlan, n_atoms: int, l_max: int,
-             dtype=None, references: Optional[MutableMapping] = None,
-             calibrate: bool = False) -> Dict:
+             dtype=None, laws: Optional[Mapping] = None,
+             collect: Optional[MutableMapping] = None) -> Dict:
     """All diagnostics of one step from the orbit values of each quantity (``dtype``: the
-    model's, for the noise floor; ``references``/``calibrate``: :func:`epsilon_values`)."""
+    model's, for the noise floor; ``laws``/``collect``: :func:`epsilon_values`)."""
     values: Dict[str, object] = {"full_orbit": int(plan.full), "n_elements": len(plan.grid)}
     for quantity, orbit_values in orbit.items():
         values.update(epsilon_values(quantity, orbit_values, plan, n_atoms, dtype,
-                                     references, calibrate))
+                                     laws, collect))
         if plan.full:
             values.update(spectrum_values(quantity, orbit_values, plan, l_max))
     return values

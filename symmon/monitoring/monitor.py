@@ -227,13 +227,11 @@ class Monitor:
 
     def _judge(self, orbit, plan: StepPlan, base, quantities, record: StepRecord) -> None:
         values = record.values
-        references = {} if self.calibrations.wanted(plan) else None
+        collected = {} if self.calibrations.wanted(plan) else None
         values.update(diagnose(orbit, plan, record.positions.shape[0], self.options.l_max,
-                               self.source.model_dtype,
-                               self.calibrations.references if references is None
-                               else references, references is not None))
-        if references is not None:
-            self.calibrations.update(plan, references)
+                               self.source.model_dtype, self.calibrations.laws(), collected))
+        if collected:
+            self.calibrations.update(plan, collected)
         values.update(self.calibrations.values(plan))
         verdict = self.policy.judge(values, quantities)
         values.update(verdict.values())

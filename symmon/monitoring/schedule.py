@@ -5,8 +5,9 @@
   Haar-random rotations and their improper partners, seeded by
   ``SeedSequence([seed, step])`` (same seed, same elements at the same step; a
   continued run draws the same elements at the same step);
-* every ``full_every``-th step: the exact quadrature of degree ``degree`` (ε exact, and
-  the character spectra up to ``l_max``);
+* every ``full_every``-th step: the exact quadrature of degree ``degree``, turned by one
+  seeded Haar rotation (ε exact, and the character spectra up to ``l_max``; the turn
+  keeps a structure aligned with the grid's axis from hiding its aliasing);
 * when the monitor returns O(3) averages: the averaging quadrature at every step (it
   also gives ε of the base model exactly);
 * ``mode="random_frame"``: one Haar-random O(3) element per step (proper or improper
@@ -30,7 +31,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from ..core.grids import O3Grid, quadrature_grid, random_grid
+from ..core.grids import O3Grid, quadrature_grid, random_grid, randomized_quadrature_grid
 from ..core.outputs import QUANTITY_KINDS
 from ..core.representations import get_representation
 from .budget import OverheadBudget
@@ -100,7 +101,10 @@ class Schedule:
         self._planned = (None, False, 0)  # (step, monitored?, stride) of the last plan
         self.random_rotations, self.seed = options.random_rotations, options.seed
         self.random_frames = options.mode == "random_frame"
-        self.full_grid = quadrature_grid(options.degree)
+        # turned by one Haar rotation (seeded): exact all the same, and a structure
+        # aligned with the grid's axis (an n-ring, n dividing degree + 1) cannot hide its
+        # aliasing from the exactness check
+        self.full_grid = randomized_quadrature_grid(options.degree, options.seed)
         self._average_degree = options.average_degree
         self.average_grid: Optional[O3Grid] = None  # set by choose_average_grid
 

@@ -51,11 +51,13 @@ def _eps_specs(quantity: str) -> Dict[str, ObservableSpec]:
             (), per_atom_unit, f"{raw} per atom" if quantity == "energy" else
             "RMS over atoms of each atom's force eps = forces_eps_total / sqrt(N)")
         specs[f"{normalised}_err"] = ObservableSpec((), per_atom_unit,
-                                                    f"standard error of {normalised}")
+                                                    f"half width of the 68 % interval of "
+                                                    f"{normalised} (0 on exact quadratures)")
     for coverage in (68, 95):
         specs[f"{normalised}_ci{coverage}"] = ObservableSpec(
             (2,), per_atom_unit, f"(low, high) of {normalised} with {coverage} % coverage "
-            "(Student-t on log eps^2 over random pairs; the value itself twice on "
+            "(random pairs: the bootstrap pivot law of the references of calibration_step, "
+            "or Student-t on log eps^2 without calibration; the value itself twice on exact "
             "quadratures); see interval_method in the metadata")
     specs[f"{quantity}_at_floor"] = _int(f"1 when {normalised} is below the model's "
                                          "floating-point noise floor")
