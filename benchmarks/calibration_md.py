@@ -7,9 +7,9 @@ each frame:
 * the truth: ε of energy, forces and stress on a degree-``--degree`` quadrature (its
   ``exact`` flag is printed; a frame whose check fails is counted separately);
 * ``--orbits`` independent random orbits of P = 2, 3, 5, 10 pairs, each with its
-  intervals (a) calibrated by the reference of the last calibration frame (a 32-pair
-  random orbit, taken on the first frame and every ``--calibrate-every`` frames, as the
-  monitor does) and (b) data-only (Student-t on log ε²).
+  intervals (a) calibrated by the pooled law of the last 4 calibration frames' references
+  (32-pair random orbits, taken on the first frame and every ``--calibrate-every``
+  frames, as the monitor does) and (b) data-only (Student-t on log ε²).
 
 Prints the percentage of orbits whose 68 % / 95 % interval contains the truth.
 
@@ -69,6 +69,7 @@ def frame_orbits(model, atoms, n_orbits, seed):
 def main(argv=None):
     from symmon import equivariance_error, quadrature_grid, random_grid
     from symmon.adapters.metatomic import MetatomicOrbitModel
+    from symmon.core.calibration import POOL, pooled
     from symmon.core.intervals import batched_pair_estimate
     from symmon.frontends.demo import bundled_model_path
 
@@ -87,7 +88,7 @@ def main(argv=None):
         path = bundled_model_path(f"tiny_pet_{tag}.pt")
         model = MetatomicOrbitModel(path, device=args.device)
         hits = {}  # (quantity, P, method) -> [n, hits68, hits95]
-        references, inexact, start = {}, 0, time.perf_counter()
+        history, references, inexact, start = [], {}, 0, time.perf_counter()
         for frame, atoms in enumerate(trajectory(path, args.device, args.frames, args.stride)):
             truth_values = model.evaluate(atoms, truth_grid.matrices, list(OUTPUTS.values()))
             truth = {q: equivariance_error(truth_values[o], truth_grid, KINDS[q])
@@ -96,9 +97,10 @@ def main(argv=None):
             if frame % args.calibrate_every == 0:
                 grid = random_grid(32, seed=1000 + frame)
                 values = model.evaluate(atoms, grid.matrices, list(OUTPUTS.values()))
-                references = {q: equivariance_error(values[o], grid, KINDS[q],
-                                                    calibrate=True).calibration
-                              for q, o in OUTPUTS.items()}
+                history = (history + [{q: equivariance_error(values[o], grid, KINDS[q],
+                                                             calibrate=True).calibration
+                                       for q, o in OUTPUTS.items()}])[-POOL:]
+                references = {q: pooled(*(h[q] for h in history)) for q in OUTPUTS}
             for (quantity, n_pairs), (plus, minus) in frame_orbits(
                     model, atoms, args.orbits, seed=frame).items():
                 estimate = batched_pair_estimate(plus, minus)
