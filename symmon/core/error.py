@@ -36,7 +36,7 @@ import torch
 from .calibration import (MIN_REFERENCE_PAIRS, PairCalibration, calibration_from_back,
                           pooled, METHOD as CALIBRATED_METHOD)
 from .grids import O3Grid
-from .intervals import METHOD as PAIRS_METHOD, pair_estimate
+from .intervals import METHOD as PAIRS_METHOD, PairEstimate, pair_estimate
 from .orbit_values import back_transform
 from .representations import get_representation
 from .spectrum import paired_samples, quadrature_powers
@@ -171,8 +171,11 @@ def equivariance_error(values, grid: O3Grid, kind, *, dtype=None,
         given = calibration is not None and calibration.usable
         reference = pooled(calibration, own)  # a grid of >= 16 pairs joins the reference
         method = CALIBRATED_METHOD if given else "bootstrap"
-        estimate = pair_estimate(back[:n_pairs], back[n_pairs:], spread=reference is None)
-        mean, variance = _paired_variance(back)
+        mean, variance, within, between = _paired_variance(back)
+        estimate = (pair_estimate(back[:n_pairs], back[n_pairs:]) if reference is None
+                    else PairEstimate(np.asarray(within + between), np.asarray(within),
+                                      np.asarray(between), np.asarray(np.nan),
+                                      np.asarray(np.nan), n_pairs))
         eps_sq = float(estimate.eps_sq)
         stats = _pair_statistics(estimate, floor, reference, method)
     eps = float(np.sqrt(max(eps_sq, 0.0)))
@@ -213,11 +216,13 @@ def _weighted_variance(back: torch.Tensor, weights: torch.Tensor):
 
 
 def _paired_variance(back: torch.Tensor):
-    """Per-component unbiased variance ``mean_i ||d_i||^2 + sample var of u_i`` (see intervals)."""
+    """Per-component unbiased variance ``mean_i d_i^2 + sample var of u_i`` (see intervals)
+    and its sums ``W`` and ``B`` (their total is the pair estimate of ``eps^2``)."""
     n_pairs = back.shape[0] // 2
     plus, minus = back[:n_pairs], back[n_pairs:]
     d, u = (plus - minus) / 2, (plus + minus) / 2
-    return back.mean(dim=0), (d * d).mean(dim=0) + u.var(dim=0)
+    within, between = (d * d).mean(dim=0), u.var(dim=0)
+    return (back.mean(dim=0), within + between, float(within.sum()), float(between.sum()))
 
 
 def _quadrature_statistics(back, mean, grid: O3Grid, eps_sq, floor, check, rms) -> dict:
