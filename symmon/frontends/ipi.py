@@ -470,8 +470,8 @@ def add_ipi_arguments(parser) -> None:
     parser.add_argument("--on-violation", choices=("warn", "raise", "average"),
                         default="warn", help="what to do on a step graded problem")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--flush-every", type=int, default=10,
-                        help="flush the log every n monitored calls (default 10)")
+    parser.add_argument("--flush-every", type=int, default=50,
+                        help="flush the log every n monitored calls (default 50; and every 10 s)")
     parser.add_argument("--non-conservative", action="store_true",
                         help="use the model's direct (non-conservative) forces and stress")
     parser.add_argument("--threads", type=int, default=1,

@@ -190,8 +190,8 @@ class MonitorOptions:
     :param calibrate_every: a calibration step every this many monitored random steps
         (and on the first)
     :param seed: seed of the random rotations (same seed, same log)
-    :param flush_every: flush the log every this many monitored steps (and every
-        1000 steps; :mod:`symmon.monitoring.recorder`)
+    :param flush_every: flush the log every this many monitored steps (default 50), and
+        every 1000 steps and 10 s whatever the count (:mod:`symmon.monitoring.recorder`)
     :param log_mode: ``"create"`` (refuse an existing file), ``"append"``, ``"overwrite"``
     :param trajectory: also log every unmonitored step (frame, the model's energy,
         forces and stress, net force/torque, calls), so the log is the whole trajectory;
@@ -212,7 +212,7 @@ class MonitorOptions:
     calibration_rotations: int = 32
     calibrate_every: int = 100
     seed: int = 0
-    flush_every: int = 10
+    flush_every: int = 50
     log_mode: str = "create"
     trajectory: bool = False
     metadata: Mapping[str, object] = field(default_factory=dict)
