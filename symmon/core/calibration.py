@@ -25,8 +25,8 @@ a full-orbit step) and carries it to the following steps; measured coverage on a
 models with the reference on a *different* (perturbed) structure and along tiny-PET MD
 is in docs/theory.md.
 
-Only ``||d_c||^2`` and the Gram matrix of the ``u_c`` are kept (``C + C^2`` numbers), so
-each bootstrap draw costs ``P^2`` look-ups.
+Only ``||d_c||^2`` and the Gram matrix of the ``u_c`` are kept (``C + C^2`` numbers); a
+table of draws is one product with the matrix of pair counts per draw.
 """
 
 from __future__ import annotations
@@ -125,11 +125,16 @@ class PairCalibration(_PivotLaw):
         return float(self.within.mean() + between)
 
     def _estimates(self, index: np.ndarray) -> np.ndarray:
-        """The pair estimator ``W + B`` on the reference pairs ``index`` ``(draws, P)``."""
-        n_pairs = index.shape[1]
-        within = self.within[index].mean(axis=1)
-        diagonal = self.gram[index, index].sum(axis=1)
-        total = self.gram[index[:, :, None], index[:, None, :]].sum(axis=(1, 2))
+        """The pair estimator ``W + B`` on the reference pairs ``index`` ``(draws, P)``,
+        through the count of each reference pair per draw ``c``: ``W = c.w / P``,
+        ``B = (c.diag(G) - c G c / P) / (P - 1)`` (one matrix product, not ``P^2``
+        look-ups per draw)."""
+        n_draws, n_pairs = index.shape
+        counts = np.zeros((n_draws, self.n_pairs))
+        np.add.at(counts, (np.repeat(np.arange(n_draws), n_pairs), index.ravel()), 1.0)
+        within = counts @ self.within / n_pairs
+        diagonal = counts @ np.diagonal(self.gram)
+        total = np.einsum("dc,dc->d", counts @ self.gram, counts)
         return within + np.maximum((diagonal - total / n_pairs) / (n_pairs - 1), 0.0)
 
 
