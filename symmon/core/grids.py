@@ -152,6 +152,14 @@ class O3Grid:
             self._cache[key] = torch.as_tensor(self.matrices, dtype=dtype, device=device)
         return self._cache[key]
 
+    def torch_determinants(self, device="cpu") -> torch.Tensor:
+        """:attr:`determinants` as a float64 tensor (cached)."""
+        key = ("determinants", str(device))
+        if key not in self._cache:
+            self._cache[key] = torch.as_tensor(self.determinants, dtype=torch.float64,
+                                               device=device)
+        return self._cache[key]
+
     def torch_weights(self, device="cpu") -> torch.Tensor:
         key = ("weights", str(device))
         if key not in self._cache:

@@ -35,7 +35,7 @@ def back_transform(values, grid: O3Grid, kind) -> torch.Tensor:
     values = as_float64(values)
     check_orbit(values, grid)
     matrices = grid.torch_matrices(values.device)
-    determinants = torch.as_tensor(grid.determinants, dtype=torch.float64, device=values.device)
+    determinants = grid.torch_determinants(values.device)
     return representation.back_transform(values, matrices, determinants)
 
 
