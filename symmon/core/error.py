@@ -154,44 +154,51 @@ def equivariance_error(values, grid: O3Grid, kind, *, dtype=None,
     representation = get_representation(kind)
     dtype = torch.as_tensor(values).dtype if dtype is None else dtype
     back = back_transform(values, grid, representation)
-    weights = grid.torch_weights(back.device)
-    mean_square = float(torch.tensordot(weights, back * back, dims=1).sum())
-    rms = float(np.sqrt(mean_square))
-    floor = NOISE_ULPS * float(torch.finfo(_torch_dtype(dtype)).eps) * rms
     own = None
     if grid.is_exact:
+        weights = grid.torch_weights(back.device)
+        mean_square = float(torch.tensordot(weights, back * back, dims=1).sum())
+        floor = _noise_floor(dtype, mean_square)
         mean, variance = _weighted_variance(back, weights)
         variance = variance.clamp_min(0.0)
         eps_sq = float(variance.sum())
         stats = _quadrature_statistics(back, mean, grid, eps_sq, floor, check_exactness,
-                                       rms)
+                                       float(np.sqrt(mean_square)))
+        mean, variance = mean.cpu().numpy(), variance.cpu().numpy()
     else:
         n_pairs = grid.n_rotations
         own = calibration_from_back(back, grid) if n_pairs >= MIN_REFERENCE_PAIRS else None
         given = calibration is not None and calibration.usable
         reference = pooled(calibration, own)  # a grid of >= 16 pairs joins the reference
         method = CALIBRATED_METHOD if given else "bootstrap"
-        mean, variance, within, between = _paired_variance(back)
+        # a few small arrays: NumPy's per-operation cost is a fraction of torch's
+        mean_square, mean, variance, within, between = _paired_variance(back.cpu().numpy())
+        floor = _noise_floor(dtype, mean_square)
         estimate = (pair_estimate(back[:n_pairs], back[n_pairs:]) if reference is None
                     else PairEstimate(np.asarray(within + between), np.asarray(within),
                                       np.asarray(between), np.asarray(np.nan),
                                       np.asarray(np.nan), n_pairs))
         eps_sq = float(estimate.eps_sq)
         stats = _pair_statistics(estimate, floor, reference, method)
+    rms = float(np.sqrt(mean_square))
     eps = float(np.sqrt(max(eps_sq, 0.0)))
     n_item = len(representation.item_shape)
-    item_dims = tuple(range(variance.dim() - n_item, variance.dim()))
-    per_item = variance.sum(dim=item_dims) if n_item else variance
+    item_axes = tuple(range(variance.ndim - n_item, variance.ndim))
+    per_item = variance.sum(axis=item_axes) if n_item else variance
     return EquivarianceError(
         eps=eps, eps_sq=eps_sq,
-        per_item=per_item.clamp_min(0.0).sqrt().cpu().numpy(),
-        per_component=variance.clamp_min(0.0).sqrt().cpu().numpy(),
+        per_item=np.sqrt(np.maximum(per_item, 0.0)),
+        per_component=np.sqrt(np.maximum(variance, 0.0)),
         rms=rms, relative=eps / rms if rms > 0 else float("nan"),
-        mean=mean.cpu().numpy(), estimator="quadrature" if grid.is_exact else "unbiased_pairs",
+        mean=mean, estimator="quadrature" if grid.is_exact else "unbiased_pairs",
         n_elements=len(grid), noise_floor=floor, at_floor=bool(eps <= floor),
         dtype=str(dtype).replace("torch.", ""),
         calibration=_reference_of(back, grid, own) if calibrate else None, **stats,
     )
+
+
+def _noise_floor(dtype, mean_square: float) -> float:
+    return NOISE_ULPS * float(torch.finfo(_torch_dtype(dtype)).eps) * float(np.sqrt(mean_square))
 
 
 def _reference_of(back, grid: O3Grid, own) -> Optional[PairCalibration]:
@@ -215,14 +222,17 @@ def _weighted_variance(back: torch.Tensor, weights: torch.Tensor):
     return mean, torch.tensordot(weights, centred * centred, dims=1)
 
 
-def _paired_variance(back: torch.Tensor):
-    """Per-component unbiased variance ``mean_i d_i^2 + sample var of u_i`` (see intervals)
-    and its sums ``W`` and ``B`` (their total is the pair estimate of ``eps^2``)."""
+def _paired_variance(back: np.ndarray):
+    """``<||y||^2>``, the orbit mean, the per-component unbiased variance
+    ``mean_i d_i^2 + sample var of u_i`` (see intervals) and its sums ``W`` and ``B``
+    (their total is the pair estimate of ``eps^2``), from ``(2P, ...)`` values."""
     n_pairs = back.shape[0] // 2
     plus, minus = back[:n_pairs], back[n_pairs:]
     d, u = (plus - minus) / 2, (plus + minus) / 2
-    within, between = (d * d).mean(dim=0), u.var(dim=0)
-    return (back.mean(dim=0), within + between, float(within.sum()), float(between.sum()))
+    within, between = (d * d).mean(axis=0), u.var(axis=0, ddof=1)
+    mean_square = float(np.vdot(back, back)) / back.shape[0]
+    return (mean_square, back.mean(axis=0), within + between, float(within.sum()),
+            float(between.sum()))
 
 
 def _quadrature_statistics(back, mean, grid: O3Grid, eps_sq, floor, check, rms) -> dict:
