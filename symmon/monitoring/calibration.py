@@ -50,7 +50,9 @@ class Calibrations:
         self._random_steps_since += 1
         if not due:
             return plan
-        grid = random_grid(self.rotations, step_seed(self.seed, plan.step))
+        # never fewer pairs than an ordinary step of this run evaluates
+        rotations = max(self.rotations, plan.grid.n_rotations)
+        grid = random_grid(rotations, step_seed(self.seed, plan.step))
         return replace(plan, grid=grid, calibrating=True)
 
     def wanted(self, plan: StepPlan) -> bool:
