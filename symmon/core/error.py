@@ -36,7 +36,7 @@ import torch
 from .calibration import (MIN_REFERENCE_PAIRS, PairCalibration, calibration_from_back,
                           pooled, METHOD as CALIBRATED_METHOD)
 from .grids import O3Grid
-from .intervals import METHOD as PAIRS_METHOD, PairEstimate, pair_estimate
+from .intervals import METHOD as PAIRS_METHOD, pair_estimate
 from .orbit_values import back_transform
 from .representations import get_representation
 from .spectrum import paired_samples, quadrature_powers
@@ -154,7 +154,10 @@ def equivariance_error(values, grid: O3Grid, kind, *, dtype=None,
     representation = get_representation(kind)
     dtype = torch.as_tensor(values).dtype if dtype is None else dtype
     back = back_transform(values, grid, representation)
-    own = None
+    # this orbit as a reference: asked for, or a random grid big enough to be its own
+    own = (calibration_from_back(back, grid)
+           if grid.n_rotations >= MIN_REFERENCE_PAIRS and (calibrate or not grid.is_exact)
+           else None)
     if grid.is_exact:
         weights = grid.torch_weights(back.device)
         mean_square = float(torch.tensordot(weights, back * back, dims=1).sum())
@@ -166,20 +169,14 @@ def equivariance_error(values, grid: O3Grid, kind, *, dtype=None,
                                        float(np.sqrt(mean_square)))
         mean, variance = mean.cpu().numpy(), variance.cpu().numpy()
     else:
-        n_pairs = grid.n_rotations
-        own = calibration_from_back(back, grid) if n_pairs >= MIN_REFERENCE_PAIRS else None
         given = calibration is not None and calibration.usable
         reference = pooled(calibration, own)  # a grid of >= 16 pairs joins the reference
-        method = CALIBRATED_METHOD if given else "bootstrap"
         # a few small arrays: NumPy's per-operation cost is a fraction of torch's
-        mean_square, mean, variance, within, between = _paired_variance(back.cpu().numpy())
+        mean_square, mean, variance = _paired_variance(back.cpu().numpy())
         floor = _noise_floor(dtype, mean_square)
-        estimate = (pair_estimate(back[:n_pairs], back[n_pairs:]) if reference is None
-                    else PairEstimate(np.asarray(within + between), np.asarray(within),
-                                      np.asarray(between), np.asarray(np.nan),
-                                      np.asarray(np.nan), n_pairs))
-        eps_sq = float(estimate.eps_sq)
-        stats = _pair_statistics(estimate, floor, reference, method)
+        eps_sq = float(variance.sum())  # W + B, the unbiased pair estimate
+        stats = _pair_statistics(back, grid, eps_sq, floor, reference,
+                                 CALIBRATED_METHOD if given else "bootstrap")
     rms = float(np.sqrt(mean_square))
     eps = float(np.sqrt(max(eps_sq, 0.0)))
     n_item = len(representation.item_shape)
@@ -193,19 +190,12 @@ def equivariance_error(values, grid: O3Grid, kind, *, dtype=None,
         mean=mean, estimator="quadrature" if grid.is_exact else "unbiased_pairs",
         n_elements=len(grid), noise_floor=floor, at_floor=bool(eps <= floor),
         dtype=str(dtype).replace("torch.", ""),
-        calibration=_reference_of(back, grid, own) if calibrate else None, **stats,
+        calibration=own if calibrate else None, **stats,
     )
 
 
 def _noise_floor(dtype, mean_square: float) -> float:
     return NOISE_ULPS * float(torch.finfo(_torch_dtype(dtype)).eps) * float(np.sqrt(mean_square))
-
-
-def _reference_of(back, grid: O3Grid, own) -> Optional[PairCalibration]:
-    if own is not None:
-        return own
-    return calibration_from_back(back, grid) if grid.n_rotations >= MIN_REFERENCE_PAIRS \
-        else None
 
 
 def _torch_dtype(dtype) -> torch.dtype:
@@ -223,16 +213,14 @@ def _weighted_variance(back: torch.Tensor, weights: torch.Tensor):
 
 
 def _paired_variance(back: np.ndarray):
-    """``<||y||^2>``, the orbit mean, the per-component unbiased variance
-    ``mean_i d_i^2 + sample var of u_i`` (see intervals) and its sums ``W`` and ``B``
-    (their total is the pair estimate of ``eps^2``), from ``(2P, ...)`` values."""
+    """``<||y||^2>``, the orbit mean and the per-component unbiased variance
+    ``mean_i d_i^2 + sample var of u_i`` (its sum ``W + B`` is the pair estimate of
+    ``eps^2``; see intervals), from ``(2P, ...)`` values."""
     n_pairs = back.shape[0] // 2
     plus, minus = back[:n_pairs], back[n_pairs:]
     d, u = (plus - minus) / 2, (plus + minus) / 2
-    within, between = (d * d).mean(axis=0), u.var(axis=0, ddof=1)
     mean_square = float(np.vdot(back, back)) / back.shape[0]
-    return (mean_square, back.mean(axis=0), within + between, float(within.sum()),
-            float(between.sum()))
+    return mean_square, back.mean(axis=0), (d * d).mean(axis=0) + u.var(axis=0, ddof=1)
 
 
 def _quadrature_statistics(back, mean, grid: O3Grid, eps_sq, floor, check, rms) -> dict:
@@ -274,17 +262,20 @@ def alias_power(centred: torch.Tensor, grid: O3Grid) -> float:
     return max(total - resolved, 0.0)
 
 
-def _pair_statistics(estimate, floor: float, reference=None, method="") -> dict:
+def _pair_statistics(back, grid: O3Grid, eps_sq: float, floor: float, reference=None,
+                     method="") -> dict:
     """Intervals of ``eps`` from random pairs (from ``reference``'s pivot law when
-    given), never narrower than the noise floor: when every pair gives the same value
-    (a constant lab field) the estimate is exact up to round-off, and a zero-width
-    interval would miss the truth by round-off alone."""
+    given, else the data-only Student-t), never narrower than the noise floor: when
+    every pair gives the same value (a constant lab field) the estimate is exact up to
+    round-off, and a zero-width interval would miss the truth by round-off alone."""
+    n_pairs = grid.n_rotations
     if reference is None:
+        estimate = pair_estimate(back[:n_pairs], back[n_pairs:])
         intervals, method, source = [estimate.eps_interval(level) for level in (0.68, 0.95)], \
             PAIRS_METHOD, ""
     else:
-        intervals = [_sqrt_interval(reference.interval(estimate.eps_sq, estimate.n_pairs,
-                                                       level)) for level in (0.68, 0.95)]
+        intervals = [_sqrt_interval(reference.interval(eps_sq, n_pairs, level))
+                     for level in (0.68, 0.95)]
         source = reference.source
     low68, high68 = _widened(intervals[0], floor)
     low95, high95 = _widened(intervals[1], floor)

@@ -69,22 +69,18 @@ class PairEstimate:
         return np.sqrt(np.maximum(low, 0.0)), np.sqrt(np.maximum(high, 0.0))
 
 
-def pair_estimate(plus, minus, spread: bool = True) -> PairEstimate:
+def pair_estimate(plus, minus) -> PairEstimate:
     """:class:`PairEstimate` from back-transformed values at ``R_i`` and ``-R_i``.
 
     :param plus, minus: ``(P, *components)`` for one orbit (``(S, P, ...)`` for ``S``
         orbits: :func:`batched_pair_estimate`)
     """
     return batched_pair_estimate(torch.as_tensor(plus)[None], torch.as_tensor(minus)[None],
-                                 squeeze=True, spread=spread)
+                                 squeeze=True)
 
 
-def batched_pair_estimate(plus, minus, squeeze: bool = False,
-                          spread: bool = True) -> PairEstimate:
-    """:func:`pair_estimate` of ``S`` independent orbits at once, values ``(S, P, ...)``.
-
-    ``spread=False``: only ``eps^2``, ``W`` and ``B`` (``log_se`` and ``dof`` NaN), for
-    callers whose interval comes from a reference orbit."""
+def batched_pair_estimate(plus, minus, squeeze: bool = False) -> PairEstimate:
+    """:func:`pair_estimate` of ``S`` independent orbits at once, values ``(S, P, ...)``."""
     plus, minus = torch.as_tensor(plus, dtype=torch.float64), torch.as_tensor(
         minus, dtype=torch.float64)
     n_batch, n_pairs = plus.shape[:2]
@@ -98,11 +94,6 @@ def batched_pair_estimate(plus, minus, squeeze: bool = False,
     b_i = (deviations * deviations).sum(dim=2) * n_pairs / (n_pairs - 1)
     within, between = w_i.mean(dim=1).numpy(), b_i.mean(dim=1).numpy()
     eps_sq = within + between
-    if not spread:
-        unknown = np.full_like(eps_sq, np.nan)
-        fields = (eps_sq, within, between, unknown, unknown)
-        return PairEstimate(*(np.asarray(f[0]) for f in fields) if squeeze else fields,
-                            n_pairs)
     var_w = w_i.var(dim=1).numpy() / n_pairs
     var_b, dof_b = _between_variance(b_i, deviations, between, n_pairs)
     variance = var_w + var_b
