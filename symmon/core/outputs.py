@@ -66,6 +66,14 @@ _ALIAS_TO_NAME = {alias: o.name for o in OUTPUTS.values() for alias in o.aliases
 EV_PER_A3_IN_GPA = 160.21766208
 
 
+def without_net_force(forces):
+    """``(K, N, 3)`` direct forces less their mean over atoms (axis 1), as
+    ``MetatomicCalculator`` returns direct forces; torch tensors or NumPy arrays."""
+    if isinstance(forces, np.ndarray):
+        return forces - forces.mean(axis=1, keepdims=True)
+    return forces - forces.mean(dim=1, keepdim=True)
+
+
 def canonical_name(name: str) -> str:
     """symmon's name of an output spelled ``name`` by some model (unknown names pass)."""
     return _ALIAS_TO_NAME.get(name, name)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .grids import O3Grid
-from .metrics import back_transform
+from .orbit_values import back_transform
 from .representations import get_representation
 
 __all__ = ["NormalEquations", "apply_correction", "apply_correction_torch", "choose_lambda", "inverse_representation",

@@ -40,7 +40,9 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..core.outputs import DIRECT_OUTPUTS, EV_PER_A3_IN_GPA, QUANTITY_KINDS, output, pretty_unit
+from ..core.outputs import (DIRECT_OUTPUTS, EV_PER_A3_IN_GPA, QUANTITY_KINDS, output, pretty_unit,
+                            without_net_force)
+from ..io.files import jsonable
 
 #: quantity -> unit of its per-structure numbers (file spelling)
 UNITS = {"energy": "eV/atom", "forces": "eV/angstrom", "stress": "eV/angstrom^3"}
@@ -104,7 +106,7 @@ def evaluate_structure(orbit_model, atoms, grid, outputs: Dict[str, str],
     for quantity, name in outputs.items():
         value = values[name]
         if name == "non_conservative_forces":  # net force removed, as MetatomicCalculator does
-            value = value - value.mean(dim=1, keepdim=True)
+            value = without_net_force(value)
         orbit, lab_frame = value[:len(grid)], value[len(grid)]
         kind = output(name).kind
         eps_sq = equivariance_error(orbit, grid, kind).eps_sq
@@ -236,19 +238,9 @@ def summarize(results: Sequence[StructureResult], model: str, grid, outputs) -> 
 # --------------------------------------------------------------------------------------
 # rendering
 # --------------------------------------------------------------------------------------
-def _json_value(value):
-    if isinstance(value, dict):
-        return {key: _json_value(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_json_value(item) for item in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
 def to_json(document: Dict) -> str:
     """Strict JSON (missing numbers are ``null``)."""
-    return json.dumps(_json_value(document), indent=1)
+    return json.dumps(jsonable(document), indent=1)
 
 
 def _number(value: float) -> str:

@@ -28,6 +28,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 from ..core.outputs import matrix_to_voigt, pretty_unit
+from ..io.files import write_through
 from ..io.log import LogFormatError, LogReader, read_log
 
 EPS_PER_ATOM = "forces_eps_per_atom"
@@ -266,27 +267,11 @@ def _step_info(reader: LogReader, step: int, time: float, values) -> Dict[str, o
 # ----------------------------------------------------------------- writers
 
 
-def _atomic_write(path: str, write) -> None:
-    """``write(temporary path)`` then rename onto ``path``: no half-written file."""
-    directory, base = os.path.split(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"cannot write {path!r}: directory {directory!r} does not exist")
-    if os.path.isdir(path):
-        raise ValueError(f"cannot write {path!r}: it is a directory; give a file name")
-    partial = os.path.join(directory, f".{os.getpid()}.partial.{base}")
-    try:
-        write(partial)
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
-
-
 def write_extxyz(path: str, frames) -> None:
     """Extended XYZ of ``frames`` (per-atom columns keep 8 decimals: ASE's format)."""
     import ase.io
 
-    _atomic_write(path, lambda tmp: ase.io.write(tmp, frames, format="extxyz"))
+    write_through(path, lambda tmp: ase.io.write(tmp, frames, format="extxyz"))
 
 
 #: per-step numbers shown as chemiscope structure properties: info key -> description
@@ -348,7 +333,7 @@ def write_chemiscope(path: str, frames, name: str) -> None:
                 "equivariance errors (ε) of the monitored steps"}
     with warnings.catch_warnings():  # NaN (e.g. relative ε of a zero stress) is expected
         warnings.filterwarnings("ignore", message=".*has NaNs.*")
-        _atomic_write(path, lambda tmp: chemiscope.write_input(
+        write_through(path, lambda tmp: chemiscope.write_input(
             tmp, structures=list(frames), properties=properties, metadata=metadata,
             environments=chemiscope.all_atomic_environments(frames), settings=settings))
 

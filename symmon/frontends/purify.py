@@ -17,7 +17,7 @@ import numpy as np
 
 from ..core.grids import O3Grid
 from ..adapters import feature_output
-from ..core.outputs import OUTPUTS, canonical_name, output, pretty_unit
+from ..core.outputs import OUTPUTS, canonical_name, output, pretty_unit, without_net_force
 from ..core.purification import NormalEquations, choose_lambda, scan_lambdas
 from ..io.files import file_sha256
 from ..io.readout import Readout
@@ -91,8 +91,8 @@ def sweep_structures(orbit_model, structures, target: str, grid: O3Grid,
         out = orbit_model.evaluate(atoms, grid.matrices, [target, feature])
         outputs, features = out[target].numpy(), out[feature].numpy()
         if target == "non_conservative_forces":  # net force removed, as MetatomicCalculator,
-            outputs = outputs - outputs.mean(axis=1, keepdims=True)  # the monitor and eval
-            features = features - features.mean(axis=1, keepdims=True)  # do: A phi likewise
+            outputs = without_net_force(outputs)  # the monitor and eval do; A phi likewise
+            features = without_net_force(features)
         labels = None if not labels_key else read_label(
             atoms, labels_key, label_quantity(target), required=True)
         equations = NormalEquations(row.kind, row.per_atom, features.shape[-1], intercept)

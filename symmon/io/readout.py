@@ -24,7 +24,7 @@ import torch
 
 from ..core.outputs import output
 from ..core.purification import apply_correction, apply_correction_torch
-from .files import file_sha256
+from .files import file_sha256, write_through
 
 __all__ = ["Readout", "load_readout"]
 
@@ -69,11 +69,14 @@ class Readout:
                                       self.intercept)
 
     def save(self, path) -> None:
+        """Write the readout whole or not at all."""
+        write_through(path, self._write)
+
+    def _write(self, tmp) -> None:
         import h5py
 
         from .. import __version__
 
-        tmp = f"{os.fspath(path)}.tmp"
         with h5py.File(tmp, "w") as f:
             f.attrs.update({"format": FORMAT, "version": 1, "target": self.target,
                             "feature": self.feature, "lambda": self.lam,
@@ -84,7 +87,6 @@ class Readout:
                 columns = [k for k in self.table[0] if k != "matrix"]
                 f["scan"] = np.array([[row[c] for c in columns] for row in self.table])
                 f["scan"].attrs["columns"] = columns
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path) -> "Readout":

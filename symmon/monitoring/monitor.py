@@ -27,7 +27,7 @@ import numpy as np
 from .. import __version__
 from ..adapters.base import validate_atoms
 from ..core.metrics import orbit_average
-from ..core.outputs import QUANTITY_KINDS, QUANTITY_UNITS
+from ..core.outputs import QUANTITY_KINDS, QUANTITY_UNITS, without_net_force
 from ..io.files import file_sha256
 from . import thresholds
 from .calibration import Calibrations
@@ -222,7 +222,7 @@ class Monitor:
             features = values.pop(readout.feature)
             corrected = readout.correct_torch(values[quantity], features)
             if quantity == "forces":  # as MetatomicCalculator returns direct forces
-                corrected = corrected - corrected.mean(dim=1, keepdim=True)
+                corrected = without_net_force(corrected)
             values[quantity] = corrected
 
     def _judge(self, orbit, plan: StepPlan, base, quantities, record: StepRecord) -> None:

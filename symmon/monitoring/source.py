@@ -37,7 +37,7 @@ from ase.calculators.calculator import all_changes
 from ..adapters.ase import ASEOrbitModel
 from ..adapters.dispatch import held_metatomic_calculator
 from ..adapters.metatomic import MetatomicOrbitModel, metatomic_calculator_class
-from ..core.outputs import DIRECT_OUTPUTS, voigt_to_matrix
+from ..core.outputs import DIRECT_OUTPUTS, voigt_to_matrix, without_net_force
 
 #: ASE properties a monitor returns when its base implements them
 ASE_PROPERTIES = ("energy", "free_energy", "forces", "stress")
@@ -278,7 +278,7 @@ class ModelSource:
             return
         for values in stacks.values():
             if "forces" in values:
-                values["forces"] = values["forces"] - values["forces"].mean(dim=1, keepdim=True)
+                values["forces"] = without_net_force(values["forces"])
 
     # -- warm-up -----------------------------------------------------------------------
     def warm_up(self, n_copies: int, features: Sequence[str] = ()) -> float:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ...adapters.labels import label_quantity, read_labels
-from ...core.metrics import character_spectrum, equivariance_error, orbit_average
+from ...core.metrics import character_spectrum, equivariance_error
 from ...core.outputs import output
 from ...core.grids import O3Grid, quadrature_grid
 from ...core.irreps import irreps_up_to
@@ -151,7 +151,7 @@ def spectrum_columns(spectrum):
     """``(n_cols, samples)`` power per irrep then residual, and ``(samples,)`` totals."""
     power = spectrum.power.reshape(spectrum.power.shape[0], -1)  # (n_irreps, s)
     total = spectrum.total.reshape(-1)
-    residual = total - power.sum(axis=0)
+    residual = spectrum.residual.reshape(-1)
     return np.concatenate([power, residual[None]], axis=0), total
 
 
@@ -291,7 +291,7 @@ def _output_metrics(kind, values, grid, n_grid, label) -> Dict:
     metrics = {"kind": kind, "eps": error.eps, "relative": error.relative, "rms": error.rms}
     if label is not None:
         lab_frame = values[n_grid].cpu().numpy()
-        symmetrized = orbit_average(orbit, grid, kind).cpu().numpy()
+        symmetrized = error.mean  # the orbit average, already computed
         label = np.asarray(label, dtype=np.float64).reshape(lab_frame.shape)
         metrics["squared"] = ((lab_frame - label) ** 2).reshape(-1)
         metrics["squared_sym"] = ((symmetrized - label) ** 2).reshape(-1)

@@ -18,7 +18,7 @@ __all__ = ["FORMATS", "render_html", "render_json", "render_text", "summary_line
 
 def render_json(summary: dict) -> str:
     """The summary as JSON (NaN written as null)."""
-    from .summary import jsonable
+    from ...io.files import jsonable
 
     return json.dumps(jsonable(summary), indent=2)
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from ...core.irreps import Irrep
 from ...core.outputs import EV_PER_A3_IN_GPA, QUANTITY_KINDS
+from ...io.files import jsonable
 from ...io.log import LogFormatError, LogReader
 from .criteria import judge, resolve_thresholds, verdict
 from .series import (lookup, monitored_quantities, per_atom_sample, quantity_series, read,
@@ -313,18 +314,3 @@ def composition(species) -> dict:
     return {s: names.count(s) for s in dict.fromkeys(names)}
 
 
-def jsonable(x):
-    """Plain Python types; NaN/inf become None."""
-    if isinstance(x, Mapping):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, np.ndarray):
-        return jsonable(x.tolist())
-    return x
