@@ -86,8 +86,6 @@ class MetatomicOrbitModel(OrbitModel):
     :param wrapper: ``(calculator, attribute)`` when ``model`` is the
         ``MetatomicCalculator`` held by another calculator: on the first call the
         wrapper's energy is checked equal to the model's
-    :ivar non_conservative: the ``non_conservative`` setting of the
-        ``MetatomicCalculator`` it was built from (``False`` otherwise)
     :ivar path: which evaluation path is used, and why
     """
 
@@ -98,8 +96,6 @@ class MetatomicOrbitModel(OrbitModel):
 
         self.model = load_metatomic_model(model, extensions_directory)
         self.model_path = _model_file(model)
-        self.non_conservative = getattr(model, "parameters", {}).get("non_conservative", False) \
-            if isinstance(model, metatomic_calculator_class()) else False
         self.capabilities = self.model.capabilities()
         self.dtype = _DTYPES[self.capabilities.dtype]
         self.device = torch.device(pick_device(self.capabilities.supported_devices, device))

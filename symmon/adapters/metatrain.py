@@ -34,7 +34,7 @@ from .catalogue import OutputCatalogue
 from .hooks import (CaptureResult, ForwardHooks, edge_index, hooked_bases,
                     split_module_output)
 from .metatrain_checkpoint import checkpoint_epoch, load_metatrain_checkpoint
-from .orbit_systems import OrbitSystems, per_copy_values
+from .orbit_systems import OrbitSystems, output_values
 from .pet_modules import OUTPUT_PREFIX, ModuleNames, default_pet_modules, split_suffix
 
 __all__ = ["CaptureResult", "MetatrainOrbitModel", "default_pet_modules",
@@ -221,8 +221,7 @@ class MetatrainOrbitModel(OrbitModel):
                 hooks.clear()
                 raw = self.model(self.systems.copies(system, block), requests)
                 for name in wanted:
-                    values = per_copy_values(raw[name].block(), k, n_atoms)
-                    chunks[name].append((values[..., 0] if values.shape[-1] == 1 else values)
+                    chunks[name].append(output_values(raw[name].block(), name, k, n_atoms)
                                         .to("cpu", torch.float64))
                 edges = _same_edges(edges, edge_index(hooks.batch, k, n_atoms))
                 for base, suffixes in hooked.items():

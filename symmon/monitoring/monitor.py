@@ -18,7 +18,6 @@ i-PI client) call :meth:`calculate` and hand the results on.
 
 from __future__ import annotations
 
-import time
 import warnings
 from typing import Dict, Mapping, Optional, Tuple
 
@@ -145,7 +144,7 @@ class Monitor:
         quantities = self.source.quantities(atoms)
         if self._atoms is None:
             self._say_not_monitored(atoms)
-            self._atoms, start = atoms.copy(), time.perf_counter()
+            self._atoms = atoms.copy()
         self._commit_left_initial_state()
         step = self.clock.next_step()
         if self.averaging:
@@ -175,7 +174,7 @@ class Monitor:
                                       None if periodic else atoms.get_masses(), periodic))
         self.last_values = values
         if self.first_step_s is None:
-            self.first_step_s = time.perf_counter() - start
+            self.first_step_s = self.schedule.clock() - started
         if self.clock.attached:
             record.at_driver = self.clock.confirms(record.positions)
             self._pending = record

@@ -59,7 +59,7 @@ class Recorder:
         if self.path is not None:
             check_log_path(self.path, mode)  # refuse bad paths before any step runs
         self._writer: Optional[LogWriter] = None
-        self._unflushed, self._unflushed_monitored = 0, 0
+        self._unflushed_monitored = 0
         self._flushed_at = time.monotonic()
 
     def write(self, record: StepRecord, atoms, specs: Callable[[], dict],
@@ -76,16 +76,16 @@ class Recorder:
         logged = {k: v for k, v in record.values.items() if k in self._writer.specs
                   and (record.monitored or k in EVERY_STEP)}
         self._writer.append_many(record.step, record.time_ps, logged)
-        self._unflushed += 1
         self._unflushed_monitored += int(record.monitored)
-        if (self._unflushed_monitored >= self.flush_every or self._unflushed >= FLUSH_STEPS
+        # (FLUSH_STEPS records of any kind: the writer's own flush_every)
+        if (self._unflushed_monitored >= self.flush_every
                 or time.monotonic() - self._flushed_at >= FLUSH_SECONDS):
             self.flush()
 
     def flush(self) -> None:
         if self._writer is not None:
             self._writer.flush()
-        self._unflushed, self._unflushed_monitored = 0, 0
+        self._unflushed_monitored = 0
         self._flushed_at = time.monotonic()
 
     def close(self) -> None:
