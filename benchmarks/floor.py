@@ -5,13 +5,16 @@ ms per calculation; medians, and minima, which on a shared machine are the close
 the uncontended time and give the steadier ratios):
 
 * the floor: one plain ``MetatomicCalculator`` calculation, and one batched orbit call
-  (``MetatomicOrbitModel.evaluate``) of K = 1, 3, 7, 13 copies;
+  (``MetatomicOrbitModel.evaluate``) of K = 1, 3, 7, 13, 65 copies;
 * the monitor: an unmonitored step, a monitored step (every step, 3 rotations: 1 + 6
   copies), every 10th step (blocks of 10 steps), the default overhead budget
   (``every="auto"``, 5 %; blocks of :data:`AUTO_BLOCK` steps), a random-frame step, a
   purified monitored step (random readout, when the model has last-layer features),
+  a calibration step (32 pairs, as the monitor's first random step and every 100th),
   each with its ratio to its floor (plain step, K=7, ``(9 plain + K7)/10``, plain,
-  K=1, the monitored step);
+  K=1, the monitored step, K=65), and the monitored step with its calibration
+  steps' share amortised (``monitored + (calibration - monitored) / 100``, ratio to
+  the same amortised floor, and in the JSON also to K=7);
 * with ``--before PATH`` (a symmon package directory of another version, e.g. from
   ``git archive``), the same monitor variants of that version side by side.
 
@@ -37,7 +40,7 @@ import numpy as np
 
 from . import _common as C
 
-COPIES = (1, 3, 7, 13)
+COPIES = (1, 3, 7, 13, 65)  # 65: a calibration step (32 pairs + the unrotated copy)
 #: calculations per timed block of the overhead budget (~2 of its strides on a CPU)
 AUTO_BLOCK = 240
 PROPERTIES = ["energy", "forces", "stress"]
@@ -50,7 +53,11 @@ MONITOR_VARIANTS = {
     "random frame step": ({"mode": "random_frame", "every": 10 ** 9}, 1, "K=1"),
     "purified monitored step (every 1)": ({"every": 1, "mode": "purified"}, 1,
                                           "monitored step (every 1, 3 rot)"),
+    "calibration step (32 pairs)": ({"every": 1, "calibrate_every": 1}, 1, "K=65"),
 }
+#: the derived row: a monitored step with one calibration step per ``calibrate_every``
+AMORTISED = "every 1, calibration amortised (1 in 100)"
+CALIBRATE_EVERY = 100
 
 
 def load_symmon(path: str, name: str = "symmon_before"):
@@ -105,7 +112,7 @@ class Cell:
         orbit = MetatomicOrbitModel(self.plain, device=args.device, chunk_size=args.chunk)
         names = ["energy", "non_conservative_forces" if nc else "forces",
                  "non_conservative_stress" if nc else "stress"]
-        matrices = random_grid(7, 0).matrices
+        matrices = random_grid(max(COPIES) // 2 + 1, 0).matrices
         self.variants = {"plain": (lambda: self.plain.calculate(self.atoms, PROPERTIES,
                                                                  ["positions"]), 1)}
         for k in COPIES:
@@ -118,7 +125,8 @@ class Cell:
             for name, (options, block, _) in MONITOR_VARIANTS.items():
                 if options.get("mode") == "purified" and readout is None:
                     continue
-                if label and (options.get("mode") == "random_frame" or not options):
+                if label and (options.get("mode") == "random_frame" or not options
+                              or "calibrate_every" in options):
                     continue  # not in older versions (their default is every 10)
                 monitor = self._monitor(package, base(), options, readout, workdir,
                                         label + name, args)
@@ -184,6 +192,18 @@ def rows_of(n_atoms, times):
                      "floor": floor,
                      "x floor (median)": medians[name] / floor_of(name, medians),
                      "x floor (min)": minima[name] / floor_of(name, minima)})
+    monitored, calibration = "monitored step (every 1, 3 rot)", "calibration step (32 pairs)"
+    if calibration in times:  # steady state plus the calibration steps' share
+        amortised = {name: t[monitored] + (t[calibration] - t[monitored]) / CALIBRATE_EVERY
+                     for name, t in (("median", medians), ("min", minima))}
+        floors = {name: t["K=7"] + (t["K=65"] - t["K=7"]) / CALIBRATE_EVERY
+                  for name, t in (("median", medians), ("min", minima))}
+        rows.append({"atoms": n_atoms, "variant": AMORTISED, "median ms": amortised["median"],
+                     "min ms": amortised["min"], "x plain": amortised["median"] / medians["plain"],
+                     "floor": "K=7 + (K=65 - K=7) / 100",
+                     "x floor (median)": amortised["median"] / floors["median"],
+                     "x floor (min)": amortised["min"] / floors["min"],
+                     "x K=7 (median)": amortised["median"] / medians["K=7"]})
     return rows
 
 

@@ -46,6 +46,13 @@ PARTS = {
     "metrics (diagnose)": ("monitoring.monitor", None, "diagnose"),
     "verdict (Policy.judge)": ("monitoring.policy", "Policy", "judge"),
     "log (Recorder.write)": ("monitoring.recorder", "Recorder", "write"),
+    "source (ModelSource.evaluate)": ("monitoring.source", "ModelSource", "evaluate"),
+    "plan (Schedule.plan)": ("monitoring.schedule", "Schedule", "plan"),
+    "calibration plan (Calibrations.adjust)": ("monitoring.calibration", "Calibrations",
+                                               "adjust"),
+    "net force (net_signals)": ("monitoring.monitor", None, "net_signals"),
+    "validate (Monitor._validate)": ("monitoring.monitor", "Monitor", "_validate"),
+    "monitor (Monitor.calculate)": ("monitoring.monitor", "Monitor", "calculate"),
 }
 
 
@@ -207,6 +214,10 @@ def main(argv=None):
             row += [1000 * value / args.steps,
                     100 * value / max(seconds["model forward"], 1e-12)]
         rows.append(row)
+    for name in roots:
+        orbit_s = timers[name].seconds["orbit call (MetatomicOrbitModel.evaluate)"]
+        print(f"{name}: step total / orbit call (the K=7 floor) = "
+              f"{totals[name] / max(orbit_s, 1e-12):.3f}")
     header = ["part"] + [f"{name} {unit}" for name in roots for unit in ("ms", "% of model")]
     print(f"\nmonitored step (every 1, 3 rotations, log), {args.atoms} atoms, "
           f"{args.steps} steps, {args.device}\n")

@@ -37,7 +37,7 @@ from .calibration import (MIN_REFERENCE_PAIRS, PairCalibration, calibration_from
                           pooled, METHOD as CALIBRATED_METHOD)
 from .grids import O3Grid
 from .intervals import METHOD as PAIRS_METHOD, pair_estimate
-from .orbit_values import back_transform
+from .orbit_values import back_transform, back_transform_array
 from .representations import get_representation
 from .spectrum import paired_samples, quadrature_powers
 
@@ -153,7 +153,9 @@ def equivariance_error(values, grid: O3Grid, kind, *, dtype=None,
     """
     representation = get_representation(kind)
     dtype = torch.as_tensor(values).dtype if dtype is None else dtype
-    back = back_transform(values, grid, representation)
+    # a random grid's few copies are cheaper in NumPy than through torch's per-op cost
+    back = (back_transform(values, grid, representation) if grid.is_exact
+            else back_transform_array(values, grid, representation))
     # this orbit as a reference: asked for, or a random grid big enough to be its own
     own = (calibration_from_back(back, grid)
            if grid.n_rotations >= MIN_REFERENCE_PAIRS and (calibrate or not grid.is_exact)
@@ -172,7 +174,7 @@ def equivariance_error(values, grid: O3Grid, kind, *, dtype=None,
         given = calibration is not None and calibration.usable
         reference = pooled(calibration, own)  # a grid of >= 16 pairs joins the reference
         # a few small arrays: NumPy's per-operation cost is a fraction of torch's
-        mean_square, mean, variance = _paired_variance(back.cpu().numpy())
+        mean_square, mean, variance = _paired_variance(back)
         floor = _noise_floor(dtype, mean_square)
         eps_sq = float(variance.sum())  # W + B, the unbiased pair estimate
         stats = _pair_statistics(back, grid, eps_sq, floor, reference,
@@ -219,8 +221,13 @@ def _paired_variance(back: np.ndarray):
     n_pairs = back.shape[0] // 2
     plus, minus = back[:n_pairs], back[n_pairs:]
     d, u = (plus - minus) / 2, (plus + minus) / 2
+    mean = u.sum(axis=0) / n_pairs  # = back.mean(axis=0)
+    deviations = u - mean
     mean_square = float(np.vdot(back, back)) / back.shape[0]
-    return mean_square, back.mean(axis=0), (d * d).mean(axis=0) + u.var(axis=0, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):  # one pair: no B (NaN), as before
+        between = (deviations * deviations).sum(axis=0) / (n_pairs - 1) if n_pairs > 1 \
+            else np.full_like(mean, np.nan)
+    return mean_square, mean, (d * d).sum(axis=0) / n_pairs + between
 
 
 def _quadrature_statistics(back, mean, grid: O3Grid, eps_sq, floor, check, rms) -> dict:

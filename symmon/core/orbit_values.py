@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .grids import O3Grid
@@ -37,6 +38,20 @@ def back_transform(values, grid: O3Grid, kind) -> torch.Tensor:
     matrices = grid.torch_matrices(values.device)
     determinants = grid.torch_determinants(values.device)
     return representation.back_transform(values, matrices, determinants)
+
+
+def back_transform_array(values, grid: O3Grid, kind) -> np.ndarray:
+    """:func:`back_transform` in NumPy, for host values (a CPU tensor or an array): a
+    few-copy orbit costs a fraction of the torch path's per-operation overhead."""
+    representation = get_representation(kind)
+    values = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values,
+                        dtype=np.float64)
+    if values.ndim == 0 or values.shape[0] != len(grid):
+        check_orbit(torch.as_tensor(values), grid)
+    if not np.isfinite(values.sum()) and not np.isfinite(values).all():
+        raise ValueError("orbit values contain NaN or infinite entries")
+    return representation.back_transform(values, grid.matrices_array(),
+                                         grid.determinants_array())
 
 
 def orbit_average(values, grid: O3Grid, kind) -> torch.Tensor:

@@ -26,6 +26,7 @@ law with one object per sample: ``"vector_per_atom"`` is ``vector`` (:func:`pars
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
@@ -33,8 +34,11 @@ import torch
 
 from .irreps import Irrep
 
-BackTransform = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+BackTransform = Callable[[object, object, object], object]
 
+
+# The laws are written with ``@``, ``reshape`` and ``swapaxes`` only, so they act alike
+# on torch tensors and NumPy arrays (the monitor's few-copy orbits stay in NumPy).
 
 def _identity(values, matrices, determinants):
     return values
@@ -45,7 +49,9 @@ def _pseudoscalar(values, matrices, determinants):
 
 
 def _vector(values, matrices, determinants):
-    return torch.einsum("k...i,kij->k...j", values, matrices)
+    """``v' Q`` for every element: ``(K, ..., 3) -> (K, ..., 3)``."""
+    rows = values.reshape(values.shape[0], math.prod(values.shape[1:-1]), 3)
+    return (rows @ matrices).reshape(values.shape)
 
 
 def _pseudovector(values, matrices, determinants):
@@ -53,7 +59,10 @@ def _pseudovector(values, matrices, determinants):
 
 
 def _tensor(values, matrices, determinants):
-    return torch.einsum("kai,k...ab,kbj->k...ij", matrices, values, matrices)
+    """``Q^T T' Q`` for every element: ``(K, ..., 3, 3) -> (K, ..., 3, 3)``."""
+    blocks = values.reshape(values.shape[0], math.prod(values.shape[1:-2]), 3, 3)
+    q = matrices[:, None]
+    return (q.swapaxes(-1, -2) @ blocks @ q).reshape(values.shape)
 
 
 def _symmetric_tensor(values, matrices, determinants):
@@ -61,12 +70,12 @@ def _symmetric_tensor(values, matrices, determinants):
 
 
 def _symmetrised(values):
-    return (values + values.transpose(-1, -2)) / 2
+    return (values + values.swapaxes(-1, -2)) / 2
 
 
-def _per_element(factors: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def _per_element(factors, like):
     """``(K,)`` factors shaped to broadcast over ``like``'s trailing axes."""
-    return factors.reshape((-1,) + (1,) * (like.dim() - 1))
+    return factors.reshape((-1,) + (1,) * (like.ndim - 1))
 
 
 @dataclass(frozen=True)
@@ -91,7 +100,7 @@ class Representation:
 
     def check_shape(self, orbit_values: torch.Tensor) -> None:
         n_item = len(self.item_shape)
-        if n_item and tuple(orbit_values.shape[orbit_values.dim() - n_item:]) != self.item_shape:
+        if n_item and tuple(orbit_values.shape[orbit_values.ndim - n_item:]) != self.item_shape:
             raise ValueError(
                 f"a {self.name} output must end with shape {self.item_shape}, "
                 f"got orbit values of shape {tuple(orbit_values.shape)}"
@@ -104,9 +113,9 @@ class Representation:
             return _symmetrised(orbit_values)
         return orbit_values
 
-    def back_transform(self, orbit_values: torch.Tensor, matrices: torch.Tensor,
-                       determinants: torch.Tensor) -> torch.Tensor:
-        """``rho(Q_k)^{-1} f(Q_k x)`` for values of shape ``(K, ..., *item_shape)``."""
+    def back_transform(self, orbit_values, matrices, determinants):
+        """``rho(Q_k)^{-1} f(Q_k x)`` for values of shape ``(K, ..., *item_shape)``
+        (torch tensors, or NumPy arrays, all three of one kind)."""
         if self._back is None:
             raise ValueError("a 'feature' output has no transformation law; only its "
                              "character spectrum is defined")
