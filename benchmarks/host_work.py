@@ -62,9 +62,13 @@ class Timers:
     def __init__(self, root: str, device: str):
         self.seconds, self.device = defaultdict(float), device
         for part, (module_name, owner, attribute) in PARTS.items():
-            module = importlib.import_module(f"{root}.{module_name}")
-            target = module if owner is None else getattr(module, owner)
-            setattr(target, attribute, self._timed(getattr(target, attribute), part))
+            try:  # parts an older version does not have are left out
+                module = importlib.import_module(f"{root}.{module_name}")
+                target = module if owner is None else getattr(module, owner)
+                function = getattr(target, attribute)
+            except (ImportError, AttributeError):
+                continue
+            setattr(target, attribute, self._timed(function, part))
 
     def _timed(self, function, part, sync=False):
         seconds, device = self.seconds, self.device

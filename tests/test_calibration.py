@@ -180,3 +180,23 @@ def test_monitor_calibrates_on_schedule_and_logs_it(tmp_path):
     exact = np.sqrt(2 / 3) * lab_stress
     assert np.sum((low <= exact) & (exact <= high)) >= 7
     assert "calibrated_bootstrap" in meta["interval_method"]
+
+
+def test_a_pool_is_the_mixture_of_its_members_and_is_kept_whole():
+    """A pool's interval comes from the mixture of its members' draws; handing the pool
+    on (the monitor's every step) returns it with its cached tables, not a new pool."""
+    from symmon.core.calibration import CalibrationPool, pooled
+
+    rng = np.random.default_rng(4)
+    members = [pair_calibration(rng.normal(size=(32, 6)) * scale, rng.normal(size=(32, 6)))
+               for scale in (0.5, 1.0, 2.0)]
+    pool = pooled(*members)
+    assert isinstance(pool, CalibrationPool) and len(pool.members) == 3
+    low_q, high_q = np.quantile(np.concatenate([m.ratio_table(3) for m in members]),
+                                [0.16, 0.84])
+    low, high = pool.interval(2.0, 3, 0.68)
+    assert np.isclose(low, 2.0 / high_q) and np.isclose(high, 2.0 / low_q)
+    assert pooled(pool, None) is pool and pooled(pool) is pool
+    assert pooled(members[0], None) is members[0]
+    symmetric = pair_calibration(np.zeros((32, 6)), np.zeros((32, 6)))
+    assert pooled(symmetric) is None and pooled(None) is None
