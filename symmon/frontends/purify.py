@@ -126,14 +126,13 @@ def sweep_structures(orbit_model, structures, target: str, grid: O3Grid,
 
 def tradeoff_figure(table, path, target: str, chosen: Optional[Dict] = None) -> None:
     """Held-out RMSE (per component, in the target's unit) against held-out relative eps,
-    one point per lambda; the model as is and the chosen lambda are marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    one point per lambda; the model as is and the chosen lambda are marked (a detached
+    figure: pyplot's state and the session's backend are left alone)."""
+    from .figure_file import new_figure, save_figure
 
     rows = table[1:]
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig = new_figure(5.5, 4)
+    ax = fig.subplots()
     ax.plot([r["holdout_rmse"] for r in rows], [r["holdout_rel_eps"] for r in rows], "o-",
             label="fitted readout")
     for r in rows:
@@ -149,9 +148,7 @@ def tradeoff_figure(table, path, target: str, chosen: Optional[Dict] = None) -> 
     ax.set_yscale("log")
     ax.set_title(f"readout purification: {target}")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 # --------------------------------------------------------------------------------------
