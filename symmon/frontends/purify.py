@@ -74,9 +74,8 @@ def sweep_structures(orbit_model, structures, target: str, grid: O3Grid,
         torchrun launch sweeps its share and keeps each structure's normal equations;
         rank 0 adds them in structure order and gets the sweep (the others ``None``)
     """
-    from tqdm.auto import tqdm
-
     from ..adapters.labels import label_quantity, read_label
+    from .ranks import evaluate_items
 
     target = canonical_name(target)
     if target not in PURIFIABLE:
@@ -99,22 +98,10 @@ def sweep_structures(orbit_model, structures, target: str, grid: O3Grid,
         equations.add(grid, outputs, features, labels)
         return equations
 
-    indices = list(range(len(structures))) if parts is None else \
-        parts.mine(range(len(structures)))
-    main = parts is None or parts.ranks.is_main
-    per_structure = {}
-    for index in tqdm(indices, desc=f"purify {target}", unit="structure",
-                      disable=not (progress and main)):
-        equations = one_structure(index)
-        if parts is None:
-            per_structure[index] = equations
-        else:
-            parts.add(index, equations)
-    if parts is not None:
-        parts.ranks.barrier()
-        if not main:
-            return None
-        per_structure = {key: parts.load(key) for key in parts.keys()}
+    per_structure = evaluate_items(range(len(structures)), one_structure, parts,
+                                   progress=progress, desc=f"purify {target}")
+    if per_structure is None:  # a rank other than 0
+        return None
     d = next(iter(per_structure.values())).d
     accumulators = [NormalEquations(row.kind, row.per_atom, d, intercept) for _ in range(2)]
     for index in sorted(per_structure):  # in structure order: one process or many ranks
