@@ -241,3 +241,36 @@ def test_correction_in_torch_equals_the_numpy_readout(target, shape, intercept):
     assert corrected.dtype == torch.float64 and corrected.shape == shape
     np.testing.assert_allclose(corrected.numpy(), expected, rtol=1e-12, atol=1e-12)
     assert np.abs(expected - outputs).max() > 0.1  # the correction is not a no-op
+
+
+def test_inverse_representation_is_built_once_per_grid_and_kind_and_sums_are_unchanged():
+    from symmon.core import purification
+    from symmon.core.grids import quadrature_grid
+    from symmon.core.purification import inverse_representation
+
+    vector, tensor = (inverse_representation(GRID, kind) for kind in ("vector", "tensor"))
+    assert inverse_representation(GRID, "vector") is vector and not vector.flags.writeable
+    # rho(Q)^-1 (acting on the flattened output, y = rho^-1 v) of a vector is v -> v Q
+    # (matrix Q^T), of a tensor T -> Q^T T Q (entries Q_ac Q_bd at ((c, d), (a, b)))
+    q = GRID.matrices
+    assert np.allclose(vector, q.transpose(0, 2, 1), rtol=0, atol=1e-14)
+    assert np.allclose(tensor, np.einsum("kac,kbd->kcdab", q, q).reshape(len(q), 9, 9),
+                       rtol=0, atol=1e-14)
+    other = quadrature_grid(2)  # another grid: its own matrices
+    assert inverse_representation(other, "vector").shape == (len(other), 3, 3) != vector.shape
+    data = [synthetic(seed) for seed in range(4)]
+
+    def accumulate(rebuild):
+        total = NormalEquations("vector", True, 9)
+        for phi, forces, labels in data:
+            if rebuild:  # as every structure's fresh accumulator did before
+                purification._INVERSE_REPRESENTATIONS.clear()
+            one = NormalEquations("vector", True, 9)
+            one.add(GRID, forces, phi, target=labels)
+            assert not any(isinstance(v, type(GRID)) for v in vars(one).values())
+            total += one
+        return total
+
+    rebuilt, shared = accumulate(True), accumulate(False)
+    for name in NormalEquations._SUMS:
+        assert np.allclose(getattr(rebuilt, name), getattr(shared, name), rtol=0, atol=1e-12)

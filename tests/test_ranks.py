@@ -44,3 +44,22 @@ def test_killed_rank_is_resumed(tmp_path):
     out = json.loads((tmp_path / "out.json").read_text())
     assert out["values"] == _expected()
     assert out["new"] == 11 - finished  # finished items were not redone
+
+
+def test_evaluate_items_resumes_and_returns_every_item_in_key_order(tmp_path):
+    from symmon.frontends.ranks import PartialResults, Ranks, evaluate_items
+
+    evaluated = []
+
+    def square(key):
+        evaluated.append(key)
+        return key * key
+
+    assert evaluate_items(range(4), square, progress=False) == {0: 0, 1: 1, 2: 4, 3: 9}
+    parts = PartialResults(tmp_path / "out.json", Ranks(), {"n": 5})
+    parts.add(3, -1)  # finished by an earlier attempt: kept, not evaluated again
+    evaluated.clear()
+    resumed = PartialResults(tmp_path / "out.json", Ranks(), {"n": 5})
+    values = evaluate_items(range(5), square, resumed, progress=False)
+    assert evaluated == [0, 1, 2, 4]
+    assert list(values.items()) == [(0, 0), (1, 1), (2, 4), (3, -1), (4, 16)]

@@ -46,8 +46,10 @@ def make_orbit_model(model, **kwargs) -> OrbitModel:
     """
     if isinstance(model, OrbitModel):
         return model
-    if isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".ckpt"):
-        return MetatrainOrbitModel(model, **kwargs)
+    if isinstance(model, (str, os.PathLike)):  # loaded once, by the adapter
+        if os.fspath(model).endswith(".ckpt"):
+            return MetatrainOrbitModel(model, **kwargs)
+        return MetatomicOrbitModel(model, **kwargs)
     try:
         load_metatomic_model(model)
     except TypeError:

@@ -26,6 +26,7 @@ numpy/torch only (no ASE, no files).
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Dict, List, Sequence
 
@@ -44,8 +45,25 @@ def _item_size(kind: str) -> int:
     return int(np.prod(get_representation(kind).item_shape, dtype=int))
 
 
+#: grid -> {kind: rho^-1}: built once per (grid, kind), released with the grid
+_INVERSE_REPRESENTATIONS: "weakref.WeakKeyDictionary[O3Grid, Dict[str, np.ndarray]]" = \
+    weakref.WeakKeyDictionary()
+
+
 def inverse_representation(grid: O3Grid, kind: str) -> np.ndarray:
-    """``rho(Q_k)^-1`` as ``(K, m, m)`` matrices acting on flattened outputs."""
+    """``rho(Q_k)^-1`` as ``(K, m, m)`` matrices acting on flattened outputs.
+
+    Built once per (grid, kind) and shared (read-only): every structure of a sweep
+    uses the same matrices."""
+    by_kind = _INVERSE_REPRESENTATIONS.setdefault(grid, {})
+    if kind not in by_kind:
+        matrices = _build_inverse_representation(grid, kind)
+        matrices.flags.writeable = False
+        by_kind[kind] = matrices
+    return by_kind[kind]
+
+
+def _build_inverse_representation(grid: O3Grid, kind: str) -> np.ndarray:
     item = get_representation(kind).item_shape
     m = _item_size(kind)
     basis = torch.eye(m, dtype=torch.float64).reshape((m,) + item)
@@ -113,7 +131,6 @@ class NormalEquations:
         self.sq_eq = 0.0                                        # sum <|y - ybar|^2> (eps^2)
         self.sq_norm = 0.0                                      # sum <|y|^2>
         self.n_samples = 0
-        self._rho_grid = self._rho_inv = None
 
     _SUMS = ("gram", "mbar_gram", "rhs_data", "rhs_eq", "sq_data", "sq_eq", "sq_norm",
              "n_samples")
@@ -135,7 +152,7 @@ class NormalEquations:
             model's own orbit average
         """
         weights = grid.weights
-        rho_inv = self._inverse_representation(grid)
+        rho_inv = inverse_representation(grid, self.kind)
         back = back_transform(torch.as_tensor(np.asarray(orbit_outputs, dtype=np.float64)),
                               grid, self.kind).numpy()
         y = _flatten_outputs(back, self.kind, self.per_atom)                     # (K, S, m)
@@ -159,12 +176,6 @@ class NormalEquations:
         self.sq_eq += _weighted_sum_sq(weights, y - ybar[None])
         self.sq_norm += _weighted_sum_sq(weights, y)
         self.n_samples += y.shape[1]
-
-    def _inverse_representation(self, grid: O3Grid) -> np.ndarray:
-        """``rho(Q)^-1`` of the grid, computed once per grid (every structure uses it)."""
-        if self._rho_grid is not grid:
-            self._rho_grid, self._rho_inv = grid, inverse_representation(grid, self.kind)
-        return self._rho_inv
 
     def losses(self, matrix: np.ndarray):
         """``(L_MSE, L_eq)`` of the corrected outputs, exactly, from the accumulators.

@@ -51,20 +51,25 @@ def metatomic_calculator(path, *, device: Optional[str] = None, non_conservative
     """``MetatomicCalculator`` for a ``.pt`` file, with exact neighbour lists (no skin).
 
     ``non_conservative=True`` on a model with direct forces but no direct stress head
-    means direct forces only (``"forces"``), as it does for a molecule."""
+    means direct forces only (``"forces"``), as it does for a molecule. The file is
+    loaded once: the calculator gets the loaded model, and its ``parameters["model"]``
+    names the file as if it had loaded it itself (``todict``, the log's model hash)."""
+    from metatomic.torch import load_atomistic_model
     from metatomic_ase import MetatomicCalculator
 
     with loading_model_file(path) as checked:
-        if non_conservative is True and not _has_direct_stress(checked):
+        model = load_atomistic_model(checked)
+        if non_conservative is True and not _has_direct_stress(model):
             non_conservative = "forces"
-        return MetatomicCalculator(checked, device=device,
-                                   non_conservative=non_conservative, neighbor_skin=0.0)
+        calculator = MetatomicCalculator(model, device=device,
+                                         non_conservative=non_conservative, neighbor_skin=0.0)
+    calculator.parameters["model"] = checked
+    return calculator
 
 
-def _has_direct_stress(path) -> bool:
-    from ..adapters.metatomic import load_metatomic_model
-
-    declared = load_metatomic_model(path).capabilities().outputs.keys()
+def _has_direct_stress(model) -> bool:
+    """Whether the loaded ``AtomisticModel`` declares a direct (non-conservative) stress."""
+    declared = model.capabilities().outputs.keys()
     return any(name in declared for name in spellings("non_conservative_stress"))
 
 

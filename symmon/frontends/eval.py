@@ -193,25 +193,16 @@ def evaluate_set(orbit_model, structures, grid, label_keys: Dict[str, str],
     attempt, keeps every result as it finishes, and rank 0 returns them all in order
     (``None`` on the other ranks).
     """
-    from tqdm.auto import tqdm
+    from .ranks import evaluate_items
 
-    indices = list(range(len(structures))) if parts is None else \
-        parts.mine(range(len(structures)))
-    main = parts is None or parts.ranks.is_main
-    results = []
-    for index in tqdm(indices, desc="symmon eval", unit="structure",
-                      disable=not (progress and main)):
+    def one_structure(index: int) -> StructureResult:
         atoms = structures[index]
         outputs = choose_outputs(orbit_model, periodic=bool(all(atoms.pbc)))
-        result = evaluate_structure(orbit_model, atoms, grid, outputs, label_keys, index)
-        if parts is None:
-            results.append(result)
-        else:
-            parts.add(index, result)
-    if parts is None:
-        return results
-    parts.ranks.barrier()
-    return [parts.load(key) for key in parts.keys()] if main else None
+        return evaluate_structure(orbit_model, atoms, grid, outputs, label_keys, index)
+
+    results = evaluate_items(range(len(structures)), one_structure, parts,
+                             progress=progress, desc="symmon eval")
+    return None if results is None else list(results.values())
 
 
 def summarize(results: Sequence[StructureResult], model: str, grid, outputs) -> Dict:

@@ -2,7 +2,9 @@
 
 One panel per quantity: each structure is a point (its error against the labels,
 its ε), log-log, with the line ε = error and the line ε = error/10; the title gives
-the median ratio. A quantity without labels gets a histogram of ε instead.
+the median ratio. A quantity without labels gets a histogram of ε instead. The figure is a detached
+``matplotlib.figure.Figure`` (:mod:`symmon.frontends.figure_file`): pyplot's state and
+the session's backend are left alone.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import numpy as np
 
 from ..core.outputs import pretty_unit
+from .figure_file import new_figure, save_figure
 
 
 def _finite_positive(values) -> np.ndarray:
@@ -53,15 +56,11 @@ def _histogram(ax, quantity, summary, eps):
 
 
 def eps_vs_error_figure(document, path) -> str:
-    """Write the figure of a ``symmon eval`` document to ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Write the figure of a ``symmon eval`` document to ``path`` (format from its
+    extension; written whole or not at all)."""
     quantities = list(document["quantities"])
-    fig, axes = plt.subplots(1, len(quantities), figsize=(4.2 * len(quantities), 4),
-                             squeeze=False)
+    fig = new_figure(4.2 * len(quantities), 4)
+    axes = fig.subplots(1, len(quantities), squeeze=False)
     for ax, quantity in zip(axes[0], quantities):
         summary = document["quantities"][quantity]
         rows = [s[quantity] for s in document["structures"] if quantity in s]
@@ -73,7 +72,4 @@ def eps_vs_error_figure(document, path) -> str:
             _histogram(ax, quantity, summary, eps)
     fig.suptitle(f"{os.path.basename(document['model'])}: {document['n_structures']} structures, O(3) degree "
                  f"{document['degree']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=130)

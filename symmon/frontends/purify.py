@@ -74,9 +74,8 @@ def sweep_structures(orbit_model, structures, target: str, grid: O3Grid,
         torchrun launch sweeps its share and keeps each structure's normal equations;
         rank 0 adds them in structure order and gets the sweep (the others ``None``)
     """
-    from tqdm.auto import tqdm
-
     from ..adapters.labels import label_quantity, read_label
+    from .ranks import evaluate_items
 
     target = canonical_name(target)
     if target not in PURIFIABLE:
@@ -99,22 +98,10 @@ def sweep_structures(orbit_model, structures, target: str, grid: O3Grid,
         equations.add(grid, outputs, features, labels)
         return equations
 
-    indices = list(range(len(structures))) if parts is None else \
-        parts.mine(range(len(structures)))
-    main = parts is None or parts.ranks.is_main
-    per_structure = {}
-    for index in tqdm(indices, desc=f"purify {target}", unit="structure",
-                      disable=not (progress and main)):
-        equations = one_structure(index)
-        if parts is None:
-            per_structure[index] = equations
-        else:
-            parts.add(index, equations)
-    if parts is not None:
-        parts.ranks.barrier()
-        if not main:
-            return None
-        per_structure = {key: parts.load(key) for key in parts.keys()}
+    per_structure = evaluate_items(range(len(structures)), one_structure, parts,
+                                   progress=progress, desc=f"purify {target}")
+    if per_structure is None:  # a rank other than 0
+        return None
     d = next(iter(per_structure.values())).d
     accumulators = [NormalEquations(row.kind, row.per_atom, d, intercept) for _ in range(2)]
     for index in sorted(per_structure):  # in structure order: one process or many ranks
@@ -126,14 +113,13 @@ def sweep_structures(orbit_model, structures, target: str, grid: O3Grid,
 
 def tradeoff_figure(table, path, target: str, chosen: Optional[Dict] = None) -> None:
     """Held-out RMSE (per component, in the target's unit) against held-out relative eps,
-    one point per lambda; the model as is and the chosen lambda are marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    one point per lambda; the model as is and the chosen lambda are marked (a detached
+    figure: pyplot's state and the session's backend are left alone)."""
+    from .figure_file import new_figure, save_figure
 
     rows = table[1:]
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig = new_figure(5.5, 4)
+    ax = fig.subplots()
     ax.plot([r["holdout_rmse"] for r in rows], [r["holdout_rel_eps"] for r in rows], "o-",
             label="fitted readout")
     for r in rows:
@@ -149,9 +135,7 @@ def tradeoff_figure(table, path, target: str, chosen: Optional[Dict] = None) -> 
     ax.set_yscale("log")
     ax.set_title(f"readout purification: {target}")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 # --------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ unchanged as one process or under ``torchrun --nproc-per-node N`` (multi-node to
             write(combine(parts.load(k) for k in parts.keys()))   # writes the output
         parts.clear()
 
-Each rank uses its own device (``cuda:LOCAL_RANK`` where GPUs exist) and the backend
+:func:`evaluate_items` is the loop and the gather of that pattern (``symmon eval`` and
+``symmon purify`` use it). Each rank uses its own device (``cuda:LOCAL_RANK`` where GPUs exist) and the backend
 follows it (NCCL on GPUs, gloo on CPUs). :class:`PartialResults` makes a run resumable:
 every finished item is written whole (fsync, rename) beside the output, so a killed
 run, restarted with any number of ranks, skips what was finished. Rank 0 combines the
@@ -27,7 +28,7 @@ import json
 import os
 import pickle
 import shutil
-from typing import Any, Hashable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Hashable, Iterable, List, Optional, Sequence
 
 import numpy as np
 
@@ -182,6 +183,35 @@ class PartialResults:
             else:
                 write_atomically(path, json.dumps(self.settings, sort_keys=True).encode())
         self.ranks.barrier()
+
+
+def evaluate_items(keys: Iterable, evaluate: Callable[[Any], Any],
+                   parts: Optional[PartialResults] = None, *, progress: bool = True,
+                   desc: Optional[str] = None, unit: str = "structure") -> Optional[Dict]:
+    """``{key: evaluate(key)}`` over ``keys`` (given in increasing order), with a progress bar.
+
+    Without ``parts`` (one process) every key is evaluated and kept in memory. With
+    ``parts`` (a :class:`PartialResults`) this rank evaluates its share of the keys not
+    finished by an earlier attempt and keeps each value in ``parts`` as it finishes;
+    after a barrier rank 0 gets the values of every rank and attempt, in key order, and
+    the other ranks get ``None``. The bar is shown on rank 0 only.
+    """
+    from tqdm.auto import tqdm
+
+    keys = list(keys)
+    main = parts is None or parts.ranks.is_main
+    values = {}
+    for key in tqdm(keys if parts is None else parts.mine(keys), desc=desc, unit=unit,
+                    disable=not (progress and main)):
+        value = evaluate(key)
+        if parts is None:
+            values[key] = value
+        else:
+            parts.add(key, value)
+    if parts is None:
+        return values
+    parts.ranks.barrier()
+    return {key: parts.load(key) for key in parts.keys()} if main else None
 
 
 def _key(key):

@@ -1,5 +1,6 @@
 """Figures of layer spectra: modules x irreps (paper Fig. 4), irreps x epochs
-(paper Fig. 3/6), and equivariance error / RMSE against the epoch."""
+(paper Fig. 3/6), and equivariance error / RMSE against the epoch (detached figures:
+the session's matplotlib backend is left alone)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,11 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from ..figure_file import new_figure, save_figure
+
 __all__ = ["plot_layers", "plot_module_epochs", "plot_output_metrics"]
 
 _FLOOR = 1e-6
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _format(value: float) -> str:
@@ -32,7 +26,7 @@ def _format(value: float) -> str:
     return f"{value:.0e}".replace("e-0", "e-")
 
 
-def _heatmap(ax, values, row_labels, col_labels, plt):
+def _heatmap(ax, values, row_labels, col_labels):
     from matplotlib.colors import LogNorm
 
     shown = np.clip(np.nan_to_num(values, nan=_FLOOR), _FLOOR, 1.0)
@@ -53,43 +47,36 @@ def _heatmap(ax, values, row_labels, col_labels, plt):
 def plot_layers(result: Dict, path: str, statistic: str = "aggregate",
                 title: str = "") -> str:
     """Modules (rows) x irreps + residual (columns) heatmap, log colour scale."""
-    plt = _pyplot()
     names = list(result["modules"])
     values = np.array([result["modules"][n][statistic] for n in names])
     columns = result["columns"]
     rows = [f"{short_name(n)} [{result['modules'][n]['sample_kind']}]" for n in names]
-    fig, ax = plt.subplots(figsize=(3.0 + 0.6 * len(columns), 1.4 + 0.3 * len(rows)))
-    image = _heatmap(ax, values, rows, columns, plt)
+    fig = new_figure(3.0 + 0.6 * len(columns), 1.4 + 0.3 * len(rows))
+    ax = fig.subplots()
+    image = _heatmap(ax, values, rows, columns)
     fig.colorbar(image, ax=ax, label=f"normalised power ({statistic})")
     ax.set_title(title or f"character spectra ({statistic})", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=150, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=150, bbox_inches="tight")
 
 
 def plot_module_epochs(name: str, epochs: Sequence[int], spectra: np.ndarray,
                        columns: Sequence[str], path: str, statistic="aggregate") -> str:
     """Irreps + residual (rows) x epochs (columns) heatmap of one module."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(2.0 + 0.45 * len(epochs), 1.0 + 0.35 * len(columns)))
-    image = _heatmap(ax, np.asarray(spectra).T, list(columns), [str(e) for e in epochs], plt)
+    fig = new_figure(2.0 + 0.45 * len(epochs), 1.0 + 0.35 * len(columns))
+    ax = fig.subplots()
+    image = _heatmap(ax, np.asarray(spectra).T, list(columns), [str(e) for e in epochs])
     ax.set_xlabel("epoch")
     fig.colorbar(image, ax=ax, label=f"normalised power ({statistic})")
     ax.set_title(short_name(name), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=150, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=150, bbox_inches="tight")
 
 
 def plot_output_metrics(epochs: Sequence[int], outputs: Dict[str, Dict[str, List[float]]],
                         path: str) -> str:
     """Relative equivariance error and RMSE of every output against the epoch."""
-    plt = _pyplot()
     names = list(outputs)
-    fig, axes = plt.subplots(len(names), 2, figsize=(8, 2.4 * max(1, len(names))),
-                             squeeze=False)
+    fig = new_figure(8, 2.4 * max(1, len(names)))
+    axes = fig.subplots(len(names), 2, squeeze=False)
     for row, name in enumerate(names):
         data = outputs[name]
         ax = axes[row, 0]
@@ -105,10 +92,7 @@ def plot_output_metrics(epochs: Sequence[int], outputs: Dict[str, Dict[str, List
         ax.set_ylabel("RMSE", fontsize=8)
     for ax in axes[-1]:
         ax.set_xlabel("epoch")
-    fig.tight_layout()
-    fig.savefig(path, dpi=150, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=150, bbox_inches="tight")
 
 
 def short_name(name: str) -> str:
