@@ -47,6 +47,8 @@ def synthetic_values(specs, step: int, n_atoms: int, rng, full: bool) -> dict:
             values[name] = p / p.sum()
         else:
             values[name] = drift * spike * 1e-4 * rng.lognormal(0.0, 0.5, spec.shape)
+    # forces ε (eV/Å) is the RMS over atoms of the per-atom ε, as the monitor logs it
+    values["forces_eps"] = np.sqrt(np.mean(values["forces_eps_per_atom"] ** 2))
     values["full_orbit"] = np.int64(full)
     values["n_elements"] = np.int64(120 if full else 8)
     values["eps_of_returned"] = np.int64(1)
