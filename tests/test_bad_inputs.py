@@ -185,6 +185,21 @@ def test_an_atom_on_a_periodic_image_of_another_is_named():
         _energy(atoms)
 
 
+def test_atoms_that_meet_during_a_run_are_named_on_the_next_monitored_step():
+    """Coincident atoms are searched on the first call and on monitored steps only (not
+    on every step of random-frame mode); a collision mid-run is still named."""
+    atoms = copper()
+    atoms.calc = SymmetryMonitor(EMT(), every=3, mode="random_frame")
+    for _ in range(2):  # steps 0 (monitored) and 1
+        atoms.positions[0] += 0.01
+        atoms.get_potential_energy()
+    atoms.positions[3] = atoms.positions[1]
+    atoms.get_potential_energy()  # step 2: not monitored, no search
+    atoms.positions[0] += 0.01
+    with pytest.raises(ValueError, match="atoms 1 and 3 are at the same position"):
+        atoms.get_potential_energy()  # step 3: monitored
+
+
 def test_close_but_distinct_atoms_are_accepted():
     molecule = ase.build.molecule("H2")
     molecule.positions[1] = molecule.positions[0] + [0.01, 0.0, 0.0]  # 0.01 angstrom

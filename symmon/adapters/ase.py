@@ -30,9 +30,10 @@ class ASEOrbitModel(OrbitModel):
         implemented = set(getattr(self.calculator, "implemented_properties", ()))
         return tuple(name for name in ASE_OUTPUTS if name in implemented)
 
-    def evaluate(self, atoms, matrices, outputs: Sequence[str]) -> Dict[str, torch.Tensor]:
+    def evaluate(self, atoms, matrices, outputs: Sequence[str], *,
+                 checked: bool = False) -> Dict[str, torch.Tensor]:
         self.check_outputs(outputs)
-        validate_atoms(atoms, outputs)
+        validate_atoms(atoms, outputs, overlaps=not checked, cell=not checked)
         matrices = validate_matrices(matrices)
         results = {name: [] for name in outputs}
         for matrix in matrices:

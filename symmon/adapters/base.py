@@ -124,8 +124,12 @@ class OrbitModel(ABC):
         """Output names this adapter can return for this model."""
 
     @abstractmethod
-    def evaluate(self, atoms, matrices, outputs: Sequence[str]) -> Dict[str, torch.Tensor]:
-        """Outputs on the copies ``x Q_k^T``, float64 tensors ``(K, ...)``."""
+    def evaluate(self, atoms, matrices, outputs: Sequence[str], *,
+                 checked: bool = False) -> Dict[str, torch.Tensor]:
+        """Outputs on the copies ``x Q_k^T``, float64 tensors ``(K, ...)``.
+
+        ``checked=True``: the caller has validated ``atoms`` (:func:`validate_atoms`:
+        coincident atoms, the cell); only the checks that depend on ``outputs`` run."""
 
     def check_outputs(self, outputs: Sequence[str]) -> None:
         unknown = [name for name in outputs if name not in self.available_outputs]

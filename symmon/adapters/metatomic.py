@@ -157,12 +157,13 @@ class MetatomicOrbitModel(OrbitModel):
         return self.systems.system(atoms)
 
     # -- evaluation ----------------------------------------------------------------
-    def evaluate(self, atoms, matrices, outputs: Sequence[str]) -> Dict[str, torch.Tensor]:
+    def evaluate(self, atoms, matrices, outputs: Sequence[str], *,
+                 checked: bool = False) -> Dict[str, torch.Tensor]:
         """Outputs on the copies ``x Q_k^T`` (transformed frame), float64 ``(K, ...)``
         on the CPU, but on the batched path those in :attr:`device_outputs`, which stay
-        on the model's device in its dtype."""
+        on the model's device in its dtype (``checked``: :meth:`OrbitModel.evaluate`)."""
         self.check_outputs(outputs)
-        validate_atoms(atoms, outputs)
+        validate_atoms(atoms, outputs, overlaps=not checked, cell=not checked)
         check_species(atoms, self.atomic_types, self.label)
         matrices = validate_matrices(matrices)
         if self.wrapper is not None:

@@ -152,10 +152,12 @@ class MetatrainOrbitModel(OrbitModel):
         return {0: "scalar", 1: "vector"}.get(len(info.layout.block().components))
 
     # -- evaluation ----------------------------------------------------------------
-    def evaluate(self, atoms, matrices, outputs: Sequence[str]) -> Dict[str, torch.Tensor]:
-        """Outputs on the copies ``x Q_k^T`` (transformed frame), float64 ``(K, ...)``."""
+    def evaluate(self, atoms, matrices, outputs: Sequence[str], *,
+                 checked: bool = False) -> Dict[str, torch.Tensor]:
+        """Outputs on the copies ``x Q_k^T`` (transformed frame), float64 ``(K, ...)``
+        (``checked``: :meth:`OrbitModel.evaluate`)."""
         self.catalogue.check(outputs)
-        validate_atoms(atoms, outputs)
+        validate_atoms(atoms, outputs, overlaps=not checked, cell=not checked)
         check_species(atoms, self.atomic_types, self.label)
         return self.evaluator.evaluate(atoms, validate_matrices(matrices), outputs)
 

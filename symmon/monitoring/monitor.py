@@ -140,7 +140,7 @@ class Monitor:
         of this calculation (diagnostics, NaN-free; only what was computed); its time
         is booked in the overhead budget of ``every="auto"``."""
         started = self.schedule.clock()
-        self._validate(atoms)
+        searched = self._validate(atoms)
         quantities = self.source.quantities(atoms)
         if self._atoms is None:
             self._say_not_monitored(atoms)
@@ -150,6 +150,8 @@ class Monitor:
         if self.averaging:
             self.schedule.choose_average_grid(quantities)
         plan = self.calibrations.adjust(self.schedule.plan(step, self.averaging))
+        if plan.scheduled and not searched:
+            validate_atoms(atoms, overlaps=True, cell=False)  # a tree build: monitored steps
         base, stacks = self.source.evaluate(
             atoms, quantities, self._frames(plan), base=self._needs_base(plan),
             features=self.features)
@@ -183,14 +185,17 @@ class Monitor:
         self.schedule.charge(plan, self.schedule.clock() - started)
         return returned, values
 
-    def _validate(self, atoms) -> None:
+    def _validate(self, atoms) -> bool:
         """:func:`validate_atoms` at the cost an unmonitored step can bear: coincident
-        atoms are searched on the first call here and on every monitored step by the
-        adapters (the tree build would be ~1 % of an unmonitored step), the cell (an
-        SVD) whenever it or the periodicity changes."""
+        atoms are searched on the first call (returns True then; the caller searches
+        again on monitored steps: a tree build, ~1.5 ms at 500 atoms, too much for every
+        step of ``random_frame`` or averaging mode), the cell (an SVD) whenever it or the
+        periodicity changes; the adapters are told not to repeat it (``checked=True``)."""
         cell = (atoms.cell.array.tobytes(), atoms.pbc.tobytes())
-        validate_atoms(atoms, overlaps=self._atoms is None, cell=cell != self._valid_cell)
+        first = self._atoms is None
+        validate_atoms(atoms, overlaps=first, cell=cell != self._valid_cell)
         self._valid_cell = cell
+        return first
 
     def _frames(self, plan: StepPlan) -> Dict[str, np.ndarray]:
         """The stacks of elements this step evaluates (one batched call)."""

@@ -268,7 +268,9 @@ class ModelSource:
 
     def _raw_orbit(self, atoms, matrices, quantities, features) -> Dict[str, torch.Tensor]:
         names = self.orbit_names(quantities)
-        raw = self.orbit_model.evaluate(atoms, matrices, list(names.values()) + list(features))
+        # the monitor validates the atoms (Monitor._validate): the adapter need not again
+        raw = self.orbit_model.evaluate(atoms, matrices, list(names.values()) + list(features),
+                                        checked=True)
         values = {q: raw[names[q]] for q in quantities}
         values.update({name: raw[name] for name in features})
         return values
