@@ -30,6 +30,8 @@ import numpy as np
 from ..core.outputs import matrix_to_voigt, pretty_unit
 from ..io.files import write_through
 from ..io.log import LogFormatError, LogReader, read_log
+from .report.series import per_atom_row, per_atom_rms, rank_order, rms_over_atoms, symbols
+from .report.series import read as read_series
 
 EPS_PER_ATOM = "forces_eps_per_atom"
 #: logged per-atom observable -> extxyz array / chemiscope atom property
@@ -70,44 +72,34 @@ class WorstAtom(NamedTuple):
 # ----------------------------------------------------------------- ranking
 
 
-def _eps_series(reader: LogReader, name: str, quantity: str):
-    """``reader.observable(name)``, or a clear error when it is absent or empty."""
+def _check_logged(reader: LogReader, name: str, quantity: str) -> None:
+    """A clear error when ``name`` is absent or has no rows."""
     if name not in reader.observable_names:
         raise ValueError(f"{_names(reader)} has no {quantity} ε ({name!r}); logged: "
                          f"{', '.join(reader.observable_names)}")
-    steps, times, values = reader.observable(name)
-    if len(steps) == 0:
+    if reader.count(name) == 0:
         raise ValueError(f"{_names(reader)} has no monitored steps; run longer than the "
                          "monitor's `every` steps, or check that the run was monitored")
-    return steps, times, np.asarray(values, dtype=np.float64)
-
-
-def _rms_over_atoms(eps_per_atom: np.ndarray) -> np.ndarray:
-    return np.sqrt(np.mean(np.square(eps_per_atom), axis=-1))
 
 
 def step_eps(reader: LogReader, quantity: str = "forces"):
     """``(steps (n,), times (n,) [ps], ε (n,), unit)`` of ``quantity`` at each monitored
-    step; forces: RMS over atoms of the per-atom ε (see the module docstring)."""
+    step; forces: RMS over atoms of the per-atom ε (see the module docstring), read in
+    chunks (:func:`~.report.series.per_atom_rms`)."""
     if quantity not in QUANTITIES:
         raise ValueError(f"unknown quantity {quantity!r}; choose one of {', '.join(QUANTITIES)}")
     name = EPS_PER_ATOM if quantity == "forces" else f"{quantity}_eps"
-    steps, times, values = _eps_series(reader, name, quantity)
-    if quantity == "forces":
-        values = _rms_over_atoms(values)
+    _check_logged(reader, name, quantity)
+    steps, times, values = (per_atom_rms if quantity == "forces" else
+                            lambda r: read_series(r, name))(reader)
     return steps, times, values, reader.unit(name)
-
-
-def _rank_order(eps: np.ndarray) -> np.ndarray:
-    """Indices of ``eps`` from largest to smallest (NaN last, ties in log order)."""
-    return np.argsort(-np.nan_to_num(eps, nan=-np.inf), kind="stable")
 
 
 def worst_steps(reader: LogReader, n: Optional[int] = DEFAULT_WORST,
                 quantity: str = "forces") -> List[WorstStep]:
     """The ``n`` (None: all) monitored steps with the largest ε of ``quantity``."""
     steps, times, eps, unit = step_eps(reader, quantity)
-    order = _rank_order(eps)[:n]
+    order = rank_order(eps)[:n]
     return [WorstStep(rank + 1, int(steps[i]), float(times[i]), quantity, float(eps[i]), unit)
             for rank, i in enumerate(order)]
 
@@ -115,18 +107,17 @@ def worst_steps(reader: LogReader, n: Optional[int] = DEFAULT_WORST,
 def worst_atoms(reader: LogReader, n: int = 5, step: Optional[int] = None) -> List[WorstAtom]:
     """The ``n`` atoms with the largest forces ε at ``step`` (default: the step of
     largest forces ε, RMS over atoms); a step logged twice gives its first occurrence."""
-    steps, times, eps_per_atom = _eps_series(reader, EPS_PER_ATOM, "forces")
     if step is None:
-        step = int(steps[_rank_order(_rms_over_atoms(eps_per_atom))[0]])
-    rows = np.flatnonzero(steps == step)
-    if not rows.size:
-        raise ValueError(_unknown_steps_message(reader, [step], steps))
-    from .report.series import symbols as chemical_symbols
-
-    row, symbols = rows[0], chemical_symbols(reader.species)
-    return [WorstAtom(rank + 1, int(step), float(times[row]), int(i), symbols[i],
-                      float(eps_per_atom[row, i]))
-            for rank, i in enumerate(_rank_order(eps_per_atom[row])[:n])]
+        step = worst_steps(reader, 1)[0].step
+    else:
+        _check_logged(reader, EPS_PER_ATOM, "forces")
+    row = per_atom_row(reader, step)
+    if row is None:
+        raise ValueError(_unknown_steps_message(reader, [step], reader.steps(EPS_PER_ATOM)))
+    time, eps = row
+    names = symbols(reader.species)
+    return [WorstAtom(rank + 1, int(step), time, int(i), names[i], float(eps[i]))
+            for rank, i in enumerate(rank_order(eps)[:n])]
 
 
 # ----------------------------------------------------------------- selection
@@ -151,7 +142,7 @@ def select_steps(reader: LogReader, *, worst: Optional[int] = None,
         raise ValueError("choose one of --worst, --steps and --all")
     logged, _, eps, _ = step_eps(reader, quantity)
     keys = _keys(logged)
-    order = _rank_order(eps)
+    order = rank_order(eps)
     rank = {keys[i]: r + 1 for r, i in enumerate(order)}
     if all_steps:
         return keys, rank
@@ -175,22 +166,31 @@ def _unknown_steps_message(reader: LogReader, missing, logged: np.ndarray) -> st
 # ----------------------------------------------------------------- frames
 
 
-def _collect(read, wanted: set) -> Dict[Key, tuple]:
-    """Rows of a step-sorted series whose key is in ``wanted``; ``read(start, stop)``
-    returns a tuple of arrays, steps first.  Read in chunks (bounded memory)."""
+def _rows_of(steps: np.ndarray, wanted: set) -> Dict[Key, int]:
+    """Row of each key ``(step, occurrence)`` of ``wanted`` in the step-sorted
+    ``steps`` (keys not logged there are left out)."""
+    found = {}
+    for key in wanted:
+        first, end = np.searchsorted(steps, key[0], "left"), np.searchsorted(steps, key[0], "right")
+        if first + key[1] < end:
+            found[key] = int(first + key[1])
+    return found
+
+
+def _collect(read, steps: np.ndarray, wanted: set) -> Dict[Key, tuple]:
+    """Rows of a step-sorted series (its ``steps``) whose key is in ``wanted``;
+    ``read(start, stop)`` returns a tuple of arrays, steps first.  Only the chunks of
+    :data:`_CHUNK_ROWS` rows holding a wanted row are read (bounded memory)."""
+    rows = _rows_of(steps, wanted)
+    by_chunk: Dict[int, List[Tuple[Key, int]]] = {}
+    for key, row in rows.items():
+        by_chunk.setdefault(row // _CHUNK_ROWS, []).append((key, row))
     found: Dict[Key, tuple] = {}
-    seen: Counter = Counter()
-    start = 0
-    while len(found) < len(wanted):
-        block = read(start, start + _CHUNK_ROWS)
-        if len(block[0]) == 0:
-            break
-        for i, step in enumerate(block[0].tolist()):
-            key = (step, seen[step])
-            seen[step] += 1
-            if key in wanted:
-                found[key] = tuple(None if part is None else part[i] for part in block)
-        start += _CHUNK_ROWS
+    for chunk, members in sorted(by_chunk.items()):
+        block = read(chunk * _CHUNK_ROWS, (chunk + 1) * _CHUNK_ROWS)
+        for key, row in members:
+            i = row - chunk * _CHUNK_ROWS
+            found[key] = tuple(None if part is None else part[i] for part in block)
     return found
 
 
@@ -201,7 +201,8 @@ def _observable_values(reader: LogReader, wanted: set) -> Dict[str, Dict[Key, ob
              if n in PER_ATOM_ARRAYS or n in QUANTITIES or reader.spec(n).shape == ()]
     values = {}
     for name in names:
-        rows = _collect(lambda a, b, name=name: reader.observable(name, a, b), wanted)
+        rows = _collect(lambda a, b, name=name: reader.observable(name, a, b),
+                        reader.steps(name), wanted)
         values[name] = {key: row[2] for key, row in rows.items()}
     return values
 
@@ -211,7 +212,7 @@ def exported_frames(reader: LogReader, keys: Sequence[Key],
     """ASE ``Atoms`` of the rows ``keys``: positions and cell from the log, per-atom
     arrays (:data:`PER_ATOM_ARRAYS`), the model's energy/forces/stress as results and
     the step's numbers in ``info`` (``symmon_<observable>``, units in ``*_unit``)."""
-    frames = _collect(lambda a, b: reader.frames(a, b), set(keys))
+    frames = _collect(lambda a, b: reader.frames(a, b), reader.frame_steps(), set(keys))
     if frames and next(iter(frames.values()))[2] is None:
         raise ValueError(f"{_names(reader)} stores no positions (written with "
                          "write_positions=False); there are no structures to export")
@@ -251,7 +252,7 @@ def _step_info(reader: LogReader, step: int, time: float, values) -> Dict[str, o
     if EPS_PER_ATOM in values:
         eps = np.asarray(values[EPS_PER_ATOM], dtype=np.float64)
         unit = reader.unit(EPS_PER_ATOM)
-        info.update(symmon_forces_eps_rms=float(_rms_over_atoms(eps)),
+        info.update(symmon_forces_eps_rms=float(rms_over_atoms(eps)),
                     symmon_forces_eps_rms_unit=unit,
                     symmon_forces_eps_total=float(np.sqrt(np.sum(eps ** 2))),
                     symmon_forces_eps_total_unit=unit)

@@ -45,13 +45,13 @@ class _Shard:
     def __init__(self, header: LogHeader):
         self.header, self.path = header, header.path
         self._table: tuple[np.ndarray, np.ndarray] | None = None
+        self._all_rows: np.ndarray | None = None
 
     def series(self, name: str) -> _Series:
         h = self.header
         if h.schema_version >= 2:
-            steps, present = self._v2_table()
-            rows = np.flatnonzero(present[:, h.columns[name]])
-            return _Series(steps[rows], rows, h.edges["time"], (h.groups[name]["value"],))
+            steps, rows = self._v2_rows(name)
+            return _Series(steps, rows, h.edges["time"], (h.groups[name]["value"],))
         g = h.groups[name]
         n = v1_trusted_count(g["step"], g["time"], g["value"])
         return _Series(read(g["step"], slice(0, n)), np.arange(n), g["time"], (g["value"],))
@@ -60,25 +60,45 @@ class _Shard:
         h = self.header
         values = (h.edges["value"],) + ((h.position["value"],) if h.has_positions else ())
         if h.schema_version >= 2:
-            steps, present = self._v2_table()
-            rows = np.flatnonzero(present[:, h.columns[FRAME_COLUMN]])
-            return _Series(steps[rows], rows, h.edges["time"], values)
+            steps, rows = self._v2_rows(FRAME_COLUMN)
+            return _Series(steps, rows, h.edges["time"], values)
         elements = [h.edges] + ([h.position] if h.has_positions else [])
         n = min(v1_trusted_count(g["step"], g["time"], g["value"]) for g in elements)
         return _Series(read(h.edges["step"], slice(0, n)), np.arange(n), h.edges["time"], values)
 
-    def refresh(self) -> None:
+    def refresh(self) -> bool:
+        """Re-read the datasets' extents (SWMR); True when any of them grew."""
         # (a dataset handle kept open across a refresh would keep stale chunks: none is kept)
-        if self.header.file.swmr_mode:
-            for ds in row_datasets(self.header.file):
-                ds.refresh()
+        if not self.header.file.swmr_mode:
+            return False
+        datasets = row_datasets(self.header.file)
+        before = [ds.shape for ds in datasets]
+        for ds in datasets:
+            ds.refresh()
+        if [ds.shape for ds in datasets] == before:
+            return False
         self._table = None
+        return True
+
+    def _v2_rows(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Steps and rows of series ``name``; a series in every row shares the table's
+        arrays (no copy per series: 10^6 steps x 70 series)."""
+        steps, present = self._v2_table()
+        column = present[:, self.header.columns[name]]
+        if column.all():
+            if self._all_rows is None or len(self._all_rows) != len(steps):
+                self._all_rows = np.arange(len(steps))
+                self._all_rows.setflags(write=False)
+            return steps, self._all_rows
+        rows = np.flatnonzero(column)
+        return steps[rows], rows
 
     def _v2_table(self) -> tuple[np.ndarray, np.ndarray]:
         if self._table is None:
             n = trusted_rows(self.header.file)
             self._table = (read(self.header.edges["step"], slice(0, n)),
                            read(self.header.file[PRESENT], slice(0, n)))
+            self._table[0].setflags(write=False)
         return self._table
 
 
@@ -119,22 +139,26 @@ class LogReader:
         self.pbc: tuple[bool, bool, bool] = first.pbc
         self._specs = first.specs
         self.observable_names: list[str] = sorted(first.specs)
+        self._plans: dict[str, _Merged] = {}   # name -> merged step plan (until growth)
+        self._memo: dict = {}
 
     def observable(self, name: str, start: int | None = None, stop: int | None = None,
                    stride: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(step (n,), time (n,) [ps], value (n, *shape) [unit(name)])`` of the
         rows ``[start:stop:stride]`` of the step-sorted series."""
         spec = self._spec(name)
-        series = [s.series(name) for s in self._shards]
-        step, time, plan = _select(series, slice(start, stop, stride))
-        value = _gather([s.values[0] for s in series], plan, len(step), spec.shape, spec.dtype)
+        merged = self._merged(name, lambda s: s.series(name))
+        step, time, plan = merged.select(slice(start, stop, stride))
+        value = _gather([s.values[0] for s in merged.series], plan, len(step), spec.shape,
+                        spec.dtype)
         return step, time, value
 
     def frames(self, start: int | None = None, stop: int | None = None,
                stride: int | None = None) -> Frames:
         """Frames ``[start:stop:stride]`` (step-sorted); positions None if not stored."""
-        series = [s.frames() for s in self._shards]
-        step, time, plan = _select(series, slice(start, stop, stride))
+        merged = self._merged(FRAME_COLUMN, _Shard.frames)
+        step, time, plan = merged.select(slice(start, stop, stride))
+        series = merged.series
         cell = _gather([s.values[0] for s in series], plan, len(step), (3, 3), np.float64)
         pos = None
         if self._shards[0].header.has_positions:
@@ -142,10 +166,26 @@ class LogReader:
                           (len(self.species), 3), np.float64)
         return Frames(step, time, pos, cell)
 
+    def steps(self, name: str) -> np.ndarray:
+        """Step numbers of every row of ``name`` (step-sorted, read-only; no values read)."""
+        self._spec(name)
+        return self._merged(name, lambda s: s.series(name)).steps
+
+    def frame_steps(self) -> np.ndarray:
+        """Step numbers of every frame (step-sorted, read-only)."""
+        return self._merged(FRAME_COLUMN, _Shard.frames).steps
+
     def count(self, name: str) -> int:
         """Number of logged rows of observable ``name`` (all shards)."""
-        self._spec(name)
-        return sum(len(s.series(name).rows) for s in self._shards)
+        return len(self.steps(name))
+
+    def memo(self, key, compute):
+        """``compute()``, kept with this reader until :meth:`refresh` finds new rows:
+        derived arrays (e.g. a report's series) computed once per reader and state of
+        the file.  Callers must not modify what it returns."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def unit(self, name: str) -> str:
         return self._spec(name).unit
@@ -160,9 +200,14 @@ class LogReader:
         return self._spec(name)
 
     def refresh(self) -> None:
-        """Pick up steps flushed by a live writer since opening (SWMR files)."""
+        """Pick up steps flushed by a live writer since opening (SWMR files); the
+        merged step plans and :meth:`memo` values are dropped when any shard grew."""
+        grew = False
         for s in self._shards:
-            s.refresh()
+            grew |= s.refresh()
+        if grew:
+            self._plans.clear()
+            self._memo.clear()
 
     def close(self) -> None:
         for s in self._shards:
@@ -173,6 +218,12 @@ class LogReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def _merged(self, key: str, series_of) -> _Merged:
+        """The step-sorted merge of ``series_of(shard)`` over the shards, built once."""
+        if key not in self._plans:
+            self._plans[key] = _Merged([series_of(s) for s in self._shards])
+        return self._plans[key]
 
     def _spec(self, name: str) -> ObservableSpec:
         if name not in self._specs:
@@ -222,19 +273,35 @@ def v1_trusted_count(step: h5py.Dataset, time: h5py.Dataset, value: h5py.Dataset
     return 0
 
 
-def _select(series: list[_Series], sl: slice):
-    """Merge the shards' steps (stable sort), apply ``sl``; returns step, time
-    and a per-shard plan ``[(rows in output, rows in the shard's datasets)]``."""
-    all_steps = np.concatenate([s.steps for s in series])
-    owner = np.repeat(np.arange(len(series)), [len(s.steps) for s in series])
-    local = np.concatenate([s.rows for s in series])
-    picked = np.argsort(all_steps, kind="stable")[sl]
-    plan = []
-    for k in range(len(series)):
-        out = np.flatnonzero(owner[picked] == k)
-        plan.append((out, local[picked[out]]))
-    time = _gather([s.time for s in series], plan, len(picked), (), np.float64)
-    return all_steps[picked], time, plan
+class _Merged:
+    """The shards' rows of one series merged by step (stable sort): for each merged
+    row its step, its shard and its row in that shard's datasets."""
+
+    def __init__(self, series: list[_Series]):
+        self.series = series
+        if len(series) == 1 and np.all(np.diff(series[0].steps) >= 0):  # one sorted shard
+            self.steps, self.local, self.owner = series[0].steps, series[0].rows, None
+        else:
+            steps = np.concatenate([s.steps for s in series])
+            order = np.argsort(steps, kind="stable")
+            self.steps = steps[order]
+            self.owner = np.repeat(np.arange(len(series)), [len(s.steps) for s in series])[order]
+            self.local = np.concatenate([s.rows for s in series])[order]
+        for array in (self.steps, self.owner, self.local):
+            if array is not None:
+                array.setflags(write=False)
+
+    def select(self, sl: slice):
+        """Step, time and a per-shard plan ``[(rows in output, rows in the shard's
+        datasets)]`` of the merged rows ``sl``."""
+        local = self.local[sl]
+        if self.owner is None:
+            plan = [(np.arange(len(local)), local)]
+        else:
+            plan = [(out, local[out]) for out in
+                    (np.flatnonzero(self.owner[sl] == k) for k in range(len(self.series)))]
+        time = _gather([s.time for s in self.series], plan, len(local), (), np.float64)
+        return self.steps[sl].copy(), time, plan
 
 
 def _gather(datasets: list[h5py.Dataset], plan, n: int, shape: tuple, dtype) -> np.ndarray:

@@ -18,6 +18,7 @@ the same way, and the relative ε is ``eps / max(rms, floor)`` with the floor of
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,11 +45,39 @@ class QuantitySeries:
 
 
 def read(reader: LogReader, name: str, stride: int | None = None, start=None, stop=None):
-    """``(step, time, value)`` of ``name`` with float values (empty if absent)."""
+    """``(step, time, value)`` of ``name`` with float values (empty if absent).  A whole
+    series is read once per reader (:meth:`LogReader.memo`; read-only arrays)."""
     if name not in reader.observable_names:
         return np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
+    if start is None and stop is None and stride is None:
+        return reader.memo(("read", name), lambda: _frozen(_read_float(reader, name)))
+    return _read_float(reader, name, stride, start, stop)
+
+
+def _read_float(reader: LogReader, name: str, stride=None, start=None, stop=None):
     step, time, value = reader.observable(name, start=start, stop=stop, stride=stride)
     return step, time, value.astype(np.float64, copy=False)
+
+
+def _frozen(arrays):
+    """``arrays`` made read-only (values shared through :meth:`LogReader.memo`)."""
+    for array in arrays:
+        if isinstance(array, np.ndarray):
+            array.setflags(write=False)
+    return arrays
+
+
+def rank_order(eps) -> np.ndarray:
+    """Indices of ``eps`` from largest to smallest (NaN last, ties in log order)."""
+    return np.argsort(-np.nan_to_num(np.asarray(eps, float), nan=-np.inf), kind="stable")
+
+
+def rms_over_atoms(eps_per_atom) -> np.ndarray:
+    """``sqrt(mean_i eps_i^2)`` over the last axis, atoms with NaN ε left out."""
+    eps_per_atom = np.asarray(eps_per_atom, dtype=np.float64)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: NaN
+        return np.sqrt(np.nanmean(eps_per_atom * eps_per_atom, axis=-1))
 
 
 def lookup(step_ref, steps, values) -> np.ndarray:
@@ -92,7 +121,12 @@ def forces_eps_is_total(reader: LogReader) -> bool:
 
 def quantity_series(reader: LogReader, q: str) -> QuantitySeries:
     """ε, its standard error, orbit RMS and relative ε ``eps / max(rms, floor)`` of
-    ``q`` at every monitored step (the floor of the thresholds table)."""
+    ``q`` at every monitored step (the floor of the thresholds table); computed once
+    per reader (:meth:`LogReader.memo`)."""
+    return reader.memo(("quantity_series", q), lambda: _quantity_series(reader, q))
+
+
+def _quantity_series(reader: LogReader, q: str) -> QuantitySeries:
     step, time, eps = read(reader, f"{q}_eps")
     err = lookup(step, *read(reader, f"{q}_eps_err")[::2])
     logged_relative = lookup(step, *read(reader, f"{q}_rel_eps")[::2])
@@ -104,7 +138,7 @@ def quantity_series(reader: LogReader, q: str) -> QuantitySeries:
         scale = 1.0 / math.sqrt(n_atoms)
     normalised = eps * scale
     if q == "forces" and scale != 1.0 and "forces_eps_per_atom" in reader.observable_names:
-        normalised = lookup(step, *per_atom_rms(reader))
+        normalised = lookup(step, *per_atom_rms(reader)[::2])
     if f"{q}_rms" in reader.observable_names:     # logged, normalised as the ε
         rms = lookup(step, *read(reader, f"{q}_rms")[::2])
     else:                                          # older logs: relative = eps / rms
@@ -114,20 +148,34 @@ def quantity_series(reader: LogReader, q: str) -> QuantitySeries:
     return QuantitySeries(q, step, time, normalised, err * scale, rms, relative, UNITS[q])
 
 
-def per_atom_rms(reader: LogReader) -> tuple[np.ndarray, np.ndarray]:
-    """``(step, sqrt(mean_i eps_i^2))`` from ``forces_eps_per_atom``, read in chunks."""
+def per_atom_rms(reader: LogReader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(step, time [ps], sqrt(mean_i eps_i^2) [eV/Å])`` of every row of
+    ``forces_eps_per_atom`` (:func:`rms_over_atoms`), read in chunks of
+    :data:`SAMPLE_BUDGET` values, once per reader."""
+    return reader.memo("per_atom_rms", lambda: _frozen(_per_atom_rms(reader)))
+
+
+def _per_atom_rms(reader: LogReader):
     name = "forces_eps_per_atom"
     count = reader.count(name)
     rows = max(1, SAMPLE_BUDGET // max(1, len(reader.species)))
-    steps, values = [], []
-    for start in range(0, count, rows):
-        step, _, block = read(reader, name, start=start, stop=start + rows)
-        steps.append(step)
-        with np.errstate(all="ignore"):
-            values.append(np.sqrt(np.nanmean(block * block, axis=1)))
-    if not steps:
-        return np.zeros(0, np.int64), np.zeros(0)
-    return np.concatenate(steps), np.concatenate(values)
+    blocks = [read(reader, name, start=start, stop=start + rows)
+              for start in range(0, count, rows)]
+    if not blocks:
+        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
+    return tuple(np.concatenate(parts) for parts in
+                 zip(*((step, time, rms_over_atoms(block)) for step, time, block in blocks)))
+
+
+def per_atom_row(reader: LogReader, step: int):
+    """``(time [ps], ε of each atom (N,) [eV/Å])`` of the first row of
+    ``forces_eps_per_atom`` at ``step`` (one row read); None where not logged."""
+    name = "forces_eps_per_atom"
+    rows = np.flatnonzero(reader.steps(name) == step)
+    if not rows.size:
+        return None
+    _, time, values = read(reader, name, start=int(rows[0]), stop=int(rows[0]) + 1)
+    return float(time[0]), values[0]
 
 
 def per_atom_sample(reader: LogReader, budget: int | None = None):
@@ -137,8 +185,8 @@ def per_atom_sample(reader: LogReader, budget: int | None = None):
     if name not in reader.observable_names or reader.count(name) == 0:
         return None
     stride = sample_stride(reader.count(name), len(reader.species), budget)
-    step, _, values = read(reader, name, stride=stride)
-    return step, values
+    return reader.memo(("per_atom_sample", stride),
+                       lambda: _frozen(read(reader, name, stride=stride)[::2]))
 
 
 def symbols(species) -> list[str]:

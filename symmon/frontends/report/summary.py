@@ -15,8 +15,8 @@ from ...core.outputs import EV_PER_A3_IN_GPA, QUANTITY_KINDS
 from ...io.files import jsonable
 from ...io.log import LogFormatError, LogReader
 from .criteria import judge, resolve_thresholds, verdict
-from .series import (lookup, monitored_quantities, per_atom_sample, quantity_series, read,
-                     sample_stride, symbols)
+from .series import (lookup, monitored_quantities, per_atom_row, per_atom_sample,
+                     quantity_series, rank_order, read, sample_stride, symbols)
 
 SCHEMA = "symmon-report/2"
 TOP_STEPS = 5
@@ -222,7 +222,7 @@ def worst_steps(reader, series, worst_atoms) -> list[dict]:
     step's worst atom."""
     key = "forces" if "forces" in series else next(iter(series))
     ref = series[key]
-    ranked = np.argsort(-np.nan_to_num(ref.eps, nan=-np.inf), kind="stable")  # as export
+    ranked = rank_order(ref.eps)
     rows_of_atoms = [np.flatnonzero(ref.step == a["worst_step"])[:1] for a in worst_atoms]
     order = list(dict.fromkeys([*ranked[:TOP_STEPS].tolist(),
                                 *(int(r[0]) for r in rows_of_atoms if r.size)]))
@@ -246,17 +246,15 @@ def _worst_atom_at(reader, steps) -> dict:
     name = "forces_eps_per_atom"
     if name not in reader.observable_names or len(steps) == 0:
         return {}
-    atom_steps = read(reader, "forces_eps")[0]  # written with the per-atom ε
-    if reader.count(name) != len(atom_steps):
+    if reader.count(name) != reader.count("forces_eps"):  # written with the per-atom ε
         return {}
     names = symbols(reader.species)
     out = {}
     for step in steps:
-        row = int(np.flatnonzero(atom_steps == step)[0])
-        s, _, values = read(reader, name, start=row, stop=row + 1)
-        if len(s) and s[0] == step and np.isfinite(values[0]).any():
-            i = int(np.nanargmax(values[0]))
-            out[int(step)] = {"index": i, "symbol": names[i], "eps": float(values[0][i])}
+        row = per_atom_row(reader, step)
+        if row is not None and np.isfinite(row[1]).any():
+            i = int(rank_order(row[1])[0])
+            out[int(step)] = {"index": i, "symbol": names[i], "eps": float(row[1][i])}
     return out
 
 
