@@ -4,7 +4,9 @@
 archive; random bytes, a truncated copy or an empty file are not one, and torch's own
 message for them ("PytorchStreamReader failed ... internal miniz error") names neither
 the file nor the fix. A zip that loads badly (damaged inside, or written by an
-incompatible version) is reported with torch's first line and the file's name.
+incompatible version) is reported with torch's first line and the file's name. A zip
+that is no TorchScript archive at all (a metatrain ``.ckpt``, which ``torch.save``
+wrote: no ``code/`` inside) gets the ``mtt export`` command that makes one.
 """
 
 from __future__ import annotations
@@ -37,9 +39,30 @@ def loading_model_file(path):
     path = check_model_file(path)
     try:
         yield path
+    except ValueError as error:  # metatomic: "file at ... does not contain a metatomic model"
+        if "metatomic model" not in str(error):
+            raise
+        raise ValueError(_not_exported(path, str(error))) from None
     except RuntimeError as error:
         first = next((line.strip() for line in str(error).splitlines() if line.strip()),
                      type(error).__name__)
         raise ValueError(f"cannot load model file {path!r} ({first}): is it damaged, or "
                          "exported with another metatomic version? re-export it with "
                          "`mtt export`") from None
+
+
+def _not_exported(path: str, cause: str) -> str:
+    """The sentence for a zip metatomic cannot load as a model."""
+    if not _is_torchscript(path):
+        exported = os.path.splitext(path)[0] + ".pt"
+        return (f"model file {path!r} is a checkpoint, not an exported model ({cause}); "
+                f"export it with `mtt export {path} -o {exported}` and pass {exported!r} "
+                "(`symmon eval` also takes the checkpoint)")
+    return (f"model file {path!r} holds no metatomic model ({cause}); export the model "
+            "with `mtt export` and pass that .pt file")
+
+
+def _is_torchscript(path: str) -> bool:
+    """Whether the zip at ``path`` holds TorchScript code (``<archive>/code/...``)."""
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())

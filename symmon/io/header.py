@@ -71,19 +71,6 @@ def spec_from_group(g: h5py.Group) -> ObservableSpec:
                           dtype=value.dtype, labels=labels)
 
 
-def spec_differences(a, b) -> list[str]:
-    """Why observable declarations ``a`` and ``b`` cannot share a log (empty: they can)."""
-    problems = []
-    if set(a) != set(b):
-        problems.append(f"observables {sorted(a)} != {sorted(b)}")
-    for name in sorted(set(a) & set(b)):
-        if not a[name].same_layout(b[name]):
-            sa, sb = ((s.shape, str(s.dtype), s.unit) for s in (a[name], b[name]))
-            problems.append(
-                f"observable {name!r}: (shape, dtype, unit) {sa} != {sb} or labels differ")
-    return problems
-
-
 def flagged_open_for_write(path: str) -> bool:
     """Superblock (version >= 3) status flags, byte 11: bit 0 write, bit 2 SWMR write."""
     with open(path, "rb") as fh:

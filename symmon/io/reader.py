@@ -17,7 +17,8 @@ import numpy as np
 
 from .h5md import FRAME_COLUMN, MAX_CHUNK_ROWS, PRESENT, UNWRITTEN_STEP, LogFormatError, \
     ObservableSpec, row_datasets, trusted_rows
-from .header import LogHeader, open_for_reading, spec_differences
+from .header import LogHeader, open_for_reading
+from .mismatch import ShardMismatch, shard_differences
 
 
 class Frames(NamedTuple):
@@ -233,16 +234,9 @@ class LogReader:
     def _check_shards_agree(self) -> None:
         first = self._shards[0].header
         for s in (shard.header for shard in self._shards[1:]):
-            problems = spec_differences(first.specs, s.specs)
-            if s.schema_version != first.schema_version:
-                problems.append(f"schema_version {s.schema_version} != {first.schema_version}")
-            if not np.array_equal(s.species, first.species):
-                problems.append("species differ")
-            if s.pbc != first.pbc or s.has_positions != first.has_positions:
-                problems.append("pbc / stored positions differ")
-            if problems:
-                raise LogFormatError(
-                    f"shard {s.path} does not match {first.path}: " + "; ".join(problems))
+            why = shard_differences(first, s)
+            if why:
+                raise ShardMismatch([first.path, s.path], why)
 
 
 def read_log(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> LogReader:

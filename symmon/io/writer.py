@@ -35,14 +35,15 @@ from . import signals
 from .h5md import (
     EDGES, FILE_OPTIONS, FRAME_COLUMN, PARAMS, POSITION, PRESENT, LogFormatError, ObservableSpec,
     build_layout, fill_value, present_columns, trusted_rows, truncate_rows, value_path)
-from .header import UNCLEAN_HINT, LogHeader, spec_differences
+from .header import UNCLEAN_HINT, LogHeader
+from .mismatch import RUN_IDENTITY, listed, metadata_differences, spec_differences
 from .lock import PathLock, temp_path
 from .validate import (
     check_log_path, check_pbc, check_species, check_specs, check_step_time, check_value,
     exists_message)
 
 #: metadata keys that must agree for ``mode="append"`` (when metadata is given)
-APPEND_CHECKED_METADATA = ("model_sha256", "base_calculator", "base_parameters", "seed")
+APPEND_CHECKED_METADATA = RUN_IDENTITY
 
 
 class LogWriteError(OSError):
@@ -287,7 +288,9 @@ class LogWriter:
             problems = self._append_problems(header, metadata)
             if problems:
                 raise ValueError(
-                    f"{self.path}: cannot append, incompatible log: " + "; ".join(problems))
+                    f"{self.path}: cannot append, the log holds another run ({listed(problems)})"
+                    "; log this run to a new path, or pass log_mode='overwrite' to replace "
+                    "the log")
         f = self._open_existing("r+")
         try:
             n = trusted_rows(f)
@@ -326,16 +329,14 @@ class LogWriter:
         if not np.array_equal(header.species, self.species):
             problems.append("species differ")
         if header.pbc != self.pbc:
-            problems.append(f"pbc {header.pbc} != {self.pbc}")
+            problems.append(f"pbc {header.pbc} vs {self.pbc}")
         if header.has_positions != self.write_positions:
-            problems.append(f"file has positions: {header.has_positions}, "
-                            f"write_positions={self.write_positions}")
-        problems += spec_differences(header.specs, self.specs)
-        for key in APPEND_CHECKED_METADATA if metadata is not None else ():
-            stored, new = header.metadata.get(key), metadata.get(key)
-            if stored != new:
-                problems.append(f"metadata {key!r}: stored {stored!r}, new {new!r}")
-        return problems
+            problems.append(f"positions stored {header.has_positions} vs "
+                            f"{self.write_positions}")
+        if metadata is not None:
+            problems += [f"metadata {p}" for p in metadata_differences(
+                header.metadata, metadata, APPEND_CHECKED_METADATA)]
+        return problems + spec_differences(header.specs, self.specs)
 
     def _bind_datasets(self) -> None:
         f = self._file

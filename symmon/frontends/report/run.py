@@ -34,7 +34,7 @@ def run_report(paths, output: str | None = None, fmt: str = "html",
         raise ValueError("--compare needs at least two logs (one per run)")
     overrides = resolve_thresholds(thresholds)
     if isinstance(model_error, (str, os.PathLike)):
-        model_error = load_model_error(model_error)
+        model_error = _model_error_file(model_error)
     groups = [[p] for p in paths] if compare else [paths]
     labels = _labels(groups)
     need_figures = fmt == "html" or png_dir is not None
@@ -57,6 +57,17 @@ def run_report(paths, output: str | None = None, fmt: str = "html",
     if output is not None:
         print(f"wrote {output}: {summary_line(summary)}")
     return 0
+
+
+def _model_error_file(path) -> dict[str, float]:
+    """:func:`~.criteria.load_model_error`, a binary file (an HDF5 log, a model) refused
+    in one sentence."""
+    try:
+        return load_model_error(path)
+    except UnicodeDecodeError:
+        raise ValueError(f"--model-error {os.fspath(path)}: not a JSON file; give the model "
+                         "errors that 'symmon eval MODEL STRUCTURES -o eval.json' writes"
+                         ) from None
 
 
 def _figures(paths, readers, summaries, labels) -> dict[str, bytes]:

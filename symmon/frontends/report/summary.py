@@ -14,6 +14,7 @@ from ...core.irreps import Irrep
 from ...core.outputs import EV_PER_A3_IN_GPA, QUANTITY_KINDS
 from ...io.files import jsonable
 from ...io.log import LogFormatError, LogReader
+from ...io.mismatch import ShardMismatch
 from .criteria import judge, resolve_thresholds, verdict
 from .series import (lookup, monitored_quantities, per_atom_row, per_atom_sample,
                      quantity_series, rank_order, read, sample_stride, symbols)
@@ -56,6 +57,10 @@ def as_paths(paths) -> list[str]:
 def open_reader(paths: list[str]) -> LogReader:
     try:
         return LogReader(paths)
+    except ShardMismatch as error:
+        raise LogFormatError(f"{' and '.join(paths)} are not shards of one run (different "
+                             f"{', '.join(error.why)}); to compare runs: symmon report "
+                             f"--compare {' '.join(paths)}") from None
     except (OSError, KeyError) as error:
         if isinstance(error, FileNotFoundError):
             raise
