@@ -31,7 +31,8 @@ from ase.calculators.calculator import (BaseCalculator, PropertyNotImplementedEr
 from ..adapters.model_file import loading_model_file
 from ..core.outputs import matrix_to_voigt, spellings
 from ..monitoring.monitor import Monitor
-from ..monitoring.options import MODES, VIOLATION_ACTIONS, MonitorOptions  # noqa: F401
+from ..monitoring.options import (MODES, VIOLATION_ACTIONS, MonitorOptions,  # noqa: F401
+                                  check_option_names)
 from ..monitoring.policy import SymmetryViolation, SymmetryViolationWarning  # noqa: F401
 from ..monitoring.source import ModelSource
 from ..monitoring.steps import same_values
@@ -41,6 +42,10 @@ DIAGNOSTICS = ("energy_eps", "energy_eps_per_atom", "forces_eps", "forces_eps_to
                "stress_eps", "stress_eps_gpa", "energy_rel_eps", "forces_rel_eps",
                "stress_rel_eps", "level", "violation", "net_force_per_atom", "net_torque",
                "frame_noise_energy", "frame_noise_forces", "frame_noise_stress")
+
+
+#: ``SymmetryMonitor`` keywords that are not monitor options (named by a misspelling hint)
+FRONT_END_KEYWORDS = ("log", "readout", "chunk_size", "device")
 
 
 class StressNotAvailable(PropertyNotImplementedError, ValueError):
@@ -76,6 +81,7 @@ def _has_direct_stress(model) -> bool:
 def make_monitor(base, log=None, *, readout=None, device=None, chunk_size=None,
                  extra_specs=None, warm_up=True, **options) -> Monitor:
     """A :class:`Monitor` of ``base`` (ASE calculator or ``.pt`` path), options checked."""
+    check_option_names(options, also=FRONT_END_KEYWORDS)
     options = MonitorOptions(**options)
     if isinstance(base, (str, os.PathLike)):
         base = metatomic_calculator(base, device=device)

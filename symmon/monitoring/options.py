@@ -7,10 +7,11 @@ validated in one place.
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, Mapping, Optional, Union
 
 import numpy as np
@@ -30,6 +31,23 @@ WARN_ELEMENTS_PER_STEP = 5_000
 #: ... and above which it refuses: hours per step for any real model, and Wigner-D tables
 #: of tens of GB for the spectra
 MAX_ELEMENTS_PER_STEP = 100_000
+
+
+class UnknownOption(TypeError, ValueError):
+    """A keyword that is no monitor option (a ``TypeError`` as Python's own, and a
+    ``ValueError`` as every other refused option)."""
+
+
+def check_option_names(names, also=()) -> None:
+    """Refuse the first of ``names`` that is neither a :class:`MonitorOptions` field nor
+    one of ``also`` (the front-end's own keywords), naming the closest valid one."""
+    valid = [f.name for f in fields(MonitorOptions)] + list(also)
+    for name in names:
+        if name not in valid:
+            close = difflib.get_close_matches(name, valid, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else \
+                f"the options are {', '.join(sorted(valid))}"
+            raise UnknownOption(f"unknown option {name!r} ({hint})")
 
 
 def _integer(name: str, value, minimum: int) -> int:

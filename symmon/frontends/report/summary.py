@@ -154,8 +154,19 @@ def run_info(reader: LogReader, series) -> dict:
         "has_time": bool(finite_time.size == len(time)),
         "violation_steps": int(flagged.size),
         "first_violation_step": int(flagged.min()) if flagged.size else None,
-        "metadata": {k: meta.get(k) for k in METADATA_KEYS if k in meta},
+        "metadata": run_metadata(meta),
     }
+
+
+def run_metadata(meta: Mapping) -> dict:
+    """The :data:`METADATA_KEYS` of a log's metadata; ``average_degree`` is the degree
+    of the averaging grid the run used (``average_grid``), not the setting, which is
+    None when the monitor chose the degree."""
+    shown = {k: meta.get(k) for k in METADATA_KEYS if k in meta}
+    grid = meta.get("average_grid")
+    if isinstance(grid, Mapping) and grid.get("degree") is not None:
+        shown["average_degree"] = grid["degree"]
+    return shown
 
 
 def stats(values) -> dict:
