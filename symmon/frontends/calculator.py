@@ -122,6 +122,8 @@ class SymmetryMonitor(BaseCalculator):
     ``results`` hold the returned ``energy``, ``free_energy``, ``forces``, ``stress``
     (those the base implements) and the diagnostics :data:`DIAGNOSTICS` plus
     ``forces_eps_per_atom``; ``forces_eps`` is the RMS over atoms of each atom's ε (eV/Å).
+    A structure that is not periodic in three directions has no stress: no stress
+    diagnostics then (the log still declares them, NaN).
     """
 
     def __init__(self, base, log: Optional[str] = None, *, readout=None,
@@ -166,7 +168,7 @@ class SymmetryMonitor(BaseCalculator):
         if not _is_snapshot(self.atoms, atoms):  # ASE's get_property took one just now
             self.atoms = atoms.copy()
         returned, values = self.monitor.calculate(atoms)
-        self.results = _ase_results(returned, values, len(atoms))
+        self.results = _ase_results(returned, values, len(atoms), all(atoms.pbc))
 
     def flush(self) -> None:
         self.monitor.flush()
@@ -193,9 +195,13 @@ def _is_snapshot(snapshot, atoms) -> bool:
             and same_values(snapshot.pbc, atoms.pbc))
 
 
-def _ase_results(returned, values, n_atoms) -> dict:
+def _ase_results(returned, values, n_atoms, periodic: bool) -> dict:
+    """ASE ``results`` of one calculation: the returned predictions, then the
+    diagnostics (NaN where not computed; none of stress for a structure that has no
+    stress, not 3D-periodic)."""
     energy = float(returned["energy"])
-    results = dict(_NOT_COMPUTED, energy=energy, free_energy=energy)
+    results = dict(_NOT_COMPUTED if periodic else _NOT_COMPUTED_WITHOUT_STRESS,
+                   energy=energy, free_energy=energy)
     if "forces" in returned:
         results["forces"] = np.asarray(returned["forces"]).reshape(n_atoms, 3)
     if "stress" in returned:
@@ -209,6 +215,8 @@ def _ase_results(returned, values, n_atoms) -> dict:
 
 
 _NOT_COMPUTED = dict.fromkeys(DIAGNOSTICS, float("nan"))
+_NOT_COMPUTED_WITHOUT_STRESS = {name: value for name, value in _NOT_COMPUTED.items()
+                                if "stress" not in name}
 _DIAGNOSTIC_NAMES = frozenset(DIAGNOSTICS)
 
 
