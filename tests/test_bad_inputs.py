@@ -10,6 +10,7 @@ accepts and then says nothing) must end the client with a clear message and exit
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 import time
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 from ase.calculators.emt import EMT
 
-from symmon.frontends.calculator import SymmetryMonitor
+from symmon.frontends.calculator import SymmetryMonitor, metatomic_calculator
 from symmon.frontends.cli import main
 from symmon.frontends.ipi import ServerSilent, read_template, run_client
 
@@ -64,6 +65,13 @@ def empty_file(tmp_path):
 def test_random_bytes_as_model_is_one_sentence(random_model):
     with pytest.raises(ValueError, match="not an exported model.*mtt export"):
         SymmetryMonitor(random_model)
+
+
+@pytest.mark.parametrize("load", [SymmetryMonitor, metatomic_calculator])
+def test_checkpoint_given_as_a_model_gets_the_export_command(load):
+    with pytest.raises(ValueError, match=r"tiny_pet.ckpt' is a checkpoint, not an exported "
+                       r"model .*`mtt export \S*tiny_pet.ckpt -o \S*tiny_pet.pt`"):
+        load(TINY_CKPT)
 
 
 def test_zip_that_is_no_torchscript_names_the_file(tmp_path):
@@ -232,6 +240,15 @@ def test_bad_monitor_options_name_the_option(options, words, tmp_path, monkeypat
     assert not os.listdir(tmp_path)  # nothing written
 
 
+@pytest.mark.parametrize("typed, meant", [("evry", "every"), ("fullevery", "full_every"),
+                                          ("lgo", "log")])
+def test_misspelt_option_names_the_closest(typed, meant):
+    for error in (TypeError, ValueError):  # Python's own kind, and every bad option's
+        with pytest.raises(error, match=rf"^unknown option '{typed}' \(did you mean "
+                           rf"'{meant}'\?\)$"):
+            SymmetryMonitor(EMT(), **{typed: 5})
+
+
 def test_default_options_give_no_cost_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -266,6 +283,65 @@ def test_report_of_the_same_log_twice_is_refused(tmp_path, capsys):
     assert main(["report", str(log), str(log), "-o", str(tmp_path / "report")]) == 2
     assert "given twice" in one_error_line(capsys, "report")
     assert not (tmp_path / "report").exists()
+
+
+def _emt_log(path, atoms, **options) -> str:
+    with SymmetryMonitor(EMT(), log=str(path), every=1, random_rotations=2,
+                         **options) as monitor:
+        atoms.calc = monitor
+        atoms.get_potential_energy()
+    return str(path)
+
+
+@pytest.mark.parametrize("content", [b"\x89HDF\r\n\x1a\n\x00\xff", b"{}", b"[1, 2]"])
+def test_model_error_file_that_is_no_eval_output(content, tmp_path, capsys):
+    log = _emt_log(tmp_path / "a.h5", copper())
+    errors = tmp_path / "errors.h5"
+    errors.write_bytes(content)
+    assert main(["report", log, "--model-error", str(errors), "--format", "json",
+                 "-o", str(tmp_path / "report.json")]) == 2
+    line = one_error_line(capsys, "report")
+    assert "errors.h5" in line and "symmon eval" in line
+    assert not (tmp_path / "report.json").exists()
+
+
+def test_two_runs_without_compare_are_one_short_sentence(tmp_path, capsys):
+    """Different settings and observables (spectra of full steps): not shards of one run."""
+    a = _emt_log(tmp_path / "a.h5", copper())
+    b = _emt_log(tmp_path / "b.h5", copper(), full_every=1, l_max=1, seed=3)
+    assert main(["report", a, b, "--format", "json", "-o", str(tmp_path / "r.json")]) == 2
+    line = one_error_line(capsys, "report")
+    assert "are not shards of one run (different settings, observables)" in line
+    assert f"--compare {a} {b}" in line
+    assert len(line) < 150 + 2 * (len(a) + len(b))  # each path twice, ~130 characters else
+
+
+def test_append_of_another_run_is_one_short_sentence(tmp_path):
+    """Another system (species, pbc), seed and observables: at most 3 named, values cut."""
+    log = _emt_log(tmp_path / "run.h5", copper())
+    before = (tmp_path / "run.h5").read_bytes()
+    other = ase.build.molecule("CH3OH")
+    with pytest.raises(ValueError) as refused:
+        _emt_log(log, other, log_mode="append", seed=4, full_every=1, l_max=1)
+    message = str(refused.value)
+    assert re.match(re.escape(f"{log}: cannot append, the log holds another run (species "
+                              "differ; pbc (True, True, True) vs (False, False, False); "
+                              "metadata seed 0 vs 4; and ") + r"\d+ more\)", message)
+    assert message.endswith("log this run to a new path, or pass log_mode='overwrite' to "
+                            "replace the log")
+    assert len(message) < 250 + len(log)
+    assert (tmp_path / "run.h5").read_bytes() == before
+
+
+def test_differences_name_the_entry_of_a_settings_text_and_cut_values():
+    from symmon.io.mismatch import VALUE_WIDTH, metadata_differences
+
+    stored = {"base_parameters": '{"model": "a.pt", "skin": 2.0}', "model_sha256": "a" * 64}
+    new = {"base_parameters": '{"model": "b.pt", "skin": 2.0}', "model_sha256": "b" * 64}
+    found = metadata_differences(stored, new, ("model_sha256", "base_parameters"))
+    assert found[1] == "base_parameters.model 'a.pt' vs 'b.pt'"
+    cut = "'" + "a" * (VALUE_WIDTH - 2) + "…"
+    assert found[0] == f"model_sha256 {cut} vs {cut.replace('a', 'b')}"
 
 
 # ------------------------------------------------------------------ frozen i-PI server

@@ -282,3 +282,17 @@ def test_append_of_another_ase_calculator_is_refused(tmp_path):
     atoms.calc.close()
     with read_log(log) as reader:
         assert len(reader.observable("forces_eps")[0]) == 2  # nothing of the refused run
+
+
+def test_a_molecule_has_no_stress_diagnostics_in_results():
+    """ASE results of a non-periodic structure carry no stress keys (not NaN ones); a
+    periodic cell carries them."""
+    methanol = molecule("CH3OH")
+    methanol.calc = SymmetryMonitor(EMT(), every=1, random_rotations=2)
+    methanol.get_forces()
+    assert np.isfinite(methanol.calc.results["forces_eps"])
+    assert not [name for name in methanol.calc.results if "stress" in name]
+    crystal = cu_ni()
+    crystal.calc = SymmetryMonitor(EMT(), every=1, random_rotations=2)
+    crystal.get_forces()
+    assert np.isfinite(crystal.calc.results["stress_eps"])

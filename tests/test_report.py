@@ -165,6 +165,15 @@ def test_average_mode_judges_the_returned_averaged_predictions(tmp_path):
     assert _check({"verdict": v}, "forces")["level"] == "problem"
 
 
+def test_average_mode_names_the_degree_of_the_grid_it_used(tmp_path):
+    """average_degree=None (the default) is chosen by the monitor: 3 + the highest rank
+    returned, 5 with stress; the report names that degree, not the setting."""
+    path = monitored_md(EMT(), tmp_path / "avg.h5", steps=1, full_every=0, mode="average")
+    summary = summarize(path)
+    assert summary["run"]["metadata"]["average_degree"] == 5
+    assert "quadrature degree 5)" in summary["verdict"]["reasons"][0]
+
+
 def test_model_error_file_sets_the_scale(logs, tmp_path):
     evaluation = tmp_path / "eval.json"
     evaluation.write_text(json.dumps({"quantities": {
