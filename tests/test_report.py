@@ -4,6 +4,7 @@ control of tests/broken.py, relaxed and averaged runs) and on synthetic logs."""
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -282,6 +283,18 @@ def test_html_is_self_contained_and_links_atoms_to_steps(logs, tmp_path, capsys)
     assert len(step_links) == 5 and all(h[1:] in parser.ids for h in parser.links)
     assert "Forces ε per atom (RMS over atoms)" in page and "forces_rel_eps" not in page
     assert "eV/Å" in page and "eV/angstrom" not in page
+
+
+def test_run_table_values_align_as_text_and_the_stress_channel_reads_right(logs):
+    """The Run table lists name: value (a count is not right-aligned there, but is in
+    tables of columns); a lab-frame stress e_z e_z^T has a traceless part that does not
+    rotate at all, named as the traceless stress's (0,+1) channel."""
+    summary = summarize(logs["broken"])
+    page = render_html(summary)
+    assert re.search(r"<td>full-orbit steps</td><td>\d+</td>", page)
+    assert re.search(r"<td class='num'>\d+</td>", page)
+    stress = next(r for r in summary["verdict"]["reasons"] if "stress" in r.split(":")[1])
+    assert "the breaking sits mostly in the traceless stress's (0,+1) channel" in stress
 
 
 def test_figures_have_units_one_legend_and_their_own_limits(logs):

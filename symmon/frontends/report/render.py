@@ -94,7 +94,7 @@ table{border-collapse:collapse;font-size:.88em;margin:4px 0}
 th,td{padding:3px 9px;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}
 th{background:#f3f3f3} td.num{text-align:right;font-variant-numeric:tabular-nums;
 white-space:nowrap} tr:target{background:#fff3b0}
-figure{margin:14px 0} figure img{width:100%;height:auto;border:1px solid #eee}
+figure{margin:14px 0} figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.88em;color:#555} .small{font-size:.85em;color:#666}
 @media (max-width:700px){body{padding:10px}.scroll table{min-width:660px}}
 """
@@ -131,18 +131,22 @@ def _html_table(table: Table) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
     thead = f"<thead><tr>{head}</tr></thead>" if any(table.header) else ""
     ids = table.row_ids or [None] * len(table.rows)
+    columns = any(table.header)  # else a list of name: value, all aligned as text
     body = "".join((f"<tr id='{html.escape(i)}'>" if i else "<tr>")
-                   + "".join(_html_cell(c) for c in row) + "</tr>"
+                   + "".join(_html_cell(c, columns) for c in row) + "</tr>"
                    for i, row in zip(ids, table.rows))
     return (f"<h2>{html.escape(table.title)}</h2><div class='scroll'><table>{thead}"
             f"<tbody>{body}</tbody></table></div>")
 
 
-def _html_cell(cell) -> str:
+def _html_cell(cell, columns: bool = True) -> str:
+    """A cell; a number in a table of columns is right-aligned."""
     if isinstance(cell, Link):
         return (f"<td><a href='#{html.escape(cell.target)}'>{html.escape(cell.text)}</a>"
                 "</td>")
     text = str(cell)
+    if not columns:
+        return f"<td>{html.escape(text)}</td>"
     try:
         float(text)
         return f"<td class='num'>{html.escape(text)}</td>"

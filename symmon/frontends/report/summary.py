@@ -206,7 +206,7 @@ def contamination_summary(reader, q) -> dict | None:
     if q == "stress" and "stress_traceless_spectrum" in reader.observable_names:
         # the traceless part may only be (2,+1): name the channels it breaks in
         traceless = spectrum_mean(reader, q, "stress_traceless_spectrum", [Irrep(2, 1)])
-        summary["top_irreps"] = [dict(t, irrep=f"{t['irrep']} of the traceless part")
+        summary["top_irreps"] = [dict(t, irrep=f"traceless stress's {t['irrep']}")
                                  for t in traceless["top_irreps"]]
     return summary
 
