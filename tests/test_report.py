@@ -586,3 +586,12 @@ def test_vectorised_step_grades_are_grade_step_by_step(quantity, model_error, ov
                                    overrides).level) for e, r in zip(eps, rms)]
     assert levels.tolist() == expected
     assert len(set(expected)) == 3  # all three levels were exercised
+
+
+def test_a_verdict_on_few_monitored_steps_says_so(logs):
+    notes = summarize(logs["nofull"])["verdict"]["notes"]
+    assert any(note.startswith("Only 3 monitored step(s)") and "every=1" in note
+               for note in notes)
+    many = monitored_md(EMT(), logs["nofull"].replace("nofull", "many"), steps=11,
+                        full_every=0)
+    assert not any("monitored step(s)" in n for n in summarize(many)["verdict"]["notes"])

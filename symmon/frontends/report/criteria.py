@@ -190,6 +190,12 @@ def verdict(checks: list[dict], run: dict, contamination: Mapping | None = None,
         return {"level": "ok", "headline": "no finite ε in the log", "reasons": [],
                 "action": ACTIONS["ok"], "notes": notes, "judged": mode, "checks": []}
     reasons = [_reason(c, (contamination or {}).get(c["quantity"])) for c in checks]
+    fewest = min(c["n"] for c in checks)
+    if fewest < FEW_STEPS:
+        notes.insert(0, f"Only {fewest} monitored step(s): too few to judge a run by. For "
+                     "short runs (a relaxation, a few hundred MD steps) monitor with every=1 "
+                     "or a fixed every=N; the default overhead budget (every='auto') "
+                     "monitors one step in tens to hundreds.")
     level = checks[0]["level"]
     headline = _sentence(checks[0])
     action = ACTIONS[level]
@@ -253,6 +259,10 @@ def _reason(c: dict, contamination: Mapping | None) -> str:
     if c["level"] != "ok" and top:
         text += f"; the breaking sits mostly in the {top[0]['irrep']} channel"
     return text + "."
+
+
+#: fewer monitored steps than this get a note that the verdict rests on too few
+FEW_STEPS = 10
 
 
 def _notes(run: dict) -> list[str]:
