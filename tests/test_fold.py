@@ -82,9 +82,9 @@ def count_evaluations(monitor):
     orbit_model = monitor.monitor.source.orbit_model
     evaluate, counts = orbit_model.evaluate, []
 
-    def counted(atoms, matrices, outputs):
+    def counted(atoms, matrices, outputs, **options):
         counts.append(len(matrices))
-        return evaluate(atoms, matrices, outputs)
+        return evaluate(atoms, matrices, outputs, **options)
 
     orbit_model.evaluate = counted
     return counts

@@ -296,3 +296,24 @@ def test_a_molecule_has_no_stress_diagnostics_in_results():
     crystal.calc = SymmetryMonitor(EMT(), every=1, random_rotations=2)
     crystal.get_forces()
     assert np.isfinite(crystal.calc.results["stress_eps"])
+
+
+def test_last_monitored_holds_the_last_monitored_steps_diagnostics(tmp_path):
+    """``results`` carry NaN diagnostics on unmonitored steps; ``last_monitored`` keeps
+    those of the last monitored step (what README's example prints), and equals the log."""
+    atoms = bulk("Cu", cubic=True).repeat(2)
+    atoms.rattle(0.05, seed=0)
+    monitor = SymmetryMonitor(LabFrameEMT(), log=str(tmp_path / "m.h5"), every=3)
+    atoms.calc = monitor
+    assert monitor.last_monitored == {}
+    dynamics = VelocityVerlet(atoms, 2 * units.fs)
+    monitor.attach(dynamics)
+    dynamics.run(4)  # steps 0..4: monitored 0 and 3
+    assert np.isnan(monitor.results["forces_eps"])  # step 4 is not monitored
+    last = monitor.last_monitored
+    assert last["step"] == 3 and last["forces_eps"] > 0
+    assert last["forces_eps_per_atom"].shape == (len(atoms),)
+    monitor.close()
+    with read_log(str(tmp_path / "m.h5")) as log:
+        steps, _, eps = log.observable("forces_eps")
+    assert steps[-1] == 3 and eps[-1] == last["forces_eps"]

@@ -36,7 +36,8 @@ from symmon.frontends.report.criteria import resolve_thresholds
 from symmon.frontends.report.numbers import fmt, fmt_fraction
 from symmon.frontends.report.summary import summarize_reader
 from symmon.io.log import LogFormatError, LogReader, LogWriter, ObservableSpec
-from symmon.monitoring.thresholds import LEVELS, REFERENCE_ERRORS, RELATIVE_LIMITS
+from symmon.monitoring.thresholds import (LEVELS, REFERENCE_ERRORS, REFERENCE_RATIO_LIMITS,
+                                         RELATIVE_LIMITS)
 
 LAB_FORCE = 0.05       # eV/angstrom on every atom (tests/broken.py default, along z)
 #: a control broken beyond doubt: 6x a typical MLIP force error, 30 % of |F|
@@ -154,6 +155,60 @@ def test_relaxed_zero_pressure_structure_is_not_flagged_from_stress_alone(tmp_pa
     # ... but against the floors and the field's errors it is small
     assert s["verdict"]["level"] == "ok"
     assert _check(s, "stress")["relative"] < RELATIVE_LIMITS.caution
+
+
+def test_a_relaxed_crystal_with_a_good_models_eps_is_not_a_problem(tmp_path):
+    """An ε of 0.4 typical errors on a relaxed crystal (forces and stress near zero) is
+    what the ratio calls ok; the relative check must not call it a problem (it did with
+    floors equal to the typical error: 'problem ... well below a typical MLIP error')."""
+    atoms = relaxed_cu()
+    bias = LabFrameEMT(lab_force=(0, 0, 0.02), lab_stress=8e-4)
+    s = summarize(single_point(bias, atoms.copy(), tmp_path / "relaxed.h5"))
+    for q in ("forces", "stress"):
+        check = _check(s, q)
+        assert check["ratio"] < REFERENCE_RATIO_LIMITS.caution  # ok by the ratio ...
+        assert check["level"] == "ok"                          # ... and so overall
+
+
+def test_below_the_floor_the_relative_check_never_flags_what_the_ratio_calls_ok():
+    from symmon.monitoring.thresholds import FLOORS, grade
+
+    for q in ("forces", "stress"):
+        ref = REFERENCE_ERRORS[q]
+        for eps in np.linspace(0.01, 0.499, 25) * ref:   # ratio ok
+            for rms in np.geomspace(1e-6, 1.0, 25) * FLOORS[q]:  # at or below the floor
+                assert grade(q, eps, rms).level == "ok", (q, eps, rms)
+        # above the floor the relative check is the sharper one: 6 % of a large force
+        assert grade(q, 0.06 * 3 * FLOORS[q], 3 * FLOORS[q]).level != "ok"
+
+
+def test_the_augmented_and_unaugmented_pair_get_different_verdicts(tmp_path):
+    """The bundled tiny PETs trained with and without O(3) augmentation (same data and
+    seed), 600 K MD of the demo cell, monitored every step: the unaugmented model is a
+    problem, the augmented one is not."""
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    from symmon.frontends.calculator import metatomic_calculator
+    from symmon.frontends.demo import bundled_model_path, demo_structure
+
+    levels = {}
+    for name in ("aug", "noaug"):
+        path = os.path.join(os.path.dirname(bundled_model_path()), f"tiny_pet_{name}.pt")
+        atoms = demo_structure()
+        monitor = SymmetryMonitor(metatomic_calculator(path, non_conservative=True),
+                                  log=str(tmp_path / f"{name}.h5"), every=1, full_every=0)
+        atoms.calc = monitor
+        MaxwellBoltzmannDistribution(atoms, temperature_K=600, rng=np.random.default_rng(0))
+        dynamics = Langevin(atoms, 2 * units.fs, temperature_K=600, friction=0.02,
+                            rng=np.random.default_rng(1))
+        monitor.attach(dynamics)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dynamics.run(8)
+        monitor.close()
+        levels[name] = summarize(str(tmp_path / f"{name}.h5"))["verdict"]["level"]
+    assert levels["noaug"] == "problem"
+    assert levels["aug"] != "problem"
 
 
 def test_average_mode_judges_the_returned_averaged_predictions(tmp_path):
@@ -532,3 +587,33 @@ def test_renamed_forces_eps_is_read_as_the_per_atom_rms(tmp_path):
         np.percentile(logged, 95))                       # taken as it is ...
     assert _check(summarize(str(old)), "forces")["eps"] == pytest.approx(
         np.percentile(np.sqrt(np.mean(per_atom ** 2, axis=1)), 95))  # ... or converted
+
+
+@pytest.mark.parametrize("quantity, model_error, overrides", [
+    ("energy", None, None), ("forces", None, None), ("stress", None, None),
+    ("forces", 0.04, None), ("energy", None, {"energy": 0.1}),
+    ("stress", 0.002, {"stress": 0.3})])
+def test_vectorised_step_grades_are_grade_step_by_step(quantity, model_error, overrides):
+    """The report grades every step at once (``grade_levels``); each step's level is
+    what ``grade`` says of it alone, across limits, NaN and tiny orbit RMS."""
+    from symmon.monitoring.thresholds import LEVELS, grade, grade_levels
+
+    rng = np.random.default_rng(3)
+    eps = 10 ** rng.uniform(-5, 0, 400)
+    rms = 10 ** rng.uniform(-4, 1, 400)
+    eps[:5], rms[5:10] = np.nan, np.nan
+    rms[10:15] = 0.0
+    levels = grade_levels(quantity, eps, rms, model_error, overrides)
+    expected = [LEVELS.index(grade(quantity, e, None if np.isnan(r) else r, model_error,
+                                   overrides).level) for e, r in zip(eps, rms)]
+    assert levels.tolist() == expected
+    assert len(set(expected)) == 3  # all three levels were exercised
+
+
+def test_a_verdict_on_few_monitored_steps_says_so(logs):
+    notes = summarize(logs["nofull"])["verdict"]["notes"]
+    assert any(note.startswith("Only 3 monitored step(s)") and "every=1" in note
+               for note in notes)
+    many = monitored_md(EMT(), logs["nofull"].replace("nofull", "many"), steps=11,
+                        full_every=0)
+    assert not any("monitored step(s)" in n for n in summarize(many)["verdict"]["notes"])

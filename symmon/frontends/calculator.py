@@ -152,6 +152,19 @@ class SymmetryMonitor(BaseCalculator):
         """Step number the next calculation will be logged under."""
         return self.monitor.step
 
+    @property
+    def last_monitored(self) -> dict:
+        """The diagnostics of the last *monitored* step (``results`` hold NaN for them on
+        unmonitored steps), named as in ``results``, with its ``step``; empty before the
+        first one."""
+        values = self.monitor.last_monitored
+        if not values:
+            return {}
+        diagnostics = {name: float(values[name]) for name in _DIAGNOSTIC_NAMES.intersection(values)}
+        if "forces_eps_per_atom" in values:
+            diagnostics["forces_eps_per_atom"] = np.asarray(values["forces_eps_per_atom"])
+        return dict(diagnostics, step=int(values["step"]))
+
     def metadata(self) -> dict:
         """The log's metadata (settings, model, units, thresholds)."""
         return self.monitor.metadata()

@@ -71,6 +71,8 @@ class Monitor:
         self.averaging = options.mode == "average"
         self.n_violations = 0
         self.last_values: Dict[str, object] = {}
+        #: the values of the last monitored step, with its ``step`` (empty before one)
+        self.last_monitored: Dict[str, object] = {}
         self._pending: Optional[StepRecord] = None
         self._atoms = None  # the structure of the first record (the log's species, pbc)
         self._valid_cell = None  # (cell, pbc) bytes last checked by validate_atoms
@@ -175,6 +177,8 @@ class Monitor:
             values.update(net_signals(forces, record.positions,
                                       None if periodic else atoms.get_masses(), periodic))
         self.last_values = values
+        if plan.scheduled:
+            self.last_monitored = dict(values, step=step)
         if self.first_step_s is None:
             self.first_step_s = self.schedule.clock() - started
         if self.clock.attached:

@@ -24,7 +24,7 @@ from typing import Mapping
 import numpy as np
 
 from ...core.outputs import EV_PER_A3_IN_GPA, pretty_unit
-from ...monitoring.thresholds import FLOORS, LEVELS, grade
+from ...monitoring.thresholds import FLOORS, LEVELS, grade, grade_levels
 from .numbers import fmt, percent
 from .series import QUANTITIES, QuantitySeries
 
@@ -51,7 +51,6 @@ ACTIONS = {
                "(O(3)-averaged predictions), or retrain the model with rotational "
                "augmentation.",
 }
-MAX_GRADED_STEPS = 200_000  # per-step grades (first step / fraction above) on a stride
 
 
 def resolve_thresholds(thresholds=None) -> dict[str, float]:
@@ -144,10 +143,7 @@ def _check(s: QuantitySeries, returned, model_error, overrides) -> dict | None:
     level = main.level
     if level == "ok" and spike.level == "problem":
         level = "caution"
-    stride = max(1, math.ceil(len(eps) / MAX_GRADED_STEPS))
-    per_step = [grade(s.quantity, float(e), _finite(r), model_error, overrides).level
-                for e, r in zip(eps[::stride], rms[::stride])]
-    bad = [i for i, lv in enumerate(per_step) if lv != "ok"]
+    flagged = grade_levels(s.quantity, eps, rms, model_error, overrides) > 0
     return {
         "quantity": s.quantity, "name": CHECK_NAMES[s.quantity],
         "explanation": EXPLANATIONS[s.quantity], "unit": s.unit, "statistic": "p95",
@@ -157,8 +153,8 @@ def _check(s: QuantitySeries, returned, model_error, overrides) -> dict | None:
         "relative_judged": _relative_judged(s.quantity, overrides, model_error),
         "level": level, "level_p95": main.level, "level_max": spike.level,
         "reasons": list(main.reasons), "limits": _plain(main.limits),
-        "fraction_steps_flagged": len(bad) / len(per_step),
-        "first_step_flagged": int(step[::stride][bad[0]]) if bad else None,
+        "fraction_steps_flagged": float(flagged.mean()),
+        "first_step_flagged": int(step[np.argmax(flagged)]) if flagged.any() else None,
     }
 
 
@@ -194,6 +190,12 @@ def verdict(checks: list[dict], run: dict, contamination: Mapping | None = None,
         return {"level": "ok", "headline": "no finite ε in the log", "reasons": [],
                 "action": ACTIONS["ok"], "notes": notes, "judged": mode, "checks": []}
     reasons = [_reason(c, (contamination or {}).get(c["quantity"])) for c in checks]
+    fewest = min(c["n"] for c in checks)
+    if fewest < FEW_STEPS:
+        notes.insert(0, f"Only {fewest} monitored step(s): too few to judge a run by. For "
+                     "short runs (a relaxation, a few hundred MD steps) monitor with every=1 "
+                     "or a fixed every=N; the default overhead budget (every='auto') "
+                     "monitors one step in tens to hundreds.")
     level = checks[0]["level"]
     headline = _sentence(checks[0])
     action = ACTIONS[level]
@@ -257,6 +259,10 @@ def _reason(c: dict, contamination: Mapping | None) -> str:
     if c["level"] != "ok" and top:
         text += f"; the breaking sits mostly in the {top[0]['irrep']} channel"
     return text + "."
+
+
+#: fewer monitored steps than this get a note that the verdict rests on too few
+FEW_STEPS = 10
 
 
 def _notes(run: dict) -> list[str]:

@@ -28,6 +28,7 @@ from .summary import error_observable, target_irreps
 
 MAX_POINTS = 5000            # points per plotted curve
 MAX_HEATMAP_COLUMNS = 1500   # full-orbit steps shown in a spectrum heatmap
+MAX_FULL_POINTS = 400        # full-orbit dots on the ε series (evenly spaced, + the worst)
 SPECTRUM_FLOOR = 1e-10       # lower end of the c~ colour scale
 EPS_FLOOR = 1e-17            # plotted in place of ε <= 0 on log axes
 LIMIT_COLOURS = {"caution": "#d98e04", "problem": "#c0392b"}
@@ -213,9 +214,14 @@ def _plot_eps_series(ax, run, q, use_time, max_points, colour, label) -> None:
                 label=f"{prefix}random subset (median)")
     full_rows = np.flatnonzero(full)
     if full_rows.size:
-        idx = full_rows[_downsample(full_rows.size, max_points)]
+        idx = full_rows[_downsample(full_rows.size, MAX_FULL_POINTS)]
+        shown = "" if idx.size == full_rows.size else f"; {idx.size} of {full_rows.size} + the worst"
+        worst = full_rows[np.nanargmax(s.eps[full_rows])] if np.isfinite(
+            s.eps[full_rows]).any() else full_rows[0]
+        idx = np.union1d(idx, [worst])
         ax.plot(x[idx], _positive(s.eps[idx]), "o", color=colour, mec="k", mew=0.5,
-                ms=3.5 if idx.size < 300 else 1.5, ls="none", label=f"{prefix}full orbit (exact)")
+                ms=3.5 if idx.size < 150 else 2.5, ls="none",
+                label=f"{prefix}full orbit (exact{shown})")
 
 
 def _limit_lines(ax, checks, several: bool) -> None:
