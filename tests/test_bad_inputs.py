@@ -316,6 +316,22 @@ def test_two_runs_without_compare_are_one_short_sentence(tmp_path, capsys):
     assert len(line) < 150 + 2 * (len(a) + len(b))  # each path twice, ~130 characters else
 
 
+def test_runs_of_two_models_with_one_layout_are_not_merged_as_shards(tmp_path, capsys):
+    """Same system and settings, another calculator: once merged silently as one run."""
+    from ase.calculators.lj import LennardJones
+
+    a = _emt_log(tmp_path / "a.h5", copper())
+    with SymmetryMonitor(LennardJones(), log=str(tmp_path / "b.h5"), every=1,
+                         random_rotations=2) as monitor:
+        atoms = copper()
+        atoms.calc = monitor
+        atoms.get_potential_energy()
+    b = str(tmp_path / "b.h5")
+    assert main(["report", a, b, "--format", "json", "-o", str(tmp_path / "r.json")]) == 2
+    line = one_error_line(capsys, "report")
+    assert "are not shards of one run (different model" in line and "--compare" in line
+
+
 def test_append_of_another_run_is_one_short_sentence(tmp_path):
     """Another system (species, pbc), seed and observables: at most 3 named, values cut."""
     log = _emt_log(tmp_path / "run.h5", copper())

@@ -182,6 +182,29 @@ def test_below_the_floor_the_relative_check_never_flags_what_the_ratio_calls_ok(
         assert grade(q, 0.06 * 3 * FLOORS[q], 3 * FLOORS[q]).level != "ok"
 
 
+def test_a_users_relative_limit_is_a_share_of_the_quantity_itself():
+    """thresholds={"forces": 0.05} means 5 % of |F| (floor: the typical error), not 5 %
+    of the ten-error floor: 7.5 % of |F| = 0.2 eV/Å is a problem."""
+    from symmon.monitoring.thresholds import grade
+
+    assert grade("forces", 0.015, 0.2, overrides={"forces": 0.05}).level == "problem"
+    assert grade("forces", 0.015, 0.2).level == "ok"  # the table alone: 3 % of the floor
+
+
+@pytest.mark.parametrize("quantity, eps", [("forces", 0.1), ("stress", 0.0062)])
+def test_breaking_that_is_the_quantity_itself_is_a_problem_however_small(quantity, eps):
+    """A lab-frame force of 0.1 eV/Å on a relaxed crystal, a 1 GPa lab-frame stress at
+    zero pressure: all of the quantity is breaking, at two typical errors -- a problem,
+    though the relative check's floor alone would call it caution; half a typical
+    error of the same kind stays below."""
+    from symmon.monitoring.thresholds import grade, grade_levels
+
+    assert grade(quantity, eps, eps).level == "problem"
+    assert grade_levels(quantity, np.array([eps]), np.array([eps])).tolist() == [2]
+    small = 0.4 * REFERENCE_ERRORS[quantity]
+    assert grade(quantity, small, small).level == "ok"
+
+
 def test_the_augmented_and_unaugmented_pair_get_different_verdicts(tmp_path):
     """The bundled tiny PETs trained with and without O(3) augmentation (same data and
     seed), 600 K MD of the demo cell, monitored every step: the unaugmented model is a
@@ -398,13 +421,17 @@ def test_log_without_full_orbit_steps(logs):
     assert "Verdict: OK" in render_html(s, figures)
 
 
-def test_shards_merge_and_a_file_twice_is_refused(logs):
-    s = summarize([logs["emt"], logs["broken"]])
+def test_shards_merge_and_a_file_twice_is_refused(logs, tmp_path):
+    """Two logs of one model and settings merge; another model's log is no shard."""
+    second = monitored_md(LabFrameEMT(**STRONGLY_BROKEN), tmp_path / "broken2.h5")
+    s = summarize([logs["broken"], second])
     assert s["run"]["steps_monitored"] == 10 and s["run"]["full_orbit_steps"] == 4
     assert s["verdict"]["level"] == "problem"
     with pytest.raises(ValueError, match="given twice"):
         summarize([logs["emt"], logs["emt"]])
     assert main(["report", logs["emt"], logs["emt"], "--format", "json"]) == 2
+    with pytest.raises(ValueError, match="not shards of one run .different model"):
+        summarize([logs["emt"], logs["broken"]])
 
 
 def test_compare_shows_two_runs_side_by_side(logs, tmp_path, capsys):

@@ -124,7 +124,7 @@ class O3Grid:
             raise ValueError(f"rotations must have shape (P, 3, 3), got {self.rotations.shape}")
         if self.rotation_weights.shape != self.rotations.shape[:1]:
             raise ValueError("one weight per rotation is required")
-        if not abs(float(self.rotation_weights.sum()) - 1.0) <= 1e-12:
+        if not abs(float(self.rotation_weights.sum()) - 1.0) <= 1e-12 + 1e-5:  # np.isclose's
             raise ValueError("grid weights must sum to one")
         if np.any(np.linalg.det(self.rotations) < 0):
             raise ValueError("O3Grid.rotations must be proper rotations")

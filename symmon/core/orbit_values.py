@@ -44,8 +44,8 @@ def back_transform_array(values, grid: O3Grid, kind) -> np.ndarray:
     """:func:`back_transform` in NumPy, for host values (a CPU tensor or an array): a
     few-copy orbit costs a fraction of the torch path's per-operation overhead."""
     representation = get_representation(kind)
-    values = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values,
-                        dtype=np.float64)
+    values = (values.detach().to("cpu", torch.float64).numpy()  # bfloat16 has no NumPy dtype
+              if isinstance(values, torch.Tensor) else np.asarray(values, dtype=np.float64))
     if values.ndim == 0 or values.shape[0] != len(grid):
         check_orbit(torch.as_tensor(values), grid)
     if not np.isfinite(values.sum()) and not np.isfinite(values).all():

@@ -22,6 +22,8 @@ NAMES_SHOWN = 2
 #: metadata that tells one run from another (a log is continued only by a run that
 #: agrees on all of them)
 RUN_IDENTITY = ("model_sha256", "base_calculator", "base_parameters", "seed")
+#: metadata that tells one model from another (shards of one run share them)
+MODEL_IDENTITY = ("model_sha256", "base_calculator")
 #: metadata named "settings" when logs are refused as shards of one run
 RUN_SETTINGS = RUN_IDENTITY[1:] + ("mode", "every", "full_every", "random_rotations")
 
@@ -101,15 +103,16 @@ def _only_in(a, b, where: str) -> str:
 
 def shard_differences(a, b) -> list[str]:
     """Why the log headers ``a`` and ``b`` are not shards of one run, in words (empty:
-    they can be merged).  Their layouts decide (schema, species, periodicity, stored
-    positions, observables); the model and settings are named too when they differ."""
+    they can be merged).  Their layouts (schema, species, periodicity, stored positions,
+    observables) and the model (its SHA-256, or the base calculator) decide; the
+    settings are named too when something else refuses."""
     layout = [word for word, differs in (
         ("schema version", a.schema_version != b.schema_version),
         ("species", not np.array_equal(a.species, b.species)),
         ("periodicity", a.pbc != b.pbc),
         ("stored positions", a.has_positions != b.has_positions),
         ("observables", bool(spec_differences(a.specs, b.specs)))) if differs]
-    if not layout:
+    if not layout and not metadata_differences(a.metadata, b.metadata, MODEL_IDENTITY):
         return []
-    return [word for word, keys in (("model", ("model_sha256",)), ("settings", RUN_SETTINGS))
+    return [word for word, keys in (("model", MODEL_IDENTITY), ("settings", RUN_SETTINGS))
             if metadata_differences(a.metadata, b.metadata, keys)] + layout

@@ -76,10 +76,12 @@ class _Shard:
         before = [ds.shape for ds in datasets]
         for ds in datasets:
             ds.refresh()
-        if [ds.shape for ds in datasets] == before:
-            return False
-        self._table = None
-        return True
+        grew = [ds.shape for ds in datasets] != before
+        if self._table is not None:  # a dataset opened after a flush shows its new extent
+            grew = grew or trusted_rows(self.header.file) != len(self._table[0])  # already
+        if grew:
+            self._table = None
+        return grew
 
     def _v2_rows(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Steps and rows of series ``name``; a series in every row shares the table's

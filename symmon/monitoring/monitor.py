@@ -71,7 +71,7 @@ class Monitor:
         self.averaging = options.mode == "average"
         self.n_violations = 0
         self.last_values: Dict[str, object] = {}
-        #: the values of the last monitored step, with its ``step`` (empty before one)
+        #: the values of the last monitored step committed to the log, with its ``step``
         self.last_monitored: Dict[str, object] = {}
         self._pending: Optional[StepRecord] = None
         self._atoms = None  # the structure of the first record (the log's species, pbc)
@@ -177,8 +177,6 @@ class Monitor:
             values.update(net_signals(forces, record.positions,
                                       None if periodic else atoms.get_masses(), periodic))
         self.last_values = values
-        if plan.scheduled:
-            self.last_monitored = dict(values, step=step)
         if self.first_step_s is None:
             self.first_step_s = self.schedule.clock() - started
         if self.clock.attached:
@@ -325,6 +323,8 @@ class Monitor:
         atoms = self._atoms
         self.recorder.write(record, atoms, lambda: self.observable_specs(atoms),
                             self.metadata)
+        if record.monitored:  # what the log holds (a calculation the driver dropped: not)
+            self.last_monitored = dict(record.values, step=record.step)
 
     def observable_specs(self, atoms) -> dict:
         return observable_specs(self.source.quantities(atoms), len(atoms),

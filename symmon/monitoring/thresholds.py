@@ -5,7 +5,7 @@ Used by the monitor's alarms (``SymmetryMonitor(thresholds=..., on_violation=...
 mean the same thing. All ε are in the per-atom units a person reads: energy in eV/atom,
 forces as the RMS over atoms of each atom's ε (eV/Å), stress in eV/Å³.
 
-Two questions are asked of every ε, and the worse answer wins:
+Three questions are asked of every ε, and the worst answer wins:
 
 1. **Is ε small compared with the model's error?** ``ratio = ε / scale``.
    When the model's own test RMSE is known (``symmon eval``; ``--model-error``) it is the
@@ -28,7 +28,14 @@ Two questions are asked of every ε, and the worse answer wins:
    session 4) made an ε of a quarter of a typical error a ``problem`` on any relaxed
    crystal.
    Not asked of the energy, whose zero is arbitrary (its relative ε is still reported),
-   nor where the model's own error is known: then the model error is the judge.
+   nor where the model's own error is known: then the model error is the judge. A user's
+   own relative limit (``thresholds={"forces": 0.05}``) is a share of the quantity itself:
+   its floor is the typical error only.
+3. **Is the breaking the quantity itself?** ε of at least half the quantity (floor: the
+   typical error) and above one typical error is a ``problem`` however small the
+   quantity: a lab-frame force of 0.1 eV/Å on a relaxed crystal, a 1 GPa lab-frame
+   stress at zero pressure (:data:`DOMINANT_SHARE`, :data:`DOMINANT_RATIO`; asked where
+   2. is).
 
 Measured on the tiny PET pair of ``examples/tiny_pet/train_pair.py`` (same data, seed
 and 200 epochs, with and without O(3) augmentation; degree-4 orbit of a 32-atom cell):
@@ -92,6 +99,10 @@ RELATIVE_LIMITS = Limits(caution=0.05, problem=0.25)
 #: is the ratio's (5 % of 10 errors = half an error), so a quantity smaller than it (a
 #: relaxed crystal's forces, zero pressure) is not cautioned for what the ratio calls ok
 FLOOR_FACTOR = REFERENCE_RATIO_LIMITS.caution / RELATIVE_LIMITS.caution
+#: eps at least this share of the quantity (floor: the typical error) and above
+#: DOMINANT_RATIO typical errors is a problem whatever the floor (:func:`_dominated`)
+DOMINANT_SHARE = 0.5
+DOMINANT_RATIO = 1.0
 #: absolute floor of the scale of relative measures (same units): 0.05 eV/atom,
 #: 0.5 eV/Å, 0.03 eV/Å³ (4.8 GPa)
 FLOORS: Dict[str, float] = {q: FLOOR_FACTOR * e for q, e in REFERENCE_ERRORS.items()}
@@ -123,10 +134,25 @@ def _worse(a: str, b: str) -> str:
     return a if LEVELS.index(a) >= LEVELS.index(b) else b
 
 
-def _rule(quantity: str, model_error: Optional[float],
-          overrides: Optional[Mapping[str, float]]):
-    """(scale, its source, ratio limits, relative limits, whether the relative ε is
-    judged) of :func:`grade`."""
+@dataclass(frozen=True)
+class Rule:
+    """How one quantity is judged: the error ``scale`` (and its ``source``), the limits
+    of ``ratio = eps / scale`` and of ``relative = eps / max(rms, floor)``, whether the
+    relative ε is ``judged``, and its ``floor``."""
+
+    scale: float
+    source: str
+    ratio_limits: Limits
+    relative_limits: Limits
+    judged: bool
+    floor: float
+
+
+def rule(quantity: str, model_error: Optional[float] = None,
+         overrides: Optional[Mapping[str, float]] = None) -> Rule:
+    """The :class:`Rule` of :func:`grade`. A user's relative limit (``overrides``) is a
+    share of the quantity itself: its floor is the typical error (only a guard against a
+    vanishing quantity), not :data:`FLOORS`."""
     if quantity not in REFERENCE_ERRORS:
         raise ValueError(f"no thresholds for {quantity!r}; known: {sorted(REFERENCE_ERRORS)}")
     if model_error is not None and model_error > 0:
@@ -134,13 +160,24 @@ def _rule(quantity: str, model_error: Optional[float],
     else:
         scale, source = REFERENCE_ERRORS[quantity], "typical MLIP error"
         ratio_limits = REFERENCE_RATIO_LIMITS
-    relative_limits = RELATIVE_LIMITS
+    relative_limits, floor = RELATIVE_LIMITS, FLOORS[quantity]
     overridden = bool(overrides and quantity in overrides)
     if overridden:
         problem = float(overrides[quantity])
         relative_limits = Limits(min(RELATIVE_LIMITS.caution, problem / 5), problem)
+        floor = REFERENCE_ERRORS[quantity]
     judged = overridden or (quantity != "energy" and source != "model error")
-    return scale, source, ratio_limits, relative_limits, judged
+    return Rule(scale, source, ratio_limits, relative_limits, judged, floor)
+
+
+def _dominated(quantity: str, eps, rms, ratio):
+    """Symmetry breaking that *is* the quantity: ``eps >= DOMINANT_SHARE`` of it (floor:
+    the typical error) and above ``DOMINANT_RATIO`` typical errors -- a problem however
+    small the quantity (a lab-frame force on a relaxed crystal, a lab-frame stress at zero
+    pressure), which the ten-error floor of the relative check alone would call caution."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = eps / np.maximum(rms, REFERENCE_ERRORS[quantity])
+        return (share >= DOMINANT_SHARE) & (ratio > DOMINANT_RATIO)
 
 
 def grade_levels(quantity: str, eps: np.ndarray, rms: np.ndarray,
@@ -148,13 +185,16 @@ def grade_levels(quantity: str, eps: np.ndarray, rms: np.ndarray,
                  overrides: Optional[Mapping[str, float]] = None) -> np.ndarray:
     """``LEVELS.index(grade(quantity, e, r, ...).level)`` for every step at once (a NaN
     ``rms``: no relative judgement, as ``rms=None``)."""
-    scale, _, ratio_limits, relative_limits, judged = _rule(quantity, model_error, overrides)
+    r = rule(quantity, model_error, overrides)
     eps = np.asarray(eps, dtype=float)
-    levels = ratio_limits.level_indices(eps / scale)
-    if judged:
+    ratio = eps / r.scale
+    levels = r.ratio_limits.level_indices(ratio)
+    if r.judged:
         rms = np.asarray(rms, dtype=float)
-        relative = np.where(np.isfinite(rms), eps / np.maximum(rms, FLOORS[quantity]), np.nan)
-        levels = np.maximum(levels, relative_limits.level_indices(relative))
+        finite = np.isfinite(rms)
+        relative = np.where(finite, eps / np.maximum(rms, r.floor), np.nan)
+        levels = np.maximum(levels, r.relative_limits.level_indices(relative))
+        levels = np.where(finite & _dominated(quantity, eps, rms, ratio), 2, levels)
     return levels
 
 
@@ -175,17 +215,20 @@ def grade(quantity: str, eps: float, rms: Optional[float] = None,
     it, capped by the table's.
     """
     eps = float(eps)
-    scale, source, ratio_limits, relative_limits, judged = _rule(quantity, model_error,
-                                                                 overrides)
-    ratio = eps / scale
+    r = rule(quantity, model_error, overrides)
+    ratio = eps / r.scale
     if relative is None and rms is not None:
-        relative = eps / max(float(rms), FLOORS[quantity])
-    by_ratio = ratio_limits.level(ratio)
-    by_relative = relative_limits.level(relative) if judged else "ok"
+        relative = eps / max(float(rms), r.floor)
+    by_ratio = r.ratio_limits.level(ratio)
+    by_relative = r.relative_limits.level(relative) if r.judged else "ok"
     reasons = []
     if by_ratio != "ok":
-        reasons.append(f"ε is {ratio:.2g}× the {source}")
+        reasons.append(f"ε is {ratio:.2g}× the {r.source}")
     if by_relative != "ok":
         reasons.append(f"ε is {relative:.2g} of the quantity's size")
-    return Grade(quantity, _worse(by_ratio, by_relative), eps, scale, source, ratio, relative,
-                 tuple(reasons), {"ratio": ratio_limits, "relative": relative_limits})
+    if r.judged and rms is not None and bool(_dominated(quantity, eps, float(rms), ratio)):
+        by_relative = "problem"
+        reasons.append(f"ε is most of the quantity itself and {ratio:.2g}× the {r.source}")
+    return Grade(quantity, _worse(by_ratio, by_relative), eps, r.scale, r.source, ratio,
+                 relative, tuple(reasons), {"ratio": r.ratio_limits,
+                                            "relative": r.relative_limits})

@@ -24,7 +24,7 @@ from typing import Mapping
 import numpy as np
 
 from ...core.outputs import EV_PER_A3_IN_GPA, pretty_unit
-from ...monitoring.thresholds import FLOORS, LEVELS, grade, grade_levels
+from ...monitoring.thresholds import FLOORS, LEVELS, grade, grade_levels, rule
 from .numbers import fmt, percent
 from .series import QUANTITIES, QuantitySeries
 
@@ -135,7 +135,8 @@ def _check(s: QuantitySeries, returned, model_error, overrides) -> dict | None:
     finite_rms = rms[np.isfinite(rms)]
     rms_median = float(np.median(finite_rms)) if finite_rms.size else None
     p95 = float(np.percentile(eps, 95))
-    relative = eps / np.maximum(np.where(np.isfinite(rms), rms, 0.0), FLOORS[s.quantity])
+    floor = rule(s.quantity, model_error, overrides).floor
+    relative = eps / np.maximum(np.where(np.isfinite(rms), rms, 0.0), floor)
     main = grade(s.quantity, p95, rms_median, model_error, overrides,
                  relative=float(np.percentile(relative, 95)))
     worst = int(np.argmax(eps))
@@ -148,7 +149,7 @@ def _check(s: QuantitySeries, returned, model_error, overrides) -> dict | None:
         "quantity": s.quantity, "name": CHECK_NAMES[s.quantity],
         "explanation": EXPLANATIONS[s.quantity], "unit": s.unit, "statistic": "p95",
         "n": int(len(eps)), "eps": p95, "max": float(eps[worst]),
-        "max_step": int(step[worst]), "rms": rms_median, "scale": main.scale,
+        "max_step": int(step[worst]), "rms": rms_median, "floor": floor, "scale": main.scale,
         "scale_source": main.scale_source, "ratio": main.ratio, "relative": main.relative,
         "relative_judged": _relative_judged(s.quantity, overrides, model_error),
         "level": level, "level_p95": main.level, "level_max": spike.level,
@@ -223,8 +224,9 @@ def _sentence(c: dict) -> str:
     text = f"{q}: ε {fmt(c['eps'])} {unit}{PER_ATOM_WORDS[q]}"
     if c["relative"] is not None:
         size = SIZE_NAMES[q]
-        if c["rms"] is None or c["rms"] < FLOORS[q]:
-            size = f"the floor scale {fmt(FLOORS[q])} {unit} ({SIZE_NAMES[q]} is smaller)"
+        floor = c.get("floor", FLOORS[q])
+        if c["rms"] is None or c["rms"] < floor:
+            size = f"the floor scale {fmt(floor)} {unit} ({SIZE_NAMES[q]} is smaller)"
         text += f", {percent(c['relative'])} % of {size}"
     whose = "the model's" if c["scale_source"] == "model error" else "a typical MLIP"
     return f"{text}, {_comparison(c)} {whose} {ERROR_NOUNS[q]} error ({fmt(c['scale'])} {unit})"
