@@ -644,3 +644,14 @@ def test_a_verdict_on_few_monitored_steps_says_so(logs):
     many = monitored_md(EMT(), logs["nofull"].replace("nofull", "many"), steps=11,
                         full_every=0)
     assert not any("monitored step(s)" in n for n in summarize(many)["verdict"]["notes"])
+
+
+def test_the_report_shows_the_net_force_of_the_returned_forces(logs):
+    """EMT's forces sum to zero; the broken control adds 0.3 eV/Å along z on every atom,
+    so its net force per atom is 0.3 eV/Å; periodic cells log no torque."""
+    emt, broken = summarize(logs["emt"])["net"], summarize(logs["broken"])["net"]
+    assert emt["forces"] == "returned forces" and "net_torque" not in emt
+    assert emt["net_force_per_atom"]["max"] < 1e-10
+    assert broken["net_force_per_atom"]["median"] == pytest.approx(0.3, rel=1e-9)
+    text = render_text(summarize(logs["broken"]))
+    assert "net force per atom  median 0.3" in text

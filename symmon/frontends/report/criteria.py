@@ -226,7 +226,7 @@ def _sentence(c: dict) -> str:
         size = SIZE_NAMES[q]
         floor = c.get("floor", FLOORS[q])
         if c["rms"] is None or c["rms"] < floor:
-            size = f"the floor scale {fmt(floor)} {unit} ({SIZE_NAMES[q]} is smaller)"
+            size = f"{SIZE_NAMES[q]} (floored at {fmt(floor)} {unit})"
         text += f", {percent(c['relative'])} % of {size}"
     whose = "the model's" if c["scale_source"] == "model error" else "a typical MLIP"
     return f"{text}, {_comparison(c)} {whose} {ERROR_NOUNS[q]} error ({fmt(c['scale'])} {unit})"

@@ -100,6 +100,7 @@ def summarize_reader(reader: LogReader, overrides: Mapping[str, float] | None = 
         "logged_model_error": logged_model_error(reader, series),
         "model_error": model_error,
         "threshold_overrides": dict(overrides or {}),
+        "net": net_signals(reader),
         "verdict": verdict(checks, run, contamination, averaged_from),
     }
     summary["worst_steps"] = worst_steps(reader, series, summary["worst_atoms"])
@@ -167,6 +168,24 @@ def run_metadata(meta: Mapping) -> dict:
     if isinstance(grid, Mapping) and grid.get("degree") is not None:
         shown["average_degree"] = grid["degree"]
     return shown
+
+
+#: the zero-cost signals of an exactly symmetric model (0 for both), and their units
+NET_SIGNALS = {"net_force_per_atom": "eV/angstrom", "net_torque": "eV"}
+
+
+def net_signals(reader: LogReader) -> dict:
+    """:func:`stats` of the logged net force per atom and net torque (non-periodic), and
+    which forces they are of (``"raw direct forces"`` of the unrotated copy on the steps
+    that evaluate it, or ``"returned forces"``)."""
+    direct = reader.metadata.get("forces_source") == "non_conservative"
+    out = {"forces": "raw direct forces" if direct else "returned forces"}
+    for name, unit in NET_SIGNALS.items():
+        if name in reader.observable_names:
+            values = stats(read(reader, name)[2])
+            if values["n"]:
+                out[name] = dict(values, unit=unit)
+    return out
 
 
 def stats(values) -> dict:

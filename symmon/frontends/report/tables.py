@@ -67,6 +67,14 @@ def run_table(s) -> Table:
             ["time span", span],
             ["model", str(meta.get("model_file") or meta.get("base_calculator") or "–")],
             ["monitor", settings]]
+    net = s.get("net", {})
+    for name, label in (("net_force_per_atom", "net force per atom"),
+                        ("net_torque", "net torque")):
+        if name in net:
+            v = net[name]
+            rows.append([label, f"median {fmt(v['median'])}, max {fmt(v['max'])} "
+                                f"{pretty_unit(v['unit'])} over {v['n']} steps ({net['forces']}; "
+                                "0 for an exactly symmetric model)"])
     return Table("Run", ["", ""], rows)
 
 
