@@ -18,6 +18,7 @@ import warnings
 import zipfile
 
 import ase.build
+from ase.calculators.calculator import Calculator, all_changes
 import ase.io
 import numpy as np
 import pytest
@@ -193,19 +194,57 @@ def test_an_atom_on_a_periodic_image_of_another_is_named():
         _energy(atoms)
 
 
-def test_atoms_that_meet_during_a_run_are_named_on_the_next_monitored_step():
-    """Coincident atoms are searched on the first call and on monitored steps only (not
-    on every step of random-frame mode); a collision mid-run is still named."""
+class _Flat(Calculator):
+    """Finite (zero) energy and forces whatever the structure, coincident atoms included."""
+
+    implemented_properties = ["energy", "free_energy", "forces"]
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self.results = {"energy": 0.0, "free_energy": 0.0,
+                        "forces": np.zeros((len(self.atoms), 3))}
+
+
+def _meet_mid_run(calculator, monitored_at: int):
+    """Steps 0 (monitored) and 1, then atoms 1 and 3 meet at step 2; the error is raised
+    by the step ``monitored_at``."""
     atoms = copper()
-    atoms.calc = SymmetryMonitor(EMT(), every=3, mode="random_frame")
-    for _ in range(2):  # steps 0 (monitored) and 1
+    atoms.pbc = calculator.__class__ is EMT
+    atoms.calc = SymmetryMonitor(calculator, every=3, mode="random_frame")
+    for _ in range(2):
         atoms.positions[0] += 0.01
         atoms.get_potential_energy()
     atoms.positions[3] = atoms.positions[1]
-    atoms.get_potential_energy()  # step 2: not monitored, no search
-    atoms.positions[0] += 0.01
+    for step in range(2, monitored_at):  # no error before
+        atoms.get_potential_energy()
+        atoms.positions[0] += 0.01
     with pytest.raises(ValueError, match="atoms 1 and 3 are at the same position"):
-        atoms.get_potential_energy()  # step 3: monitored
+        atoms.get_potential_energy()
+
+
+def test_atoms_that_meet_during_a_run_are_named_when_the_model_returns_nan():
+    """Coincident atoms are searched on the first call and on monitored steps (not on
+    every step of random-frame mode); a model's NaN at the step they meet (EMT) names
+    them at once ..."""
+    _meet_mid_run(EMT(), monitored_at=2)
+
+
+def test_atoms_that_meet_under_a_finite_model_are_named_on_the_next_monitored_step():
+    """... and a model that stays finite has them named on the next monitored step."""
+    _meet_mid_run(_Flat(), monitored_at=3)
+
+
+def test_a_models_nan_on_valid_atoms_is_one_sentence():
+    class Exploding(_Flat):
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            self.results["forces"][0, 0] = np.nan
+
+    atoms = copper()
+    atoms.calc = SymmetryMonitor(Exploding(), every=1)
+    with pytest.raises(ValueError, match="the model returned NaN or infinite values at "
+                                         "step 0 .atoms and cell are valid."):
+        atoms.get_forces()
 
 
 def test_close_but_distinct_atoms_are_accepted():
