@@ -205,12 +205,12 @@ class _Flat(Calculator):
                         "forces": np.zeros((len(self.atoms), 3))}
 
 
-def _meet_mid_run(calculator, monitored_at: int):
+def _meet_mid_run(calculator, monitored_at: int, mode: str = "random_frame"):
     """Steps 0 (monitored) and 1, then atoms 1 and 3 meet at step 2; the error is raised
     by the step ``monitored_at``."""
     atoms = copper()
     atoms.pbc = calculator.__class__ is EMT
-    atoms.calc = SymmetryMonitor(calculator, every=3, mode="random_frame")
+    atoms.calc = SymmetryMonitor(calculator, every=3, mode=mode)
     for _ in range(2):
         atoms.positions[0] += 0.01
         atoms.get_potential_energy()
@@ -222,11 +222,12 @@ def _meet_mid_run(calculator, monitored_at: int):
         atoms.get_potential_energy()
 
 
-def test_atoms_that_meet_during_a_run_are_named_when_the_model_returns_nan():
+@pytest.mark.parametrize("mode", ["random_frame", "monitor"])
+def test_atoms_that_meet_during_a_run_are_named_when_the_model_returns_nan(mode):
     """Coincident atoms are searched on the first call and on monitored steps (not on
-    every step of random-frame mode); a model's NaN at the step they meet (EMT) names
-    them at once ..."""
-    _meet_mid_run(EMT(), monitored_at=2)
+    every step); a model's NaN at the step they meet (EMT: finite energy, NaN forces,
+    seen in the random frame's copy or the free net force) names them at once ..."""
+    _meet_mid_run(EMT(), monitored_at=2, mode=mode)
 
 
 def test_atoms_that_meet_under_a_finite_model_are_named_on_the_next_monitored_step():

@@ -159,7 +159,7 @@ class Monitor:
             atoms, quantities, self._frames(plan), base=self._needs_base(plan),
             features=self.features)
         self._purify(stacks)
-        self._check_finite(atoms, step, base, stacks)
+        self._check_finite(atoms, step, [v for stack in stacks.values() for v in stack.values()])
         values = dict(extra_values or {})
         if base is not None:
             values.update(base.predictions)  # logged with every frame
@@ -178,6 +178,8 @@ class Monitor:
             periodic = bool(any(atoms.pbc))
             values.update(net_signals(forces, record.positions,
                                       None if periodic else atoms.get_masses(), periodic))
+        if not stacks:  # orbit steps: checked above
+            self._check_finite(atoms, step, self._base_sums(base, values))
         self.last_values = values
         if self.first_step_s is None:
             self.first_step_s = self.schedule.clock() - started
@@ -201,29 +203,32 @@ class Monitor:
         self._valid_cell = cell
         return first
 
-    def _check_finite(self, atoms, step: int, base, stacks) -> None:
+    def _check_finite(self, atoms, step: int, arrays) -> None:
         """One sentence instead of NaN handed to the driver (or an engine error on a
         monitored step): coincident atoms if that is the cause (they are searched only on
-        monitored steps), else the model's non-finite values. Steps without an orbit check
-        the energy only (a NaN anywhere in a model's representation reaches it; a NumPy
-        sum per array would be ~0.4 % of an unmonitored step), others every array."""
-        if not stacks:
-            if base is None:
-                return
-            energy = base.predictions.get("energy")
-            if math.isfinite(float(energy if energy is not None
-                                   else sum(np.sum(v) for v in base.predictions.values()))):
-                return
-        else:
-            arrays = list(base.predictions.values()) if base is not None else []
-            arrays += [v for stack in stacks.values() for v in stack.values()]
-            if all(math.isfinite(float(a.sum())) for a in arrays):
-                return
+        monitored steps; EMT, for one, returns a finite energy and NaN forces there),
+        else the model's non-finite values: every orbit array (a sum each), and of the
+        base what :meth:`_base_sums` gives."""
+        if all(math.isfinite(float(a.sum() if hasattr(a, "sum") else a)) for a in arrays):
+            return
         validate_atoms(atoms, overlaps=True, cell=False)
         raise ValueError(f"the model returned NaN or infinite values at step {step} (atoms "
                          "and cell are valid): the structure is outside what it can evaluate "
                          "(atoms far closer than in its training data?); check the trajectory "
                          "before this step")
+
+    @staticmethod
+    def _base_sums(base, values) -> list:
+        """What :meth:`_check_finite` reads of the base predictions: the energy and the
+        net force when it is computed anyway (conservative forces), both free; the direct
+        forces of a model whose energy stayed finite are checked on orbit steps only (a
+        sum right after a model call costs ~30 µs, 0.2 % of a 32-atom step)."""
+        if base is None:
+            return []
+        sums = [float(base.predictions["energy"])] if "energy" in base.predictions else []
+        if "net_force_per_atom" in values:
+            sums.append(values["net_force_per_atom"])
+        return sums
 
     def _frames(self, plan: StepPlan) -> Dict[str, np.ndarray]:
         """The stacks of elements this step evaluates (one batched call)."""
