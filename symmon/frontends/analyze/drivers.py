@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 
 from ...adapters.labels import read_structures
-from ..ranks import PartialResults, Ranks, rank_device
+from ..ranks import PartialResults, Ranks, evaluate_items, rank_device
 from .core import analysis_grid, analyze_structure, combine, torch_device
 from .io import read_analysis, write_analysis
 from .plots import figures_dir, plot_layers, plot_module_epochs, plot_output_metrics, \
@@ -103,15 +103,12 @@ def analyze_layers(model: str, structures: str, output: str = "layers.h5", *,
         grid, names = analysis_grid(l_max, degree), orbit_model.resolve_modules(modules)
         parts = PartialResults(output, ranks, _settings(model, structures, index, l_max,
                                                         grid, names, weights, label_keys))
-        bar = _bar(len(atoms_list), "structures", progress and ranks.is_main)
-        for i in parts.mine(range(len(atoms_list))):
-            parts.add(i, analyze_structure(orbit_model, atoms_list[i], names, grid, l_max,
-                                           label_keys, max_memory_gb))
-            bar.update(ranks.world_size)
-        bar.close()
-        ranks.barrier()
+        values = evaluate_items(
+            range(len(atoms_list)), lambda i: analyze_structure(
+                orbit_model, atoms_list[i], names, grid, l_max, label_keys, max_memory_gb),
+            parts, progress=progress, desc="symmon", unit="structure")
         if ranks.is_main:
-            analysis = combine([parts.load(k) for k in parts.keys()], l_max, grid)
+            analysis = combine(list(values.values()), l_max, grid)
             _write_layers(output, analysis, model, structures, weights, label_keys,
                           orbit_model.info.get("epoch"))
         parts.clear()
