@@ -235,6 +235,28 @@ def test_atoms_that_meet_under_a_finite_model_are_named_on_the_next_monitored_st
     _meet_mid_run(_Flat(), monitored_at=3)
 
 
+def test_a_nan_stress_on_an_unmonitored_step_is_one_sentence():
+    """Unmonitored steps read the energy, the free net force and the stress (summed in
+    Python): a NaN stress never reaches an NPT driver."""
+    class LateNanStress(EMT):
+        broken = False
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            if self.broken:
+                self.results["stress"] = self.results["stress"].copy()
+                self.results["stress"][0] = np.nan
+
+    base = LateNanStress()
+    atoms = copper()
+    atoms.calc = SymmetryMonitor(base, every=5)
+    atoms.get_stress()  # step 0, monitored, finite
+    atoms.positions[0] += 0.01
+    base.broken = True
+    with pytest.raises(ValueError, match="NaN or infinite values at step 1"):
+        atoms.get_stress()
+
+
 def test_a_models_nan_on_valid_atoms_is_one_sentence():
     class Exploding(_Flat):
         def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
@@ -451,3 +473,19 @@ def test_silent_server_on_the_command_line_exits_3(silent_server, capsys):
                  str(silent_server.port), "--timeout", "1", "--connect-wait", "5"])
     assert code == 3
     assert "no message from the i-PI server for 1 s" in one_error_line(capsys, "ipi")
+
+
+def test_two_parameter_sets_of_one_ase_calculator_are_not_shards(tmp_path, capsys):
+    """Calculators without a model file (SHA None) differ by their parameters."""
+    from ase.calculators.lj import LennardJones
+
+    paths = []
+    for name, sigma in (("a", 2.3), ("b", 3.0)):
+        with SymmetryMonitor(LennardJones(sigma=sigma), log=str(tmp_path / f"{name}.h5"),
+                             every=1, random_rotations=2) as monitor:
+            atoms = copper()
+            atoms.calc = monitor
+            atoms.get_potential_energy()
+        paths.append(str(tmp_path / f"{name}.h5"))
+    assert main(["report", *paths, "--format", "json", "-o", str(tmp_path / "r.json")]) == 2
+    assert "are not shards of one run (different model" in one_error_line(capsys, "report")

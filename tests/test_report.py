@@ -655,3 +655,15 @@ def test_the_report_shows_the_net_force_of_the_returned_forces(logs):
     assert broken["net_force_per_atom"]["median"] == pytest.approx(0.3, rel=1e-9)
     text = render_text(summarize(logs["broken"]))
     assert "net force per atom  median 0.3" in text
+
+
+def test_a_problem_by_the_third_rule_says_its_share_of_the_quantity(tmp_path):
+    """A lab-frame stress at zero pressure is all breaking: the headline gives that share
+    (not only the floored relative ε, which reads like a caution)."""
+    atoms = relaxed_cu()
+    s = summarize(single_point(LabFrameEMT(lab_force=(0, 0, 0), lab_stress=0.006),
+                               atoms.copy(), tmp_path / "lab_stress.h5"))
+    check = _check(s, "stress")
+    assert check["level"] == "problem" and check["dominated"]
+    assert "of |σ| itself" in s["verdict"]["headline"] or "of |σ| itself" in " ".join(
+        s["verdict"]["reasons"])

@@ -112,7 +112,22 @@ def shard_differences(a, b) -> list[str]:
         ("periodicity", a.pbc != b.pbc),
         ("stored positions", a.has_positions != b.has_positions),
         ("observables", bool(spec_differences(a.specs, b.specs)))) if differs]
-    if not layout and not metadata_differences(a.metadata, b.metadata, MODEL_IDENTITY):
+    model = _other_model(a.metadata, b.metadata)
+    if not layout and not model:
         return []
-    return [word for word, keys in (("model", MODEL_IDENTITY), ("settings", RUN_SETTINGS))
-            if metadata_differences(a.metadata, b.metadata, keys)] + layout
+    settings = bool(metadata_differences(a.metadata, b.metadata, RUN_SETTINGS))
+    return ["model"] * model + ["settings"] * settings + layout
+
+
+def _other_model(a: Mapping, b: Mapping) -> bool:
+    """Whether two logs are of different models: their SHA-256 or base calculator, and
+    for calculators without a model file (SHA None: an ASE calculator) their parameters
+    but the device (clients of one i-PI run may sit on different GPUs)."""
+    if metadata_differences(a, b, MODEL_IDENTITY):
+        return True
+    if a.get("model_sha256") is not None:
+        return False
+    first, second = _as_dict(a.get("base_parameters")), _as_dict(b.get("base_parameters"))
+    if isinstance(first, dict) and isinstance(second, dict):
+        first, second = ({k: v for k, v in p.items() if k != "device"} for p in (first, second))
+    return first != second

@@ -103,6 +103,7 @@ FLOOR_FACTOR = REFERENCE_RATIO_LIMITS.caution / RELATIVE_LIMITS.caution
 #: DOMINANT_RATIO typical errors is a problem whatever the floor (:func:`_dominated`)
 DOMINANT_SHARE = 0.5
 DOMINANT_RATIO = 1.0
+DOMINATED_REASON = "ε is most of the quantity itself"
 #: absolute floor of the scale of relative measures (same units): 0.05 eV/atom,
 #: 0.5 eV/Å, 0.03 eV/Å³ (4.8 GPa)
 FLOORS: Dict[str, float] = {q: FLOOR_FACTOR * e for q, e in REFERENCE_ERRORS.items()}
@@ -228,7 +229,7 @@ def grade(quantity: str, eps: float, rms: Optional[float] = None,
         reasons.append(f"ε is {relative:.2g} of the quantity's size")
     if r.judged and rms is not None and bool(_dominated(quantity, eps, float(rms), ratio)):
         by_relative = "problem"
-        reasons.append(f"ε is most of the quantity itself and {ratio:.2g}× the {r.source}")
+        reasons.append(f"{DOMINATED_REASON} and {ratio:.2g}× the {r.source}")
     return Grade(quantity, _worse(by_ratio, by_relative), eps, r.scale, r.source, ratio,
                  relative, tuple(reasons), {"ratio": r.ratio_limits,
                                             "relative": r.relative_limits})

@@ -24,7 +24,8 @@ from typing import Mapping
 import numpy as np
 
 from ...core.outputs import EV_PER_A3_IN_GPA, pretty_unit
-from ...monitoring.thresholds import FLOORS, LEVELS, grade, grade_levels, rule
+from ...monitoring.thresholds import (DOMINATED_REASON, FLOORS, LEVELS, REFERENCE_ERRORS,
+                                      grade, grade_levels, rule)
 from .numbers import fmt, percent
 from .series import QUANTITIES, QuantitySeries
 
@@ -154,6 +155,7 @@ def _check(s: QuantitySeries, returned, model_error, overrides) -> dict | None:
         "relative_judged": _relative_judged(s.quantity, overrides, model_error),
         "level": level, "level_p95": main.level, "level_max": spike.level,
         "reasons": list(main.reasons), "limits": _plain(main.limits),
+        "dominated": any(r.startswith(DOMINATED_REASON) for r in main.reasons),
         "fraction_steps_flagged": float(flagged.mean()),
         "first_step_flagged": int(step[np.argmax(flagged)]) if flagged.any() else None,
     }
@@ -222,7 +224,10 @@ def _sentence(c: dict) -> str:
     """``forces: ε 0.06 eV/Å per atom, 8 % of |F|, comparable to a typical MLIP error``."""
     q, unit = c["quantity"], pretty_unit(c["unit"])
     text = f"{q}: ε {fmt(c['eps'])} {unit}{PER_ATOM_WORDS[q]}"
-    if c["relative"] is not None:
+    if c.get("dominated") and c["rms"] is not None:  # the third rule: say its number
+        share = c["eps"] / max(c["rms"], REFERENCE_ERRORS[q])
+        text += f", {percent(share)} % of {SIZE_NAMES[q]} itself"
+    elif c["relative"] is not None:
         size = SIZE_NAMES[q]
         floor = c.get("floor", FLOORS[q])
         if c["rms"] is None or c["rms"] < floor:

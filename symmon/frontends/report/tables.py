@@ -72,9 +72,12 @@ def run_table(s) -> Table:
                         ("net_torque", "net torque")):
         if name in net:
             v = net[name]
+            meaning = ("0 for an exactly symmetric conservative model"
+                       if net["forces"] == "returned forces" else
+                       "of the unrotated copy, before the mean is removed")
             rows.append([label, f"median {fmt(v['median'])}, max {fmt(v['max'])} "
                                 f"{pretty_unit(v['unit'])} over {v['n']} steps ({net['forces']}; "
-                                "0 for an exactly symmetric model)"])
+                                f"{meaning})"])
     return Table("Run", ["", ""], rows)
 
 
