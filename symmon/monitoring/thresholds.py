@@ -32,8 +32,8 @@ Three questions are asked of every ε, and the worst answer wins:
    own relative limit (``thresholds={"forces": 0.05}``) is a share of the quantity itself:
    its floor is the typical error only.
 3. **Is the breaking the quantity itself?** ε of at least half the quantity (floor: the
-   typical error) and above one typical error is a ``problem`` however small the
-   quantity: a lab-frame force of 0.1 eV/Å on a relaxed crystal, a 1 GPa lab-frame
+   typical error) and more than twice a typical error is a ``problem`` however small
+   the quantity: a lab-frame force of 0.12 eV/Å on a relaxed crystal, a 1 GPa lab-frame
    stress at zero pressure (:data:`DOMINANT_SHARE`, :data:`DOMINANT_RATIO`; asked where
    2. is).
 
@@ -102,7 +102,11 @@ FLOOR_FACTOR = REFERENCE_RATIO_LIMITS.caution / RELATIVE_LIMITS.caution
 #: eps at least this share of the quantity (floor: the typical error) and above
 #: DOMINANT_RATIO typical errors is a problem whatever the floor (:func:`_dominated`)
 DOMINANT_SHARE = 0.5
-DOMINANT_RATIO = 1.0
+#: "more than comparable to" a typical error, in the report's words (up to twice it is
+#: "comparable"): the bundled augmented tiny PET's stress near zero pressure (1.5 typical
+#: errors, 76 % of |σ|, its own test error 9x its ε) stays a caution, its unaugmented
+#: twin (17 typical errors) a problem; a 1 GPa lab stress at zero pressure (2.07) is one
+DOMINANT_RATIO = 2.0
 DOMINATED_REASON = "ε is most of the quantity itself"
 #: absolute floor of the scale of relative measures (same units): 0.05 eV/atom,
 #: 0.5 eV/Å, 0.03 eV/Å³ (4.8 GPa)
@@ -175,7 +179,8 @@ def _dominated(quantity: str, eps, rms, ratio):
     """Symmetry breaking that *is* the quantity: ``eps >= DOMINANT_SHARE`` of it (floor:
     the typical error) and above ``DOMINANT_RATIO`` typical errors -- a problem however
     small the quantity (a lab-frame force on a relaxed crystal, a lab-frame stress at zero
-    pressure), which the ten-error floor of the relative check alone would call caution."""
+    pressure), which the ten-error floor of the relative check alone would call caution
+    up to 2.5 typical errors."""
     with np.errstate(invalid="ignore", divide="ignore"):
         share = eps / np.maximum(rms, REFERENCE_ERRORS[quantity])
         return (share >= DOMINANT_SHARE) & (ratio > DOMINANT_RATIO)
