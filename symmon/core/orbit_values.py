@@ -16,6 +16,10 @@ def as_float64(values, device=None) -> torch.Tensor:
     return tensor.to(torch.float64)
 
 
+class NonFiniteOrbit(ValueError):
+    """Orbit values with NaN or infinite entries (a caller may explain the cause)."""
+
+
 def check_orbit(values: torch.Tensor, grid: O3Grid) -> None:
     if values.dim() == 0 or values.shape[0] != len(grid):
         raise ValueError(
@@ -23,7 +27,7 @@ def check_orbit(values: torch.Tensor, grid: O3Grid) -> None:
             f"grid element), got shape {tuple(values.shape)}"
         )
     if not torch.isfinite(values).all():
-        raise ValueError("orbit values contain NaN or infinite entries")
+        raise NonFiniteOrbit("orbit values contain NaN or infinite entries")
 
 
 def back_transform(values, grid: O3Grid, kind) -> torch.Tensor:
@@ -49,7 +53,7 @@ def back_transform_array(values, grid: O3Grid, kind) -> np.ndarray:
     if values.ndim == 0 or values.shape[0] != len(grid):
         check_orbit(torch.as_tensor(values), grid)
     if not np.isfinite(values.sum()) and not np.isfinite(values).all():
-        raise ValueError("orbit values contain NaN or infinite entries")
+        raise NonFiniteOrbit("orbit values contain NaN or infinite entries")
     return representation.back_transform(values, grid.matrices_array(),
                                          grid.determinants_array())
 

@@ -160,7 +160,7 @@ class SymmetryMonitor(BaseCalculator):
         values = self.monitor.last_monitored
         if not values:
             return {}
-        diagnostics = {name: float(values[name]) for name in _DIAGNOSTIC_NAMES.intersection(values)}
+        diagnostics = _diagnostics(values)
         if "forces_eps_per_atom" in values:
             diagnostics["forces_eps_per_atom"] = np.asarray(values["forces_eps_per_atom"])
         return dict(diagnostics, step=int(values["step"]))
@@ -219,12 +219,16 @@ def _ase_results(returned, values, n_atoms, periodic: bool) -> dict:
         results["forces"] = np.asarray(returned["forces"]).reshape(n_atoms, 3)
     if "stress" in returned:
         results["stress"] = matrix_to_voigt(returned["stress"])
-    for name in _DIAGNOSTIC_NAMES.intersection(values):  # none on unmonitored steps
-        results[name] = float(values[name])
+    results.update(_diagnostics(values))  # none on unmonitored steps
     per_atom = values.get("forces_eps_per_atom")
     results["forces_eps_per_atom"] = (_not_computed_per_atom(n_atoms).copy()
                                       if per_atom is None else np.asarray(per_atom))
     return results
+
+
+def _diagnostics(values) -> dict:
+    """The :data:`DIAGNOSTICS` among a calculation's ``values``, as floats."""
+    return {name: float(values[name]) for name in _DIAGNOSTIC_NAMES.intersection(values)}
 
 
 _NOT_COMPUTED = dict.fromkeys(DIAGNOSTICS, float("nan"))

@@ -27,6 +27,7 @@ import numpy as np
 from .. import __version__
 from ..adapters.base import validate_atoms
 from ..core.metrics import orbit_average
+from ..core.orbit_values import NonFiniteOrbit
 from ..core.outputs import QUANTITY_KINDS, QUANTITY_UNITS, without_net_force
 from ..io.files import file_sha256
 from . import thresholds
@@ -159,16 +160,17 @@ class Monitor:
             atoms, quantities, self._frames(plan), base=self._needs_base(plan),
             features=self.features)
         self._purify(stacks)
-        if stacks:
-            self._check_finite(atoms, step, [v for stack in stacks.values()
-                                             for v in stack.values()])
+        if stacks:  # the grid's orbit is checked by the engine (NonFiniteOrbit below)
+            self._check_finite(atoms, step, [v for name, stack in stacks.items()
+                                             if name != "grid" for v in stack.values()])
         values = dict(extra_values or {})
         if base is not None:
             values.update(base.predictions)  # logged with every frame
         record = StepRecord(step, self.clock.time_ps(step), atoms.positions.copy(),
                             atoms.cell.array.copy(), plan.scheduled, values)
         if plan.grid is not None:
-            self._judge(stacks["grid"], plan, base, quantities, record)
+            if not self._judge(stacks["grid"], plan, base, quantities, record):
+                self._refuse_non_finite(atoms, step)  # outside the handler: one sentence
         if plan.scheduled:
             values["monitor_stride"] = plan.stride
         returned = self._returned(atoms, quantities, base, plan, stacks)
@@ -209,10 +211,14 @@ class Monitor:
         """One sentence instead of NaN handed to the driver (or an engine error on a
         monitored step): coincident atoms if that is the cause (they are searched only on
         monitored steps; EMT, for one, returns a finite energy and NaN forces there),
-        else the model's non-finite values: every orbit array (a sum each), and of the
-        base what :meth:`_base_sums` gives."""
-        if all(math.isfinite(float(a.sum() if hasattr(a, "sum") else a)) for a in arrays):
-            return
+        else the model's non-finite values: the orbit arrays the engine does not see (a
+        sum each; the grid's raise :class:`NonFiniteOrbit` there), and of the base what
+        :meth:`_base_sums` gives."""
+        if not all(math.isfinite(float(a.sum() if hasattr(a, "sum") else a)) for a in arrays):
+            self._refuse_non_finite(atoms, step)
+
+    @staticmethod
+    def _refuse_non_finite(atoms, step: int) -> None:
         validate_atoms(atoms, overlaps=True, cell=False)
         raise ValueError(f"the model returned NaN or infinite values at step {step} (atoms "
                          "and cell are valid): the structure is outside what it can evaluate "
@@ -266,11 +272,16 @@ class Monitor:
                 corrected = without_net_force(corrected)
             values[quantity] = corrected
 
-    def _judge(self, orbit, plan: StepPlan, base, quantities, record: StepRecord) -> None:
+    def _judge(self, orbit, plan: StepPlan, base, quantities, record: StepRecord) -> bool:
+        """Diagnose, grade and act; False (nothing done) when the orbit is not finite."""
         values = record.values
         collected = {} if self.calibrations.wanted(plan) else None
-        values.update(diagnose(orbit, plan, record.positions.shape[0], self.options.l_max,
-                               self.source.model_dtype, self.calibrations.laws(), collected))
+        try:
+            values.update(diagnose(orbit, plan, record.positions.shape[0], self.options.l_max,
+                                   self.source.model_dtype, self.calibrations.laws(),
+                                   collected))
+        except NonFiniteOrbit:
+            return False
         if collected:
             self.calibrations.update(plan, collected)
         values.update(self.calibrations.values(plan))
@@ -279,6 +290,7 @@ class Monitor:
         self.n_violations += values["violation"]
         self._act(verdict, record)
         values["eps_of_returned"] = int(self.mode in ("monitor", "purified"))
+        return True
 
     def _returned(self, atoms, quantities, base, plan: StepPlan, stacks):
         if self.averaging:

@@ -107,7 +107,6 @@ DOMINANT_SHARE = 0.5
 #: errors, 76 % of |σ|, its own test error 9x its ε) stays a caution, its unaugmented
 #: twin (17 typical errors) a problem; a 1 GPa lab stress at zero pressure (2.07) is one
 DOMINANT_RATIO = 2.0
-DOMINATED_REASON = "ε is most of the quantity itself"
 #: absolute floor of the scale of relative measures (same units): 0.05 eV/atom,
 #: 0.5 eV/Å, 0.03 eV/Å³ (4.8 GPa)
 FLOORS: Dict[str, float] = {q: FLOOR_FACTOR * e for q, e in REFERENCE_ERRORS.items()}
@@ -129,6 +128,7 @@ class Grade:
     relative: Optional[float]
     reasons: Tuple[str, ...] = ()
     limits: Mapping[str, Limits] = field(default_factory=dict)
+    dominated: bool = False  # a problem by the third rule (:func:`_dominated`)
 
     @property
     def severity(self) -> int:
@@ -232,9 +232,11 @@ def grade(quantity: str, eps: float, rms: Optional[float] = None,
         reasons.append(f"ε is {ratio:.2g}× the {r.source}")
     if by_relative != "ok":
         reasons.append(f"ε is {relative:.2g} of the quantity's size")
-    if r.judged and rms is not None and bool(_dominated(quantity, eps, float(rms), ratio)):
+    dominated = r.judged and rms is not None and bool(_dominated(quantity, eps, float(rms),
+                                                                  ratio))
+    if dominated:
         by_relative = "problem"
-        reasons.append(f"{DOMINATED_REASON} and {ratio:.2g}× the {r.source}")
+        reasons.append(f"ε is most of the quantity itself and {ratio:.2g}× the {r.source}")
     return Grade(quantity, _worse(by_ratio, by_relative), eps, r.scale, r.source, ratio,
                  relative, tuple(reasons), {"ratio": r.ratio_limits,
-                                            "relative": r.relative_limits})
+                                            "relative": r.relative_limits}, dominated)

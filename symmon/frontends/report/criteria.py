@@ -24,8 +24,8 @@ from typing import Mapping
 import numpy as np
 
 from ...core.outputs import EV_PER_A3_IN_GPA, pretty_unit
-from ...monitoring.thresholds import (DOMINATED_REASON, FLOORS, LEVELS, REFERENCE_ERRORS,
-                                      grade, grade_levels, rule)
+from ...monitoring.thresholds import (FLOORS, LEVELS, REFERENCE_ERRORS, grade, grade_levels,
+                                      rule)
 from .numbers import fmt, percent
 from .series import QUANTITIES, QuantitySeries
 
@@ -136,8 +136,8 @@ def _check(s: QuantitySeries, returned, model_error, overrides) -> dict | None:
     finite_rms = rms[np.isfinite(rms)]
     rms_median = float(np.median(finite_rms)) if finite_rms.size else None
     p95 = float(np.percentile(eps, 95))
-    floor = rule(s.quantity, model_error, overrides).floor
-    relative = eps / np.maximum(np.where(np.isfinite(rms), rms, 0.0), floor)
+    judged = rule(s.quantity, model_error, overrides)
+    relative = eps / np.maximum(np.where(np.isfinite(rms), rms, 0.0), judged.floor)
     main = grade(s.quantity, p95, rms_median, model_error, overrides,
                  relative=float(np.percentile(relative, 95)))
     worst = int(np.argmax(eps))
@@ -150,24 +150,15 @@ def _check(s: QuantitySeries, returned, model_error, overrides) -> dict | None:
         "quantity": s.quantity, "name": CHECK_NAMES[s.quantity],
         "explanation": EXPLANATIONS[s.quantity], "unit": s.unit, "statistic": "p95",
         "n": int(len(eps)), "eps": p95, "max": float(eps[worst]),
-        "max_step": int(step[worst]), "rms": rms_median, "floor": floor, "scale": main.scale,
+        "max_step": int(step[worst]), "rms": rms_median, "floor": judged.floor, "scale": main.scale,
         "scale_source": main.scale_source, "ratio": main.ratio, "relative": main.relative,
-        "relative_judged": _relative_judged(s.quantity, overrides, model_error),
+        "relative_judged": judged.judged,
         "level": level, "level_p95": main.level, "level_max": spike.level,
         "reasons": list(main.reasons), "limits": _plain(main.limits),
-        "dominated": any(r.startswith(DOMINATED_REASON) for r in main.reasons),
+        "dominated": main.dominated,
         "fraction_steps_flagged": float(flagged.mean()),
         "first_step_flagged": int(step[np.argmax(flagged)]) if flagged.any() else None,
     }
-
-
-def _relative_judged(quantity: str, overrides, model_error=None) -> bool:
-    """Whether :func:`grade` judges the relative ε (not the energy's, whose zero is
-    arbitrary, nor any where the model's own error is known, unless an override sets
-    its limit); the rule of the thresholds table."""
-    if overrides and quantity in overrides:
-        return True
-    return quantity != "energy" and not (model_error is not None and model_error > 0)
 
 
 def _finite(x) -> float | None:
