@@ -28,8 +28,9 @@ from symmon.io.run_index import read_index  # noqa: E402
 from symmon.monitoring.policy import SymmetryViolationWarning  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from torchsim_models import (fixed_shifts, lennard_jones, nickel_copper_crystals,  # noqa: E402
-                             rare_gas_clusters, rare_gas_crystals, tiny_pet)
+from torchsim_models import (anisotropic_lennard_jones, fixed_shifts,  # noqa: E402
+                             lennard_jones, nickel_copper_crystals, rare_gas_clusters,
+                             rare_gas_crystals, tiny_pet)
 
 #: two proper rotations and two improper elements
 ELEMENTS = np.stack([np.eye(3),
@@ -111,7 +112,7 @@ COMPARED = ("energy_eps_per_atom", "forces_eps", "stress_eps", "energy_eps_per_a
 
 
 @QUIET
-@pytest.mark.parametrize("model_name", ["pet", "lj-unfixed"])
+@pytest.mark.parametrize("model_name", ["pet", "anisotropic-lj"])
 def test_per_system_eps_equals_symmetry_monitor(model_name, tmp_path):
     """A batch of 4 systems (sizes and species differ): each system's ε, intervals and
     grades equal those of SymmetryMonitor on the same structures, step by step (a
@@ -121,11 +122,16 @@ def test_per_system_eps_equals_symmetry_monitor(model_name, tmp_path):
         model, structures = tiny_pet(), nickel_copper_crystals()
         quantities = ("energy", "forces")  # TorchSim's metatomic stress is not symmetric;
     else:                                  # ASE's Voigt stress is
-        model, structures = lennard_jones(), rare_gas_crystals()
+        model, structures = anisotropic_lennard_jones(), rare_gas_crystals()
         quantities = ("energy", "forces", "stress")
-    states, _ = _states(structures, 4, torch.float64)
-    # (LJ: a calibration step and random steps that use its law; PET: Student-t
-    # intervals, 7 model calls per system and monitored step in the reference)
+    with fixed_shifts():
+        _compare_with_symmetry_monitor(model, structures, quantities, model_name, tmp_path)
+
+
+def _compare_with_symmetry_monitor(model, structures, quantities, model_name, tmp_path):
+    # (LJ: random steps, a calibration step (due from step 10) and random steps that use
+    # its law; PET: Student-t intervals, 7 model calls per system and monitored step)
+    states, _ = _states(structures, 4 if model_name == "pet" else 16, torch.float64)
     options = dict(every=3, random_rotations=3, seed=5,
                    calibration_rotations=0 if model_name == "pet" else 16)
     monitored = TorchSimMonitor(model, log=tmp_path / "run", **options)
@@ -158,11 +164,11 @@ def test_per_system_eps_equals_symmetry_monitor(model_name, tmp_path):
                 np.testing.assert_allclose(ours[name], theirs[name], rtol=rtol, atol=0,
                                            err_msg=f"call {call} system {s} {name}")
         assert reference.monitor.last_values["calibration_step"] == (
-            -1 if model_name == "pet" else 0)
+            -1 if model_name == "pet" else 12)
     index = read_index(tmp_path / "run")
     assert [system["n_atoms"] for system in index["systems"]] == [len(a) for a in structures]
     with read_log(index["systems"][2]["path"]) as log:
-        assert log.steps("forces_eps").tolist() == [0, 3]
+        assert log.steps("forces_eps").tolist() == list(range(0, len(states), 3))
         assert log.metadata["system_id"] == 2
 
 

@@ -117,3 +117,31 @@ def _spread(rng, n, distance):
 def _unit(rng):
     v = rng.normal(size=3)
     return v / np.linalg.norm(v)
+
+
+def anisotropic_lennard_jones(strain=(1.0, 1.04, 0.97)):
+    """An unconstrained TorchSim model with moderate values: the Lennard-Jones model of
+    the structure stretched by a fixed diagonal ``D`` (``E(x) = E_LJ(x D)``, forces
+    ``F_LJ D``, stress ``D S_LJ D``: symmetric, like ASE's), not O(3)-equivariant.
+    Use it inside :func:`fixed_shifts` (else TorchSim's shift bug dominates)."""
+    import torch_sim as ts
+    from torch_sim.models.interface import ModelInterface
+
+    class Anisotropic(ModelInterface):
+        def __init__(self):
+            super().__init__()
+            self.inner = lennard_jones()
+            self._device, self._dtype = self.inner.device, self.inner.dtype
+            self._compute_forces, self._compute_stress = True, True
+            self.d = torch.diag(torch.tensor(strain, dtype=torch.float64))
+
+        def forward(self, state, **kwargs):
+            stretched = ts.SimState(positions=state.positions @ self.d,
+                                    masses=state.masses, cell=self.d.T @ state.cell,
+                                    pbc=state.pbc, atomic_numbers=state.atomic_numbers,
+                                    system_idx=state.system_idx)
+            out = self.inner(stretched)
+            return {"energy": out["energy"], "forces": out["forces"] @ self.d,
+                    "stress": self.d @ out["stress"] @ self.d}
+
+    return Anisotropic()

@@ -10,8 +10,8 @@ Per forward call (one *batch step*; TorchSim's runners call the model once per s
    the batch, whatever order the autobatcher puts it in; a system never seen before
    gets the next id and its own monitor;
 2. **plan**: one schedule for the batch (``every``, the overhead budget of
-   ``every="auto"`` charged once per batch step, full-orbit steps), per system the
-   calibration steps (:mod:`symmon.monitoring.calibration`) and, with
+   ``every="auto"`` charged once per batch step, calibration and full-orbit steps);
+   per system its reference orbits (:mod:`symmon.monitoring.calibration`) and, with
    ``on_violation="average"``, its switch to averaging; a system is also monitored at
    its first step in the batch;
 3. **one forward**: every system's unrotated copy and, on monitored steps, its
@@ -48,7 +48,6 @@ from ..adapters.torchsim import (Batch, TorchSimCalculator, TorchSimOrbitModel,
                                  evaluate_copies, is_torchsim_model, model_outputs,
                                  require_torchsim)
 from ..core.grids import random_grid
-from ..monitoring.calibration import Calibrations
 from ..monitoring.monitor import Monitor
 from ..monitoring.options import MonitorOptions, check_option_names
 from ..monitoring.schedule import Schedule, StepPlan, step_seed
@@ -267,20 +266,6 @@ class _SharedSchedule:
         pass
 
 
-class _StepCalibrations(Calibrations):
-    """Calibrations whose ``adjust`` gives the same plan when asked twice for one step
-    (the batch plans a step before the system's monitor runs it)."""
-
-    _adjusted = None
-
-    def adjust(self, plan: StepPlan) -> StepPlan:
-        if self._adjusted is not None and self._adjusted[0] == (plan.step, plan.grid is None):
-            return self._adjusted[1]
-        adjusted = super().adjust(plan)
-        self._adjusted = ((plan.step, plan.grid is None), adjusted)
-        return adjusted
-
-
 class _BatchClock(StepClock):
     """Step numbers of a system's monitor: the batch's step (every call is committed as
     a driver step at once)."""
@@ -413,9 +398,9 @@ class TorchSimMonitor(ModelInterface):
         options = replace(self.options, metadata=metadata, log_mode=mode)
         source = _SystemSource(self.orbit_model, self.outputs)
         monitor = Monitor(source, options, log=path, warm_up=False)
+        # the batch's schedule decides which steps are monitored or calibrate; the
+        # system's own Calibrations (its monitor's) keep its reference orbits
         monitor.schedule = _SharedSchedule(self.schedule)
-        monitor.calibrations = _StepCalibrations(options.calibration_rotations,
-                                                 options.calibrate_every, options.seed)
         monitor.clock = _BatchClock(self)
         if entry is None:
             entry = {"id": system_id, "file": os.path.basename(path) if path else None,
@@ -452,16 +437,13 @@ class TorchSimMonitor(ModelInterface):
 
     def _charge(self, plan: StepPlan, started: float, output, monitored: bool = False) -> None:
         """Book the batch step's time in the overhead budget (once per batch step)."""
-        budget = self.schedule.budget
-        if budget is None:
-            return
-        if torch.device(self._device).type == "cuda":
+        if self.schedule.auto and torch.device(self._device).type == "cuda":
             torch.cuda.synchronize(self._device)  # the budget times the work, not its launch
         seconds = self.schedule.clock() - started
-        if plan.grid is None and monitored:  # only entering systems: charged, not expected
-            budget.charge(seconds, True, False)
+        if plan.grid is None and monitored:  # only entering systems: charged, not learnt
+            self.schedule.budget.charge(seconds, True, None)
         else:
-            self.schedule.charge(plan if plan.grid is not None else _UNMONITORED, seconds)
+            self.schedule.charge(plan, seconds)
 
     def _monitored_step(self, state, batch: Batch, ids, new, batch_plan, step):
         host = _HostBatch(batch)
@@ -533,7 +515,7 @@ class TorchSimMonitor(ModelInterface):
             monitor.schedule = _FirstPlan(self.schedule, plan)
         elif isinstance(monitor.schedule, _FirstPlan):
             monitor.schedule = _SharedSchedule(self.schedule)
-        return monitor.calibrations.adjust(plan)
+        return plan
 
     def _check_fold(self, state, per_system) -> None:
         """On the first monitored step: the unrotated copies of the batched call against
