@@ -307,10 +307,10 @@ def read_run(reader: LogReader, overrides: Mapping[str, float] | None = None) ->
                      {q: e for q, e in errors.items() if e is not None}, scalars)
 
 
-def worst_step_rows(s: QuantitySeries, n: int | None = None) -> np.ndarray:
-    """Rows of the ``n`` (None: all) steps of largest ε of ``s``, worst first (NaN last,
-    ties in log order): the one ranking of steps (report and export)."""
-    return rank_order(s.eps)[:n]
+def worst_step_rows(eps, n: int | None = None) -> np.ndarray:
+    """Rows of the ``n`` (None: all) steps of largest per-step ``eps``, worst first (NaN
+    last, ties in log order): the one ranking of steps (report and export)."""
+    return rank_order(eps)[:n]
 
 
 def worst_atoms_of(eps_of_atoms, n: int | None = None) -> np.ndarray:
