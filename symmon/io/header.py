@@ -9,8 +9,10 @@ import h5py
 import numpy as np
 
 from .h5md import (
-    EDGES, PARAMS, PARTICLE_ELEMENTS, PARTICLE_UNIT_ATTR, PARTICLES, POSITION, PRESENT, SCHEMA_VERSION,
-    LogFormatError, ObservableSpec, decode)
+    EDGES, HDF5_ERRORS, PARAMS, PARTICLE_ELEMENTS, PARTICLE_UNIT_ATTR, PARTICLES, POSITION,
+    PRESENT, SCHEMA_VERSION, LogFormatError, ObservableSpec, check_attribute_record, decode,
+    first_line)
+from .semantics import log_semantics
 
 #: HDF5's message when a file's consistency flag is set (writer live or killed)
 UNCLEAN_HINT = "may use <h5clear"
@@ -20,13 +22,30 @@ class LogHeader:
     """One opened log file: its declarations and the groups of its series.
 
     ``groups[name]`` is the H5MD element group of observable ``name``;
-    ``columns`` (schema 2) maps a series name to its column of ``present``.
+    ``columns`` (schema 2) maps a series name to its column of ``present``;
+    ``semantics`` what its numbers mean (:mod:`symmon.io.semantics`).
+
+    Every attribute is checked against the log's checksummed record of them first
+    (:func:`~symmon.io.h5md.check_attribute_record`); ``notes`` says when the log has
+    no record (written before symmon kept one).  Anything HDF5 cannot read is a
+    :class:`LogFormatError` naming it.
     """
 
     def __init__(self, f: h5py.File, path: str):
         self.file, self.path = f, path
-        if "h5md" not in f or PARAMS not in f or "schema_version" not in f[PARAMS].attrs:
+        self.notes: list[str] = []
+        try:
+            is_log = "h5md" in f and PARAMS in f and "schema_version" in f[PARAMS].attrs
+        except HDF5_ERRORS as error:
+            raise LogFormatError(f"{path}: the file's root groups cannot be read, the file is "
+                                 f"damaged ({first_line(error)}); restore the log from a copy "
+                                 "or re-run") from error
+        if not is_log:
             raise LogFormatError(f"{path}: HDF5 file is not a symmon log (no h5md / {PARAMS})")
+        if not check_attribute_record(f, path):
+            self.notes.append(
+                f"{path}: log written before symmon checksummed its attributes: its "
+                "metadata, units and names are read unverified")
         params = f[PARAMS].attrs
         self.schema_version = int(params["schema_version"])
         if self.schema_version > SCHEMA_VERSION:
@@ -46,8 +65,13 @@ class LogHeader:
             if self.schema_version >= 2:
                 self._add_v2(f)
             self.specs = {n: spec_from_group(g) for n, g in self.groups.items()}
-        except (KeyError, ValueError, OSError) as e:
-            raise LogFormatError(f"{path}: malformed symmon log: {e}") from e
+            self.semantics = log_semantics(path, params.get("semantics_version"), self.specs)
+        except LogFormatError:
+            raise
+        except HDF5_ERRORS as e:
+            raise LogFormatError(f"{path}: malformed or damaged symmon log, its declarations "
+                                 f"cannot be read ({first_line(e)}); restore the log from a "
+                                 "copy or re-run") from e
 
     def _add_v2(self, f: h5py.File) -> None:
         for name, element in PARTICLE_ELEMENTS.items():
@@ -94,8 +118,10 @@ def open_for_reading(path: str) -> h5py.File:
         # a writer that died in a failed write (full disk) can leave the file shorter
         # than its superblock says: SWMR-read mode trusts what the writer committed
         if UNCLEAN_HINT not in str(e) and not flagged_open_for_write(path):
-            raise LogFormatError(f"{path}: cannot open HDF5 file: {e}") from e
+            raise LogFormatError(f"{path}: cannot open HDF5 file, it is damaged or "
+                                 f"incomplete ({first_line(e)})") from e
     try:
         return h5py.File(path, "r", libver="latest", swmr=True)
     except OSError as e:
-        raise LogFormatError(f"{path}: cannot open HDF5 file in SWMR mode: {e}") from e
+        raise LogFormatError(f"{path}: cannot open HDF5 file (in SWMR mode), it is damaged "
+                             f"or incomplete ({first_line(e)})") from e
