@@ -317,53 +317,90 @@ def truncate_rows(f: h5py.File, n: int) -> None:
 # ---------------------------------------------------------------- attribute checksums
 
 
-def attribute_digests(f: h5py.File) -> dict[str, str]:
-    """``{"<object path>@<attribute>": SHA-256 (16 hex digits)}`` of every attribute in
-    ``f`` (objects in HDF5's visiting order, each once)."""
-    digests: dict[str, str] = {}
+def element_groups(f: h5py.File, schema_version: int) -> dict[str, h5py.Group]:
+    """``{observable name: H5MD element group}`` (schema 2: particle elements too)."""
+    groups = {}
+    with reading(f.filename, "object /observables"):
+        names = list(f["observables"])
+    for name in names:
+        with reading(f.filename, f"object /observables/{name}"):
+            groups[name] = f["observables"][name]
+    if schema_version >= 2:
+        for name, element in PARTICLE_ELEMENTS.items():
+            with reading(f.filename, f"object /{PARTICLES}/{element}"):
+                if element in f[PARTICLES]:
+                    groups[name] = f[PARTICLES][element]
+    return groups
 
-    def add(name: str, obj) -> None:
-        where = "/" + name if name else "/"
-        for key in obj.attrs:
-            try:
-                digests[f"{where}@{key}"] = _digest(obj.attrs[key])
-            except HDF5_ERRORS as error:  # a flipped byte can make a value undecodable
-                digests[f"{where}@{key}"] = f"unreadable ({first_line(error)})"
 
-    add("", f)
-    f.visititems(add)
-    return digests
+def trusted_attributes(f: h5py.File, groups: Mapping[str, h5py.Group]) -> dict[str, Any]:
+    """Every attribute symmon's reader uses, ``{"<object path>@<name>": value}``: the
+    parameters (schema and semantics versions, metadata, appended runs), periodicity,
+    the names of the series (``present`` columns) and each observable's unit,
+    description and labels.  (Others, e.g. the browsable copies of scalar metadata and
+    the H5MD author, are not read by symmon.)"""
+    found: dict[str, Any] = {}
+
+    def take(obj, *names):
+        where = obj.name
+        for name in names:
+            if name in obj.attrs:
+                try:
+                    found[f"{where}@{name}"] = obj.attrs[name]
+                except HDF5_ERRORS as error:  # a flipped byte can make it undecodable
+                    found[f"{where}@{name}"] = _Unreadable(first_line(error))
+
+    take(f[PARAMS], "schema_version", "semantics_version", "metadata_json",
+         "appended_runs_json")
+    take(f[PARTICLES]["box"], "boundary")
+    if PRESENT in f:
+        take(f[PRESENT], "columns")
+    for name in sorted(groups):
+        g = groups[name]
+        take(g, "description", "labels")
+        with reading(f.filename, f"object {g.name}/value"):
+            value = g["value"]
+        take(value, "unit", PARTICLE_UNIT_ATTR)
+    return found
+
+
+class _Unreadable(str):
+    """An attribute value HDF5 could not decode (in place of the value)."""
 
 
 def write_attribute_record(f: h5py.File) -> None:
-    """(Re)write :data:`ATTRIBUTE_RECORD` from the attributes in ``f`` now."""
-    data = np.frombuffer(json.dumps(attribute_digests(f), sort_keys=True).encode(), np.uint8)
+    """(Re)write :data:`ATTRIBUTE_RECORD` from the trusted attributes in ``f`` now."""
+    schema = int(f[PARAMS].attrs["schema_version"])
+    digests = {k: _digest(v) for k, v in
+               trusted_attributes(f, element_groups(f, schema)).items()}
+    data = np.frombuffer(json.dumps(digests, sort_keys=True).encode(), np.uint8)
     if ATTRIBUTE_RECORD in f:
         del f[ATTRIBUTE_RECORD]
     f.create_dataset(ATTRIBUTE_RECORD, data=data, chunks=(len(data),), **DATASET_OPTIONS)
 
 
-def check_attribute_record(f: h5py.File, path: str) -> bool:
-    """Compare every attribute with :data:`ATTRIBUTE_RECORD`; False when the log has no
-    record (written before symmon checksummed attributes), a :class:`LogFormatError`
-    naming the first damaged attribute when one differs."""
+def check_attribute_record(f: h5py.File, path: str, attributes: Mapping[str, Any]) -> bool:
+    """Compare ``attributes`` (:func:`trusted_attributes`) with :data:`ATTRIBUTE_RECORD`;
+    False when the log has no record (written before symmon checksummed attributes), a
+    :class:`LogFormatError` naming the first damaged attribute when one differs."""
     with reading(path, f"the attribute checksums /{ATTRIBUTE_RECORD}"):
         if ATTRIBUTE_RECORD not in f:
             return False
         stored = json.loads(f[ATTRIBUTE_RECORD][()].tobytes().decode())
-    with reading(path, "the attributes (metadata, units, names)"):
-        found = attribute_digests(f)
-    for key in sorted(set(stored) | set(found)):
-        if stored.get(key) != found.get(key):
-            where, _, name = key.partition("@")
-            state = "missing" if key not in found else "not in the record" \
-                if key not in stored else found[key] if found[key].startswith("unreadable") \
-                else "changed"
-            raise LogFormatError(
-                f"{path}: attribute {name!r} of {where} is damaged ({state}: it does not "
-                f"match its checksum in /{ATTRIBUTE_RECORD}); its "
-                f"{_ATTRIBUTE_ROLES.get(name, 'value')} cannot be trusted: restore the log "
-                "from a copy or re-run")
+    for key in sorted(set(stored) | set(attributes)):
+        value = attributes.get(key)
+        if key in stored and key in attributes and not isinstance(value, _Unreadable) \
+                and stored[key] == _digest(value):
+            continue
+        where, _, name = key.partition("@")
+        state = "missing" if key not in attributes else "not in the record" \
+            if key not in stored else f"unreadable: {value}" \
+            if isinstance(value, _Unreadable) else "changed"
+        raise LogFormatError(
+            f"{path}: attribute {name!r} of {where} is damaged ({state}; it does not "
+            f"match its checksum in /{ATTRIBUTE_RECORD}), so its "
+            f"{_ATTRIBUTE_ROLES.get(name, 'value')} cannot be trusted; restore the log "
+            "from a copy or re-run")
     return True
 
 

@@ -9,9 +9,9 @@ import h5py
 import numpy as np
 
 from .h5md import (
-    EDGES, HDF5_ERRORS, PARAMS, PARTICLE_ELEMENTS, PARTICLE_UNIT_ATTR, PARTICLES, POSITION,
-    PRESENT, SCHEMA_VERSION, LogFormatError, ObservableSpec, check_attribute_record, decode,
-    first_line)
+    EDGES, HDF5_ERRORS, PARAMS, PARTICLE_UNIT_ATTR, PARTICLES, POSITION, PRESENT,
+    SCHEMA_VERSION, LogFormatError, ObservableSpec, check_attribute_record, decode,
+    element_groups, first_line, trusted_attributes)
 from .semantics import log_semantics
 
 #: HDF5's message when a file's consistency flag is set (writer live or killed)
@@ -25,8 +25,8 @@ class LogHeader:
     ``columns`` (schema 2) maps a series name to its column of ``present``;
     ``semantics`` what its numbers mean (:mod:`symmon.io.semantics`).
 
-    Every attribute is checked against the log's checksummed record of them first
-    (:func:`~symmon.io.h5md.check_attribute_record`); ``notes`` says when the log has
+    Every attribute the reader uses is checked against the log's checksummed record
+    of them (:func:`~symmon.io.h5md.check_attribute_record`); ``notes`` says when it has
     no record (written before symmon kept one).  Anything HDF5 cannot read is a
     :class:`LogFormatError` naming it.
     """
@@ -42,30 +42,37 @@ class LogHeader:
                                  "or re-run") from error
         if not is_log:
             raise LogFormatError(f"{path}: HDF5 file is not a symmon log (no h5md / {PARAMS})")
-        if not check_attribute_record(f, path):
-            self.notes.append(
-                f"{path}: log written before symmon checksummed its attributes: its "
-                "metadata, units and names are read unverified")
-        params = f[PARAMS].attrs
-        self.schema_version = int(params["schema_version"])
-        if self.schema_version > SCHEMA_VERSION:
-            raise LogFormatError(
-                f"{path}: log schema_version {self.schema_version} is newer than this "
-                f"symmon supports ({SCHEMA_VERSION}); upgrade symmon")
         try:
-            self.metadata = json.loads(params["metadata_json"])
-            self.appended_runs = json.loads(params.get("appended_runs_json", "[]"))
+            self.schema_version = int(f[PARAMS].attrs["schema_version"])
+            self.groups = element_groups(f, self.schema_version)
+            attrs = trusted_attributes(f, self.groups)
+            if not check_attribute_record(f, path, attrs):
+                self.notes.append(
+                    f"{path}: log written before symmon checksummed its attributes: its "
+                    "metadata, units and names are read unverified")
+            if self.schema_version > SCHEMA_VERSION:
+                raise LogFormatError(
+                    f"{path}: log schema_version {self.schema_version} is newer than this "
+                    f"symmon supports ({SCHEMA_VERSION}); upgrade symmon")
+            params = PARAMS_PATH + "@"
+            self.metadata = json.loads(attrs[params + "metadata_json"])
+            self.appended_runs = json.loads(attrs.get(params + "appended_runs_json", "[]"))
             part = f[PARTICLES]
             self.species = part["species"][()]
-            self.pbc = tuple(decode(b) == "periodic" for b in part["box"].attrs["boundary"])
+            self.pbc = tuple(decode(b) == "periodic"
+                             for b in attrs[f"/{PARTICLES}/box@boundary"])
             self.has_positions = "position" in part
             self.edges, self.position = f[EDGES], f[POSITION] if self.has_positions else None
-            self.groups = dict(f["observables"].items())
             self.columns: dict[str, int] = {}
             if self.schema_version >= 2:
-                self._add_v2(f)
-            self.specs = {n: spec_from_group(g) for n, g in self.groups.items()}
-            self.semantics = log_semantics(path, params.get("semantics_version"), self.specs)
+                columns = [decode(c) for c in attrs[f"/{PRESENT}@columns"]]
+                self.columns = {c: k for k, c in enumerate(columns)}
+                missing = sorted(set(self.groups) - set(self.columns))
+                if missing:
+                    raise ValueError(f"observables without a column in {PRESENT}: {missing}")
+            self.specs = {n: spec_from_group(g, attrs) for n, g in self.groups.items()}
+            self.semantics = log_semantics(path, attrs.get(params + "semantics_version"),
+                                           self.specs)
         except LogFormatError:
             raise
         except HDF5_ERRORS as e:
@@ -73,25 +80,20 @@ class LogHeader:
                                  f"cannot be read ({first_line(e)}); restore the log from a "
                                  "copy or re-run") from e
 
-    def _add_v2(self, f: h5py.File) -> None:
-        for name, element in PARTICLE_ELEMENTS.items():
-            if element in f[PARTICLES]:
-                self.groups[name] = f[PARTICLES][element]
-        columns = [decode(c) for c in f[PRESENT].attrs["columns"]]
-        self.columns = {c: k for k, c in enumerate(columns)}
-        missing = sorted(set(self.groups) - set(self.columns))
-        if missing:
-            raise ValueError(f"observables without a column in {PRESENT}: {missing}")
+
+PARAMS_PATH = f"/{PARAMS}"
 
 
-def spec_from_group(g: h5py.Group) -> ObservableSpec:
+def spec_from_group(g: h5py.Group, attrs) -> ObservableSpec:
+    """The declaration of the observable in element group ``g`` (``attrs``: the log's
+    :func:`~symmon.io.h5md.trusted_attributes`)."""
     value = g["value"]
-    labels = g.attrs.get("labels")
+    labels = attrs.get(f"{g.name}@labels")
     if labels is not None and labels.dtype.kind in "OS":
         labels = np.array([decode(x) for x in labels])
-    unit = value.attrs.get("unit", value.attrs.get(PARTICLE_UNIT_ATTR))
+    unit = attrs.get(f"{value.name}@unit", attrs.get(f"{value.name}@{PARTICLE_UNIT_ATTR}"))
     return ObservableSpec(shape=value.shape[1:], unit=decode(unit),
-                          description=decode(g.attrs.get("description", "")),
+                          description=decode(attrs.get(f"{g.name}@description", "")),
                           dtype=value.dtype, labels=labels)
 
 

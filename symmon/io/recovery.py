@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 import h5py
@@ -14,6 +15,12 @@ from .lock import PathLock, temp_path
 from .reader import v1_trusted_count, read
 
 _COPY_ROWS = 16 * MAX_CHUNK_ROWS  # rows copied per read/write
+#: disk space reserved for the copy before HDF5 writes it: the log's size times this,
+#: plus RESERVE_BYTES (the copy holds at most the log's rows).  A full disk is then one
+#: clean error before the copy starts: HDF5 retries failed writes whenever an object is
+#: released, and can crash the interpreter doing so
+RESERVE_FACTOR = 1.1
+RESERVE_BYTES = 1 << 20
 
 
 def recover_log(path: str | os.PathLike) -> int:
@@ -49,6 +56,13 @@ def _write_copy(path: str, tmp: str, copy) -> int:
         raise OSError(f"cannot recover {path!r}: cannot create {tmp!r} beside it "
                       f"({os_reason(error)}); the log is unchanged") from None
     try:
+        _reserve(tmp, int(os.path.getsize(path) * RESERVE_FACTOR) + RESERVE_BYTES)
+    except OSError as error:
+        detach(dst)
+        raise OSError(f"cannot recover {path!r}: no room for its copy beside it "
+                      f"({error.strerror or error}); the log is unchanged (free space and "
+                      "call recover_log again)") from None
+    try:
         kept = copy(dst)
         dst.close()
     except LogFormatError:
@@ -60,6 +74,19 @@ def _write_copy(path: str, tmp: str, copy) -> int:
                       f"({os_reason(error)}); the log is unchanged (free space and call "
                       "recover_log again)") from None
     return kept
+
+
+def _reserve(path: str, size: int) -> None:
+    """Allocate ``size`` bytes of ``path`` on disk (where the file system can)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as error:
+        if error.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            return  # no reservation on this file system: the copy's writes are checked
+        raise
+    finally:
+        os.close(fd)
 
 
 def _rebuild_v2(src: h5py.File, header: LogHeader, dst: h5py.File) -> int:
