@@ -159,12 +159,9 @@ def monitored_quantities(reader: LogReader) -> list[str]:
 
 
 def forces_eps_is_total(reader: LogReader) -> bool:
-    """True when the log's ``forces_eps`` is summed over atoms (logs before the
-    per-atom RMS became ``forces_eps``; those logs have no ``forces_eps_total``)."""
-    if "forces_eps_total" in reader.observable_names:
-        return False
-    text = reader.description("forces_eps").lower()
-    return not any(word in text for word in ("per atom", "per-atom", "over atoms"))
+    """True when the log's ``forces_eps`` is summed over atoms (its semantics version,
+    :mod:`symmon.io.semantics`)."""
+    return reader.semantics.forces_eps_summed
 
 
 def log_thresholds(reader: LogReader) -> dict:
