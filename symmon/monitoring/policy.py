@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Iterable, Mapping, Optional
 
-from ..core.outputs import pretty_unit
-from .diagnose import NORMALISED_EPS
+from ..core.quantities import QUANTITY
 from .options import MonitorOptions
-from .thresholds import LEVELS, UNITS, Grade, grade
+from .schema import NAMES
+from .thresholds import LEVELS, Grade, grade
 
 
 class SymmetryViolation(RuntimeError):
@@ -34,7 +34,7 @@ def _problem_text(g: Grade) -> str:
         parts.append(f"{g.quantity} relative eps {g.relative:.3g} > "
                      f"{g.limits['relative'].problem:.3g}")
     if g.limits["ratio"].level(g.ratio) == "problem":
-        parts.append(f"{g.quantity} eps {g.eps:.3g} {pretty_unit(UNITS[g.quantity])} is "
+        parts.append(f"{g.quantity} eps {g.eps:.3g} {QUANTITY[g.quantity].pretty_eps_unit()} is "
                      f"{g.ratio:.2g}x the {g.scale_source} (> {g.limits['ratio'].problem:g}x)")
     return ", ".join(parts)
 
@@ -57,9 +57,10 @@ class Verdict:
         """What the log records: relative ε, ratio and level per quantity, the step's."""
         values: Dict[str, object] = {}
         for quantity, g in self.grades.items():
-            values[f"{quantity}_rel_eps"] = float("nan") if g.relative is None else g.relative
-            values[f"{quantity}_ratio"] = g.ratio
-            values[f"{quantity}_level"] = LEVELS.index(g.level)
+            names = NAMES[quantity]
+            values[names.rel_eps] = float("nan") if g.relative is None else g.relative
+            values[names.ratio] = g.ratio
+            values[names.level] = LEVELS.index(g.level)
         values["level"] = LEVELS.index(self.level)
         values["violation"] = int(self.level == "problem")
         return values
@@ -80,8 +81,8 @@ class Policy:
         """Grade the per-atom-normalised ε of each quantity against the table."""
         grades = {}
         for quantity in quantities:
-            eps = values[NORMALISED_EPS[quantity]]
-            grades[quantity] = grade(quantity, eps, rms=values[f"{quantity}_rms"],
+            names = NAMES[quantity]
+            grades[quantity] = grade(quantity, values[names.eps], rms=values[names.rms],
                                      model_error=self.model_errors.get(quantity),
                                      overrides=self.overrides)
         return Verdict(grades)

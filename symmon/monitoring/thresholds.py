@@ -110,9 +110,6 @@ DOMINANT_RATIO = 2.0
 #: absolute floor of the scale of relative measures (same units): 0.05 eV/atom,
 #: 0.5 eV/Å, 0.03 eV/Å³ (4.8 GPa)
 FLOORS: Dict[str, float] = {q: FLOOR_FACTOR * e for q, e in REFERENCE_ERRORS.items()}
-#: units of the per-atom-normalised ε of each quantity (file spelling)
-UNITS: Dict[str, str] = {"energy": "eV/atom", "forces": "eV/angstrom",
-                         "stress": "eV/angstrom^3"}
 
 
 @dataclass(frozen=True)
@@ -210,7 +207,7 @@ def grade(quantity: str, eps: float, rms: Optional[float] = None,
           relative: Optional[float] = None) -> Grade:
     """Grade ``eps`` of ``quantity`` (``"energy"``, ``"forces"`` or ``"stress"``).
 
-    ``eps`` and ``rms`` in the units of :data:`UNITS` (per atom); ``model_error`` is the
+    ``eps`` and ``rms`` in the quantity's ``eps_unit`` (per atom, :mod:`symmon.core.quantities`); ``model_error`` is the
     model's test RMSE in the same units (``None``: judged against REFERENCE_ERRORS).
     ``relative`` gives the relative ε directly (e.g. a percentile of per-step values)
     instead of ``eps / max(rms, floor)``. Where the model's own error is known, the

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...io.log import LogFormatError, LogReader
-from ...monitoring.thresholds import FLOORS, UNITS
+from ...core.quantities import QUANTITY, QUANTITY_NAMES
+from ...monitoring.thresholds import FLOORS
 
-QUANTITIES = ("energy", "forces", "stress")
+QUANTITIES = QUANTITY_NAMES
 SAMPLE_BUDGET = 2_000_000    # values per read of per-atom / spectrum arrays
 
 
@@ -145,7 +146,7 @@ def _quantity_series(reader: LogReader, q: str) -> QuantitySeries:
         with np.errstate(all="ignore"):
             rms = np.where(logged_relative > 0, eps * scale / logged_relative, np.nan)
     relative = normalised / np.fmax(rms, FLOORS[q])
-    return QuantitySeries(q, step, time, normalised, err * scale, rms, relative, UNITS[q])
+    return QuantitySeries(q, step, time, normalised, err * scale, rms, relative, QUANTITY[q].eps_unit)
 
 
 def per_atom_rms(reader: LogReader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -11,7 +11,8 @@ from typing import Mapping
 import numpy as np
 
 from ...core.irreps import Irrep
-from ...core.outputs import EV_PER_A3_IN_GPA, QUANTITY_KINDS
+from ...core.outputs import EV_PER_A3_IN_GPA
+from ...core.quantities import QUANTITY
 from ...io.files import jsonable
 from ...io.log import LogFormatError, LogReader
 from ...io.mismatch import ShardMismatch
@@ -210,7 +211,7 @@ def target_irreps(q: str) -> list[Irrep]:
     """Irreps an exactly equivariant output ``q`` occupies."""
     from ...core.representations import get_representation
 
-    return list(get_representation(QUANTITY_KINDS[q]).targets)
+    return list(get_representation(QUANTITY[q].kind).targets)
 
 
 def contamination_summary(reader, q) -> dict | None:
