@@ -54,6 +54,8 @@ class Quantity:
     title: str
     #: the noun of its error ("force error")
     noun: str
+    #: words after its ε's unit in a sentence ("eV/Å per atom"; "eV/atom" says it)
+    unit_words: str = ""
     #: a second unit people read ε in, and the factor from ``eps_unit`` to it
     alt_unit: Optional[Tuple[str, float]] = None
 
@@ -106,7 +108,7 @@ QUANTITIES: Tuple[Quantity, ...] = (
     Quantity("energy", "eV/atom", 1.0, "E", "|E| per atom", "energy ε per atom",
              "Energy ε per atom", "energy"),
     Quantity("forces", "eV/angstrom", 0.5, "F", "|F|", "forces ε per atom",
-             "Forces ε per atom (RMS over atoms)", "force"),
+             "Forces ε per atom (RMS over atoms)", "force", unit_words=" per atom"),
     Quantity("stress", "eV/angstrom^3", 0.0, "σ", "|σ|", "stress ε", "Stress ε", "stress",
              alt_unit=("GPa", EV_PER_A3_IN_GPA)),
 )

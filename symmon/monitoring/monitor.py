@@ -32,7 +32,6 @@ from ..core.metrics import orbit_average
 from ..core.orbit_values import NonFiniteOrbit
 from ..core.outputs import output, without_net_force
 from ..core.quantities import QUANTITY
-from .calibration import Calibrations
 from .diagnose import diagnose, frame_noise, in_frame, net_signals
 from .options import MonitorOptions
 from .policy import Policy, SymmetryViolation, SymmetryViolationWarning, Verdict
@@ -115,8 +114,7 @@ class Monitor:
                  warm_up: bool = True):
         self.source, self.options = source, options
         self.schedule, self.policy = Schedule(options), Policy(options)
-        self.calibrations = Calibrations(options.calibration_rotations,
-                                         options.calibrate_every, options.seed)
+        self.calibrations = self.schedule.calibrations
         self.extra_specs = dict(extra_specs or {})
         self.recorder = Recorder(log, options.log_mode, options.flush_every,
                                  options.trajectory, extra_names=self.extra_specs)
@@ -221,7 +219,7 @@ class Monitor:
         step = self.clock.next_step()
         if self.averaging:
             self.schedule.choose_average_grid(quantities)
-        plan = self.calibrations.adjust(self.schedule.plan(step, self.averaging))
+        plan = self.schedule.plan(step, self.averaging)
         if plan.scheduled and not searched:
             validate_atoms(atoms, overlaps=True, cell=False)  # a tree build: monitored steps
         return StepResult(step, plan, quantities, atoms.positions.copy(),

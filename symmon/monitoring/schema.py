@@ -15,8 +15,8 @@ What is written when (:attr:`Observable.written`):
   returned without their mean, of the unrotated copy's raw forces instead, on the steps
   that evaluate it in the batched call (monitored steps) --, ``calls`` and
   ``call_kind``, ``averaged``, and the base predictions;
-* every monitored step: ε of each quantity (raw and per-atom normalised) with error bars,
-  relative ε, ratio to the error scale and grade, the per-atom force ε, and the step's
+* every monitored step: ε of each quantity (raw and per-atom normalised) with error bars
+  and the method that made them, relative ε, ratio to the error scale and grade, the per-atom force ε, and the step's
   ``level`` / ``violation``;
 * full-orbit steps: character spectra, residual and contamination;
 * ``mode="random_frame"``, monitored steps: ``frame_noise_<q>``, the distance of the
@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 from .. import __version__
+from ..core.intervals import INTERVAL_METHODS
 from ..core.irreps import irrep_labels, irreps_up_to
 from ..core.quantities import QUANTITIES, QUANTITY, Quantity
 from ..io.files import file_sha256
@@ -44,6 +45,16 @@ from . import thresholds
 ALWAYS, MONITORED, FULL_ORBIT, RANDOM_FRAME, EVENT = (
     "every step", "monitored steps", "full-orbit steps", "random-frame monitored steps",
     "once (an event)")
+#: what each interval method is, in the words of the log's descriptions
+INTERVAL_METHOD_WORDS = {
+    "student_t_log_pairs": "data-only Student-t on log eps^2 (no calibration yet; "
+                           "approximate)",
+    "calibrated_bootstrap": "pivot law of the calibration references (calibration_step)",
+    "bootstrap": "bootstrap of the step's own pairs (a calibration step without earlier "
+                 "references)",
+    "exact_quadrature": "exact quadrature (zero width)",
+    "aliasing_bound": "quadrature that failed its exactness check (+- the aliasing bound, "
+                      "no stated coverage)"}
 #: call_kind values: how the logged calculation came about
 CALL_KINDS = {"driver_step": 0, "single_point": 1}
 #: symbolic shape entries of :attr:`Observable.shape`
@@ -89,6 +100,7 @@ class QuantityNames:
     eps_err: str
     ci68: str
     ci95: str
+    interval_method: str
     at_floor: str
     exact: str
     quadrature_error: str
@@ -111,7 +123,7 @@ def _names(q: Quantity) -> QuantityNames:
     eps = f"{n}_eps_per_atom" if q.atom_power == 1 else f"{n}_eps"
     return QuantityNames(
         n, raw, f"{raw}_err", eps, f"{eps}_err", f"{eps}_ci68", f"{eps}_ci95",
-        f"{n}_at_floor", f"{n}_exact", f"{n}_quadrature_error", f"{n}_rms", f"{n}_rel_eps",
+        f"{n}_interval_method", f"{n}_at_floor", f"{n}_exact", f"{n}_quadrature_error", f"{n}_rms", f"{n}_rel_eps",
         f"{n}_ratio", f"{n}_level", f"{n}_spectrum", f"{n}_residual", f"{n}_contamination",
         f"frame_noise_{n}", eps_per_atom=f"{n}_eps_per_atom" if q.per_atom else None,
         eps_alt=f"{n}_eps_{q.alt_unit[0].lower()}" if q.alt_unit else None,
@@ -150,10 +162,14 @@ def _quantity_rows(q: Quantity) -> Tuple[Observable, ...]:
                  err(eps, eps_unit, extras=eps == f"{n}_eps")]
     rows += [row(ci, (2,), eps_unit, f"(low, high) of {eps} with {coverage} % coverage "
                  "(random pairs: the bootstrap pivot law of the references of "
-                 "calibration_step, or Student-t on log eps^2 without calibration; the value "
-                 "itself twice on exact quadratures); see interval_method in the metadata")
+                 "calibration_step, or Student-t on log eps^2 before the first calibration; "
+                 "the value itself twice on exact quadratures); which one: "
+                 f"{names.interval_method}")
              for ci, coverage in ((names.ci68, 68), (names.ci95, 95))]
     rows += [
+        _int(names.interval_method, f"method of the {names.ci68}/_ci95 intervals: " + ", ".join(
+            f"{code} {INTERVAL_METHOD_WORDS[name]}" for code, name in
+            enumerate(INTERVAL_METHODS)), quantity=n),
         _int(names.at_floor, f"1 when {eps} is below the model's floating-point noise "
              "floor", quantity=n),
         _int(names.exact, f"1 when the full-orbit quadrature integrated {n} exactly "
@@ -289,10 +305,12 @@ def log_metadata(source, options, schedule, driver, warm_up_s: float,
         else schedule.average_grid.describe(),
         "eps_measured_on": "base model" if options.mode in ("average", "random_frame")
         else "returned predictions",
-        "interval_method": ("calibrated_bootstrap (random steps: the pivot law of the "
-                            "reference orbit of step calibration_step) or bootstrap "
-                            "(calibration steps), exact_quadrature or aliasing_bound "
-                            "(full-orbit steps); docs/theory.md"
+        "interval_method": ("per step and quantity in <q>_interval_method: "
+                            "student_t_log_pairs (random steps before the first "
+                            "calibration), calibrated_bootstrap (the pivot law of the "
+                            "references up to step calibration_step) or bootstrap "
+                            "(a first calibration step), exact_quadrature or "
+                            "aliasing_bound (full-orbit steps); docs/theory.md"
                             if options.calibration_rotations else
                             "student_t_log_pairs (random steps), exact_quadrature or "
                             "aliasing_bound (full-orbit steps); docs/theory.md"),
