@@ -159,12 +159,9 @@ def monitored_quantities(reader: LogReader) -> list[str]:
 
 
 def forces_eps_is_total(reader: LogReader) -> bool:
-    """True when the log's ``forces_eps`` is summed over atoms (logs before the
-    per-atom RMS became ``forces_eps``; those logs have no ``forces_eps_total``)."""
-    if "forces_eps_total" in reader.observable_names:
-        return False
-    text = reader.description("forces_eps").lower()
-    return not any(word in text for word in ("per atom", "per-atom", "over atoms"))
+    """True when the log's ``forces_eps`` is summed over atoms (its semantics version,
+    :mod:`symmon.io.semantics`)."""
+    return reader.semantics.forces_eps_summed
 
 
 def log_thresholds(reader: LogReader) -> dict:
@@ -306,10 +303,10 @@ def read_run(reader: LogReader, overrides: Mapping[str, float] | None = None) ->
                      {q: e for q, e in errors.items() if e is not None}, scalars)
 
 
-def worst_step_rows(s: QuantitySeries, n: int | None = None) -> np.ndarray:
-    """Rows of the ``n`` (None: all) steps of largest ε of ``s``, worst first (NaN last,
-    ties in log order): the one ranking of steps (report and export)."""
-    return rank_order(s.eps)[:n]
+def worst_step_rows(eps, n: int | None = None) -> np.ndarray:
+    """Rows of the ``n`` (None: all) steps of largest per-step ``eps``, worst first (NaN
+    last, ties in log order): the one ranking of steps (report and export)."""
+    return rank_order(eps)[:n]
 
 
 def worst_atoms_of(eps_of_atoms, n: int | None = None) -> np.ndarray:
