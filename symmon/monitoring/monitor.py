@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import replace
 from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
 from .. import __version__
 from ..adapters.base import validate_atoms
+from ..adapters.memory import OrbitOutOfMemory
 from ..core.metrics import orbit_average
 from ..core.orbit_values import NonFiniteOrbit
 from ..core.outputs import QUANTITY_KINDS, QUANTITY_UNITS, without_net_force
@@ -72,6 +74,9 @@ class Monitor:
         self.clock = StepClock()
         self.averaging = options.mode == "average"
         self.n_violations = 0
+        #: steps whose orbit did not fit in memory (not monitored, the plain prediction)
+        self.n_not_monitored = 0
+        self._orbit_failed = False
         self.last_values: Dict[str, object] = {}
         #: the values of the last monitored step committed to the log, with its ``step``
         self.last_monitored: Dict[str, object] = {}
@@ -156,9 +161,12 @@ class Monitor:
         plan = self.calibrations.adjust(self.schedule.plan(step, self.averaging))
         if plan.scheduled and not searched:
             validate_atoms(atoms, overlaps=True, cell=False)  # a tree build: monitored steps
-        base, stacks = self.source.evaluate(
-            atoms, quantities, self._frames(plan), base=self._needs_base(plan),
-            features=self.features)
+        try:
+            base, stacks = self.source.evaluate(
+                atoms, quantities, self._frames(plan), base=self._needs_base(plan),
+                features=self.features)
+        except OrbitOutOfMemory as error:  # the plain call's prediction, not monitored
+            base, stacks, plan = self._not_monitored(atoms, quantities, plan, step, error)
         self._purify(stacks)
         if stacks:  # the grid's orbit is checked by the engine (NonFiniteOrbit below)
             self._check_finite(atoms, step, [v for name, stack in stacks.items()
@@ -194,6 +202,21 @@ class Monitor:
             self._commit(record, "single_point")
         self.schedule.charge(plan, self.schedule.clock() - started)
         return returned, values
+
+    def _not_monitored(self, atoms, quantities, plan: StepPlan, step: int, error):
+        """A step whose orbit does not fit in memory: the base calculator's own
+        prediction, returned as is (not averaged or purified), and no diagnostics."""
+        self.n_not_monitored += 1
+        returned = {"average": "O(3) average", "purified": "purified prediction"}.get(
+            self.mode, "")
+        instead = f" (instead of the {returned})" if returned else ""
+        self._say_once("out_of_memory", f"step {step} is not monitored: {error}; the base "
+                       f"calculator's own prediction is returned{instead}, and later steps "
+                       "whose orbit does not fit are counted in n_not_monitored")
+        plain = replace(plan, grid=None, spectrum=None, frame=None, scheduled=False,
+                        calibrating=False)
+        self._orbit_failed = True
+        return self.source.plain(atoms, quantities), {}, plain
 
     def _validate(self, atoms) -> bool:
         """:func:`validate_atoms` at the cost an unmonitored step can bear: coincident
@@ -293,6 +316,9 @@ class Monitor:
         return True
 
     def _returned(self, atoms, quantities, base, plan: StepPlan, stacks):
+        if self._orbit_failed:
+            self._orbit_failed = False
+            return base.predictions
         if self.averaging:
             grid = self.schedule.choose_average_grid(quantities)
             orbit = stacks.get("grid" if plan.grid is grid else "average")
