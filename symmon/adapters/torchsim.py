@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .base import OrbitModel, validate_atoms, validate_matrices
+from .memory import is_out_of_memory
 
 #: outputs a TorchSim model offers (those its ``compute_*`` flags switch on)
 TORCHSIM_OUTPUTS = ("energy", "forces", "stress")
@@ -132,11 +133,6 @@ def copies_state(batch: Batch, matrices: torch.Tensor, owner: torch.Tensor, dtyp
                        atomic_numbers=batch.numbers[atom], system_idx=copy_of_atom)
 
 
-def _is_oom(error: BaseException) -> bool:
-    return isinstance(error, getattr(torch, "OutOfMemoryError", ())) or \
-        "out of memory" in str(error).lower()
-
-
 def evaluate_copies(model, batch: Batch, matrices, owner, outputs: Sequence[str], *,
                     max_atoms: Optional[int] = None) -> Dict[str, torch.Tensor]:
     """``outputs`` of ``model`` on the copies (system ``owner[m]`` transformed by
@@ -156,7 +152,7 @@ def evaluate_copies(model, batch: Batch, matrices, owner, outputs: Sequence[str]
                                     atoms_per_copy)
         except (RuntimeError, MemoryError) as error:
             smallest = int(atoms_per_copy.max())
-            if not _is_oom(error) or limit <= smallest:
+            if not is_out_of_memory(error) or limit <= smallest:
                 raise
             limit = max(limit // 2, smallest)
             if torch.cuda.is_available():
