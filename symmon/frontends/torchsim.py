@@ -48,7 +48,7 @@ from ..adapters.torchsim import (Batch, TorchSimCalculator, TorchSimOrbitModel,
                                  evaluate_copies, is_torchsim_model, model_outputs,
                                  require_torchsim)
 from ..core.grids import random_grid
-from ..monitoring.monitor import Monitor
+from ..monitoring.monitor import Monitor, SaidOnce
 from ..monitoring.options import MonitorOptions, check_option_names
 from ..monitoring.schedule import Schedule, StepPlan, step_seed
 from ..monitoring.source import IDENTITY, BaseValues
@@ -344,6 +344,7 @@ class TorchSimMonitor(ModelInterface):
         self.schedule = Schedule(self.options)
         self.tracker = SystemTracker(max_displacement)
         self.systems: Dict[int, _System] = {}
+        self._said = SaidOnce()
         self.batch_step = 0
         self.directory = None if log is None else os.fspath(log)
         if self.directory is not None:
@@ -398,6 +399,7 @@ class TorchSimMonitor(ModelInterface):
         options = replace(self.options, metadata=metadata, log_mode=mode)
         source = _SystemSource(self.orbit_model, self.outputs)
         monitor = Monitor(source, options, log=path, warm_up=False)
+        monitor._said = self._said  # one warning per kind for the whole batch
         # the batch's schedule decides which steps are monitored or calibrate; the
         # system's own Calibrations (its monitor's) keep its reference orbits
         monitor.schedule = _SharedSchedule(self.schedule)
@@ -481,8 +483,13 @@ class TorchSimMonitor(ModelInterface):
             any_monitored = any_monitored or plan.scheduled
             system.source.feed(stacks[s], {q: v.cpu() for q, v in mine.items()})
             monitor = system.monitor
-            result, diagnostics = monitor.calculate(host.atoms(s))
-            monitor.observe()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result, diagnostics = monitor.calculate(host.atoms(s))
+                monitor.observe()
+            for warning in caught:  # named by system (once per run and key: _said)
+                warnings.warn(f"system {system_id} ({system.entry['formula']}): "
+                              f"{warning.message}", warning.category, stacklevel=4)
             self.last_values[system_id] = diagnostics
             if (self.directory is not None and not system.entry["logged"]
                     and monitor.last_monitored.get("step") == step):
