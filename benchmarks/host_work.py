@@ -48,8 +48,6 @@ PARTS = {
     "log (Recorder.write)": ("monitoring.recorder", "Recorder", "write"),
     "source (ModelSource.evaluate)": ("monitoring.source", "ModelSource", "evaluate"),
     "plan (Schedule.plan)": ("monitoring.schedule", "Schedule", "plan"),
-    "calibration plan (Calibrations.adjust)": ("monitoring.calibration", "Calibrations",
-                                               "adjust"),
     "net force (net_signals)": ("monitoring.monitor", None, "net_signals"),
     "validate (Monitor._validate)": ("monitoring.monitor", "Monitor", "_validate"),
     "monitor (Monitor.calculate)": ("monitoring.monitor", "Monitor", "calculate"),

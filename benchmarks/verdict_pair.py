@@ -47,7 +47,7 @@ def run_pair(steps: int, full_every: int, temperature: float, directory: str) ->
             warnings.simplefilter("ignore")
             dynamics.run(steps)
         monitor.close()
-        verdicts[name] = summarize(log)["verdict"]
+        verdicts[name] = summarize(log).to_json()["verdict"]
     return verdicts
 
 

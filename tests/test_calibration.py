@@ -153,32 +153,45 @@ def test_too_small_a_reference_is_refused():
 
 
 def test_monitor_calibrates_on_schedule_and_logs_it(tmp_path):
+    """The first calibration comes FIRST_CALIBRATION_STEPS into the run (not on the
+    starting structure), then when the steps since the start double or calibrate_every
+    random steps have passed; each step logs which method made its intervals."""
     from ase.build import bulk
 
     from broken import LabFrameEMT
     from symmon import SymmetryMonitor
+    from symmon.core.intervals import INTERVAL_METHODS
     from symmon.io.reader import read_log
 
     log = str(tmp_path / "calibrated.h5")
     atoms = bulk("Cu", cubic=True).repeat(2)
     rng = np.random.default_rng(0)
     lab_stress = 0.002  # e_z e_z^T: eps^2 = |traceless part|^2 = (2/3) lab_stress^2
-    with SymmetryMonitor(LabFrameEMT(lab_stress=lab_stress), log=log, every=1,
-                         calibrate_every=3, warm_up=False) as monitor:
-        for _ in range(8):
+    with SymmetryMonitor(LabFrameEMT(lab_stress=lab_stress), log=log, every=2,
+                         calibrate_every=5, warm_up=False) as monitor:
+        for _ in range(40):
             atoms.positions += rng.normal(scale=0.02, size=atoms.positions.shape)
             monitor.calculate(atoms, ["energy", "forces", "stress"], ["positions"])
     with read_log(log) as reader:
-        rotations = reader.observable("calibration_rotations")[2]
-        steps = reader.observable("calibration_step")[2]
+        steps, _, rotations = reader.observable("calibration_rotations")
+        reference = reader.observable("calibration_step")[2]
         elements = reader.observable("n_elements")[2]
+        method = reader.observable("stress_interval_method")[2]
         low, high = reader.observable("stress_eps_ci95")[2].T
         meta = reader.metadata
-    assert rotations.tolist() == [32, 0, 0, 32, 0, 0, 32, 0]
-    assert steps.tolist() == [0, 0, 0, 3, 3, 3, 6, 6]
-    assert elements.tolist() == [64, 6, 6, 64, 6, 6, 64, 6]
+    calibrations = steps[rotations == 32].tolist()
+    # 10 steps in; then 20 (the steps since the start doubled, before 5 random steps);
+    # then 32 (5 random steps, before step 40)
+    assert calibrations == [10, 20, 32]
+    assert set(rotations[rotations != 32]) == {0}
+    assert elements.tolist() == [64 if s in calibrations else 6 for s in steps]
+    newest = [max([c for c in calibrations if c <= s], default=-1) for s in steps]
+    assert reference.tolist() == newest
+    names = [INTERVAL_METHODS[code] for code in method]
+    assert names == ["student_t_log_pairs" if s < 10 else "bootstrap" if s == 10
+                     else "calibrated_bootstrap" for s in steps]
     exact = np.sqrt(2 / 3) * lab_stress
-    assert np.sum((low <= exact) & (exact <= high)) >= 7
+    assert np.sum((low <= exact) & (exact <= high)) >= 18
     assert "calibrated_bootstrap" in meta["interval_method"]
 
 

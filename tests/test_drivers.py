@@ -90,7 +90,8 @@ def test_every_driver_step_is_logged_once_with_its_positions(tmp_path, name):
 
 def test_continued_driver_uses_each_steps_own_schedule(tmp_path):
     """run(2) + run(3) logs what run(5) logs: same steps, same random grids, same eps
-    (no calibration steps: a continued run calibrates on its own first monitored step)."""
+    (no calibration steps: a continued run calibrates on its own schedule, counted from
+    its first calculation)."""
     def monitored(log):
         return SymmetryMonitor(LabFrameEMT(), log=str(tmp_path / log), every=2, seed=3,
                                random_rotations=3, trajectory=True, calibration_rotations=0)

@@ -109,8 +109,8 @@ def test_returned_values_are_the_plain_calculators(slab, dtype, non_conservative
             assert_close(monitor.results[name], expected[name], PRECISION[dtype])
         assert np.isfinite(monitor.results["forces_eps"]) == (step % 2 == 0)
     # monitored steps: one batched call of 1 + 2P copies (step 0 also checks the fold
-    # once); step 0 is the calibration step (32 pairs), step 2 an ordinary one (2 pairs)
-    assert evaluations == [1 + 2 * 32, 1 + 2 * 2]
+    # once); step 0 is an ordinary step (2 pairs: the calibration comes later in a run)
+    assert evaluations == [1 + 2 * 2, 1 + 2 * 2]
     assert base_calls == [1, 1, 0, 1]
 
 
@@ -202,8 +202,8 @@ def test_purified_mode_reads_features_from_the_same_forward(slab, tmp_path):
                             for name in (forces_key, feature))
         expected = forces.reshape(-1, 3) + features @ matrix.T
         assert_close(monitor.results["forces"], expected - expected.mean(0), 1e-10)
-    # one forward per step, features included; step 0 is the calibration step (32 pairs)
-    assert evaluations == [1 + 2 * 32, 1, 5]
+    # one forward per step, features included; step 0 an ordinary step (2 pairs)
+    assert evaluations == [1 + 2 * 2, 1, 5]
 
 
 def test_random_frame_returns_the_prediction_in_that_frame(slab, tmp_path):
@@ -231,8 +231,8 @@ def test_random_frame_returns_the_prediction_in_that_frame(slab, tmp_path):
             noise = np.sqrt(((expected["forces"] @ frame - unrotated) ** 2).sum() / len(atoms))
             assert abs(monitor.results["frame_noise_forces"] - noise) <= 1e-8 * noise
     monitor.close()
-    # identity + frame + grid (step 0: the 32-pair calibration grid); frame only
-    assert evaluations == [1 + 1 + 64, 1, 1 + 1 + 6, 1]
+    # identity + frame + grid (3 pairs); frame only
+    assert evaluations == [1 + 1 + 6, 1, 1 + 1 + 6, 1]
     assert min(determinants) < 0 < max(determinants)
 
 

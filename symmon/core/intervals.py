@@ -36,6 +36,11 @@ import numpy as np
 import torch
 
 METHOD = "student_t_log_pairs"
+#: every interval method of an equivariance error, by its code in the log
+#: (``<q>_interval_method``): data-only Student-t, a reference's pivot law, the grid's
+#: own bootstrap (>= 16 pairs, no earlier reference), checked quadrature, aliasing bound
+INTERVAL_METHODS = (METHOD, "calibrated_bootstrap", "bootstrap", "exact_quadrature",
+                    "aliasing_bound")
 LEVELS = (0.68, 0.95)
 _PRIOR_DOF = 2.0
 

@@ -15,7 +15,9 @@ Error bars: ``*_eps_ci68`` and ``*_eps_ci95`` are ``(low, high)`` intervals of t
 per-atom-normalised ε with 68 % and 95 % coverage (the bootstrap pivot law of the
 calibration step's reference orbit, :mod:`symmon.monitoring.calibration`; coverage in
 docs/theory.md), ``*_eps_err`` the half width of
-the 68 % one. On full-orbit steps ``<q>_exact`` is 1 only when the quadrature passed the
+the 68 % one, ``<q>_interval_method`` the code of the method that made them
+(:data:`symmon.core.intervals.INTERVAL_METHODS`: the data-only Student-t before the
+run's first calibration). On full-orbit steps ``<q>_exact`` is 1 only when the quadrature passed the
 aliasing check (``<q>_quadrature_error`` estimates what it misses); ``<q>_at_floor`` is 1
 when ε is below the model's floating-point noise floor.
 
@@ -32,6 +34,7 @@ from typing import Dict, Mapping, MutableMapping, Optional
 import numpy as np
 import torch
 
+from ..core.intervals import INTERVAL_METHODS
 from ..core.irreps import Irrep
 from ..core.metrics import character_spectrum, equivariance_error
 from ..core.outputs import EV_PER_A3_IN_GPA, QUANTITY_KINDS
@@ -73,6 +76,7 @@ def epsilon_values(quantity: str, orbit_values, plan: StepPlan, n_atoms: int,
               normalised: error.eps * factor, f"{normalised}_err": error.eps_stderr * factor,
               f"{normalised}_ci68": np.asarray(error.interval_68) * factor,
               f"{normalised}_ci95": np.asarray(error.interval_95) * factor,
+              f"{quantity}_interval_method": INTERVAL_METHODS.index(error.interval_method),
               f"{quantity}_rms": error.rms * factor,
               f"{quantity}_at_floor": int(error.at_floor)}
     if plan.full:

@@ -31,7 +31,6 @@ from ..core.orbit_values import NonFiniteOrbit
 from ..core.outputs import QUANTITY_KINDS, QUANTITY_UNITS, without_net_force
 from ..io.files import file_sha256
 from . import thresholds
-from .calibration import Calibrations
 from .diagnose import diagnose, frame_noise, in_frame, net_signals
 from .options import MonitorOptions
 from .policy import Policy, SymmetryViolation, SymmetryViolationWarning, Verdict
@@ -61,8 +60,7 @@ class Monitor:
                  warm_up: bool = True):
         self.source, self.options = source, options
         self.schedule, self.policy = Schedule(options), Policy(options)
-        self.calibrations = Calibrations(options.calibration_rotations,
-                                         options.calibrate_every, options.seed)
+        self.calibrations = self.schedule.calibrations
         self.recorder = Recorder(log, options.log_mode, options.flush_every,
                                  options.trajectory)
         self.readout = readout
@@ -153,7 +151,7 @@ class Monitor:
         step = self.clock.next_step()
         if self.averaging:
             self.schedule.choose_average_grid(quantities)
-        plan = self.calibrations.adjust(self.schedule.plan(step, self.averaging))
+        plan = self.schedule.plan(step, self.averaging)
         if plan.scheduled and not searched:
             validate_atoms(atoms, overlaps=True, cell=False)  # a tree build: monitored steps
         base, stacks = self.source.evaluate(
@@ -398,10 +396,12 @@ class Monitor:
             else self.schedule.average_grid.describe(),
             "eps_measured_on": "base model" if options.mode in ("average", "random_frame")
             else "returned predictions",
-            "interval_method": ("calibrated_bootstrap (random steps: the pivot law of the "
-                                "reference orbit of step calibration_step) or bootstrap "
-                                "(calibration steps), exact_quadrature or aliasing_bound "
-                                "(full-orbit steps); docs/theory.md"
+            "interval_method": ("per step and quantity in <q>_interval_method: "
+                                "student_t_log_pairs (random steps before the first "
+                                "calibration), calibrated_bootstrap (the pivot law of the "
+                                "references up to step calibration_step) or bootstrap "
+                                "(a first calibration step), exact_quadrature or "
+                                "aliasing_bound (full-orbit steps); docs/theory.md"
                                 if options.calibration_rotations else
                                 "student_t_log_pairs (random steps), exact_quadrature or "
                                 "aliasing_bound (full-orbit steps); docs/theory.md"),

@@ -176,8 +176,9 @@ class MonitorOptions:
         reproducible schedule (the orbit costs about ``2 * random_rotations`` model
         calls, see docs/performance.md)
     :param overhead: with ``every="auto"``, the monitor's allowed extra time as a
-        fraction of the unmonitored calculations' time (default 0.05: 5 % slower); the
-        first step and full-orbit steps are always monitored
+        fraction of the unmonitored calculations' time (default 0.05: 5 % slower),
+        calibration steps and the first step (an ordinary orbit) included; full-orbit
+        steps keep their schedule and are charged
     :param random_rotations: Haar-random rotations per monitored step (each paired with
         its improper partner); at least 2, and 3 for error bars
     :param full_every: every m-th step use the exact quadrature and compute character
@@ -205,8 +206,9 @@ class MonitorOptions:
     :param calibration_rotations: random pairs of a calibration step (0: none), whose
         orbit gives the following random steps' intervals their law
         (:mod:`symmon.monitoring.calibration`); at least 16
-    :param calibrate_every: a calibration step every this many monitored random steps
-        (and on the first)
+    :param calibrate_every: a calibration step at least every this many monitored
+        random steps (earlier in a run: 10 steps in, then whenever the steps since the
+        start have doubled; :mod:`symmon.monitoring.calibration`)
     :param seed: seed of the random rotations (same seed, same log)
     :param flush_every: flush the log every this many monitored steps (default 50), and
         every 1000 steps and 10 s whatever the count (:mod:`symmon.monitoring.recorder`)

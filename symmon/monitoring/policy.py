@@ -8,13 +8,16 @@ monitor's, which logs it as an event -- nothing here changes a mode.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Dict, Iterable, Mapping, Optional
+
+import numpy as np
 
 from ..core.outputs import pretty_unit
 from .diagnose import NORMALISED_EPS
 from .options import MonitorOptions
-from .thresholds import LEVELS, UNITS, Grade, grade
+from .thresholds import DOMINANT_RATIO, DOMINANT_SHARE, LEVELS, UNITS, Grade, grade
 
 
 class SymmetryViolation(RuntimeError):
@@ -27,16 +30,110 @@ class SymmetryViolationWarning(UserWarning):
     the monitor switches to averaging."""
 
 
-def _problem_text(g: Grade) -> str:
-    """``forces relative eps 0.71 > 0.25, eps 0.05 eV/Å is 1× the typical MLIP error``."""
-    parts = []
-    if g.limits["relative"].level(g.relative) == "problem":
-        parts.append(f"{g.quantity} relative eps {g.relative:.3g} > "
-                     f"{g.limits['relative'].problem:.3g}")
-    if g.limits["ratio"].level(g.ratio) == "problem":
-        parts.append(f"{g.quantity} eps {g.eps:.3g} {pretty_unit(UNITS[g.quantity])} is "
-                     f"{g.ratio:.2g}x the {g.scale_source} (> {g.limits['ratio'].problem:g}x)")
-    return ", ".join(parts)
+# ------------------------------------------------------------------ sentences
+# Every sentence is generated from the numbers it states: a percentage of the quantity
+# is the Grade's ``relative`` (or ``share``), the same number the log and the report's
+# JSON hold, and a floor is named where it is used.
+
+#: the size of each quantity as a person writes it, and its ε's per-atom words
+SIZE_NAMES = {"energy": "|E| per atom", "forces": "|F|", "stress": "|σ|"}
+PER_ATOM_WORDS = {"energy": "", "forces": " per atom", "stress": ""}  # eV/atom says it
+ERROR_NOUNS = {"energy": "energy", "forces": "force", "stress": "stress"}
+
+
+def number(x, digits: int = 3) -> str:
+    """``0.0612``, ``1.2e-07``, ``3.4e+05``; ``–`` for None/NaN/inf; integers as they
+    are (how every sentence and table prints a value: never "0" for 1e-7)."""
+    if x is None:
+        return "–"
+    if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
+        return str(x)
+    x = float(x)
+    if not math.isfinite(x):
+        return "–"
+    if x == 0:
+        return "0"
+    if 1e-3 <= abs(x) < 1e4:
+        return f"{x:.{digits}g}"
+    return f"{x:.{digits - 1}e}"
+
+
+def percent(fraction) -> str:
+    """``0.27`` -> ``27``, ``1.06`` -> ``106``, ``0.031`` -> ``3.1`` (no unit sign)."""
+    value = 100 * float(fraction)
+    return f"{value:.0f}" if abs(value) >= 10 else number(value, 2)
+
+
+def unit_of(quantity: str) -> str:
+    """The per-atom unit of ``quantity``'s ε, as printed (``eV/Å``)."""
+    return pretty_unit(UNITS[quantity])
+
+
+def scale_words(g: Grade) -> str:
+    """``a typical MLIP force error (0.05 eV/Å)`` / ``the model's force error (...)``."""
+    whose = "the model's" if g.scale_source == "model error" else "a typical MLIP"
+    return f"{whose} {ERROR_NOUNS[g.quantity]} error ({number(g.scale)} {unit_of(g.quantity)})"
+
+
+def comparison(g: Grade) -> str:
+    """Words for ``ratio = eps / scale``: *well below* while the ratio is ok by the
+    table, then the percentage, *comparable to* up to twice, else the factor."""
+    ratio = g.ratio
+    if ratio <= g.limits["ratio"].caution:
+        return "well below"
+    if ratio < 1:
+        return f"{percent(ratio)} % of"
+    return "comparable to" if ratio <= 2 else f"{number(ratio, 2)}× the size of"
+
+
+def size_words(g: Grade) -> str:
+    """ε against the quantity itself, from the Grade's own numbers: ``49 % of |F|``;
+    ``|F| is tiny (0.013 eV/Å); judged against the 0.5 eV/Å floor (relative ε 0.037)``;
+    ``140 % of |F| (0.013 eV/Å) itself`` (the third rule); '' for a relative ε that is
+    not judged (the energy, whose zero is arbitrary)."""
+    q, unit = g.quantity, unit_of(g.quantity)
+    size = SIZE_NAMES[q]
+    if g.dominated and g.share is not None:
+        rms = f" ({number(g.rms)} {unit})" if g.rms is not None else ""
+        return f"{percent(g.share)} % of {size}{rms} itself"
+    if not g.judged or g.relative is None:
+        return ""
+    if g.rms is not None and g.floor is not None and g.rms < g.floor:
+        return (f"{size} is tiny ({number(g.rms)} {unit}); judged against the "
+                f"{number(g.floor)} {unit} floor (relative ε {number(g.relative)})")
+    return f"{percent(g.relative)} % of {size}"
+
+
+def statement(g: Grade) -> str:
+    """``forces: ε 0.3 eV/Å per atom, 49 % of |F|, 6× the size of a typical MLIP force
+    error (0.05 eV/Å)`` -- every number from ``g``."""
+    q = g.quantity
+    text = f"{q}: ε {number(g.eps)} {unit_of(q)}{PER_ATOM_WORDS[q]}"
+    size = size_words(g)
+    if size:
+        text += f", {size}"
+    return f"{text}, {comparison(g)} {scale_words(g)}"
+
+
+def rule_words(g: Grade, rule: str) -> str:
+    """Why question ``rule`` (:attr:`Grade.rules`) raised the level, with its limit."""
+    level = g.limits["ratio" if rule == "ratio" else "relative"]
+    if rule == "ratio":
+        limit = level.problem if g.ratio > level.problem else level.caution
+        return f"ε is above {number(limit)}× the {g.scale_source}"
+    if rule == "relative":
+        limit = level.problem if g.relative > level.problem else level.caution
+        return f"relative ε {number(g.relative)} is above {number(limit)}"
+    return (f"ε is at least {percent(DOMINANT_SHARE)} % of the quantity itself and above "
+            f"{number(DOMINANT_RATIO)}× the typical MLIP error: the breaking is the "
+            "quantity")
+
+
+def problem_text(g: Grade) -> str:
+    """One problem, stated and explained: :func:`statement` and, for each question that
+    graded it, :func:`rule_words` (never empty: every rule has its words)."""
+    why = "; ".join(rule_words(g, rule) for rule in g.rules) or f"graded {g.level}"
+    return f"{statement(g)} ({why})"
 
 
 @dataclass(frozen=True)
@@ -65,7 +162,8 @@ class Verdict:
         return values
 
     def describe(self) -> str:
-        return "; ".join(_problem_text(g) for g in self.problems.values())
+        """The problems of the step in words (:func:`problem_text`)."""
+        return "; ".join(problem_text(g) for g in self.problems.values())
 
 
 class Policy:

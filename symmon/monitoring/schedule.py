@@ -5,6 +5,9 @@
   Haar-random rotations and their improper partners, seeded by
   ``SeedSequence([seed, step])`` (same seed, same elements at the same step; a
   continued run draws the same elements at the same step);
+* on calibration steps (:mod:`.calibration`: when one is due, the next monitored step;
+  with ``every="auto"`` when the credit covers it): ``calibration_rotations`` pairs,
+  seeded alike;
 * every ``full_every``-th step: the exact quadrature of degree ``degree``, turned by one
   seeded Haar rotation (ε exact, and the character spectra up to ``l_max``; the turn
   keeps a structure aligned with the grid's axis from hiding its aliasing);
@@ -25,8 +28,8 @@ degree is ``AVERAGE_BAND + r`` for the highest rank ``r`` returned.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
-from time import perf_counter
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -35,8 +38,12 @@ from ..core.grids import (O3Grid, quadrature_grid, quaternion_matrices, random_g
                           randomized_quadrature_grid)
 from ..core.outputs import QUANTITY_KINDS
 from ..core.representations import get_representation
-from .budget import OverheadBudget
+from .budget import MAX_STRIDE, OverheadBudget
+from .calibration import Calibrations
 from .options import AVERAGE_BAND, MonitorOptions
+
+#: one-time work expected to take longer than this says what it does (seconds)
+LONG_WORK_S = 5.0
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -91,18 +98,26 @@ class Schedule:
 
     def __init__(self, options: MonitorOptions, clock: Optional[Callable[[], float]] = None):
         self.every, self.full_every = options.every, options.full_every
-        self.budget = (OverheadBudget(options.overhead, 2 * options.random_rotations, clock)
-                       if options.every == "auto" else None)
+        self.auto = options.every == "auto"
+        self.calibrations = Calibrations(options.calibration_rotations,
+                                         options.calibrate_every, options.seed)
+        self.calibration_rotations = max(options.calibration_rotations,
+                                         options.random_rotations)
+        # every mode times its calculations (the expected time of long work); the
+        # budget decides which steps are monitored with every="auto" only
+        self.budget = OverheadBudget(options.overhead or 0.0, 2 * options.random_rotations,
+                                     clock, 2 * options.calibration_rotations)
         #: seconds (the monitor times its calculations with it)
-        self.clock = self.budget.clock if self.budget is not None else perf_counter
+        self.clock = self.budget.clock
         self._last_monitored: Optional[int] = None  # step of the last monitored step
-        self._planned = (None, False, 0)  # (step, monitored?, stride) of the last plan
+        self._planned = (None, False, 0, None)  # (step, monitored?, stride, kind)
         self.random_rotations, self.seed = options.random_rotations, options.seed
         self.random_frames = options.mode == "random_frame"
         # turned by one Haar rotation (seeded): exact all the same, and a structure
         # aligned with the grid's axis (an n-ring, n dividing degree + 1) cannot hide its
         # aliasing from the exactness check
         self.full_grid = randomized_quadrature_grid(options.degree, options.seed)
+        self._degree = options.degree
         self._average_degree = options.average_degree
         self.average_grid: Optional[O3Grid] = None  # set by choose_average_grid
 
@@ -119,8 +134,9 @@ class Schedule:
         """The plan of ``step`` (``averaging``: the returned values are O(3) averages)."""
         full = self.full_every > 0 and step % self.full_every == 0
         if step != self._planned[0]:  # a new step (a re-evaluation keeps its decision)
-            self._planned = (step, *self._decide(step, full))
-        _, scheduled, stride = self._planned
+            self._planned = (step, *self._decide(step, full, averaging))
+            self._announce(step, self._planned[3])
+        _, scheduled, stride, kind = self._planned
         frame = random_frame(self.seed, step) if self.random_frames and not averaging \
             else None
         if full:
@@ -128,36 +144,85 @@ class Schedule:
         if averaging:
             return StepPlan(step, self.average_grid, None, scheduled, stride=stride)
         if scheduled:
-            grid = random_grid(self.random_rotations, step_seed(self.seed, step))
-            return StepPlan(step, grid, None, True, frame, stride=stride)
+            rotations = (self.calibration_rotations if kind == "calibration"
+                         else self.random_rotations)
+            grid = random_grid(rotations, step_seed(self.seed, step))
+            return StepPlan(step, grid, None, True, frame, calibrating=kind == "calibration",
+                            stride=stride)
         return StepPlan(step, None, None, False, frame)
 
-    def _decide(self, step: int, full: bool):
-        """(monitored?, stride) of a new step: ``every``'s multiples, or the budget's
-        choice (the first step, and one numbered before the last monitored one, as
-        when a driver restarts its count, is monitored)."""
+    def _decide(self, step: int, full: bool, averaging: bool):
+        """(monitored?, stride, kind) of a new step: ``every``'s multiples, or the
+        budget's choice (the first step, and one numbered before the last monitored
+        one, as when a driver restarts its count, is monitored); ``kind``: ``"random"``,
+        ``"calibration"``, ``"full"`` or None."""
         last = self._last_monitored
         stride = step - last if last is not None and step > last else None
-        if self.budget is None:
-            monitored = full or step % self.every == 0
-        else:
-            monitored = full or self.budget.due(stride)
+        pending = not (full or averaging) and self.calibrations.pending(step)
+        if full:
+            monitored, kind = True, "full"
+        elif not self.auto:
+            monitored = step % self.every == 0
+            kind = "calibration" if pending else "random"
+        elif pending and self.budget.due(stride, "calibration"):
+            monitored, kind = True, "calibration"
+        else:  # a due calibration saves the credit: only a forced step comes first
+            monitored = (stride is None or stride >= MAX_STRIDE) if pending \
+                else self.budget.due(stride)
+            kind = "random"
+        if averaging and kind != "full":
+            kind = None  # the averaging grid's step: no random orbit, no calibration
+        if not monitored:
+            kind = None
+        self.calibrations.planned(step, kind)
         if monitored:
             self._last_monitored = step
-        return monitored, stride or 0
+        return monitored, stride or 0, kind
+
+    def _announce(self, step: int, kind: Optional[str]) -> None:
+        """One line on stderr before long work (a calibration or full-orbit step expected
+        to take more than :data:`LONG_WORK_S`, or of unknown time): what and how long."""
+        if kind == "calibration":
+            copies = 2 * self.calibration_rotations
+            what = (f"calibrating the error bars on {self.calibration_rotations} rotation "
+                    "pairs (early in a run, then every calibrate_every monitored steps)")
+        elif kind == "full":
+            copies = len(self.full_grid)
+            what = f"full orbit on the degree-{self._degree} quadrature"
+        else:
+            return
+        copy_s = self.budget.copy_s()
+        if copy_s is None:
+            if copies < 100:
+                return
+            how_long = "time per evaluation not measured yet"
+        else:
+            seconds = copies * copy_s
+            if seconds < LONG_WORK_S:
+                return
+            how_long = f"about {_duration(seconds)}"
+        print(f"symmon: step {step}: {what}: {copies} model evaluations, {how_long}",
+              file=sys.stderr, flush=True)
 
     def warm_up(self) -> None:
         """Imports and first use of the grid code (no step is planned)."""
         random_grid(self.random_rotations, step_seed(self.seed, 0))
 
     def charge(self, plan: StepPlan, seconds: float) -> None:
-        """Book a calculation's time in the overhead budget (``every="auto"``)."""
-        if self.budget is not None:
-            # full-orbit and calibration steps are charged, not expected of random steps
-            self.budget.charge(seconds, plan.scheduled,
-                               plan.spectrum is None and not plan.calibrating)
+        """Book a calculation's time in the overhead budget."""
+        kind = "calibration" if plan.calibrating else (
+            "random" if plan.scheduled and plan.spectrum is None else None)
+        self.budget.charge(seconds, plan.scheduled, kind)
 
     def spend(self, seconds: float) -> None:
         """Book monitor work after a calculation (its log write) in the budget."""
-        if self.budget is not None:
-            self.budget.spend(seconds)
+        self.budget.spend(seconds)
+
+
+def _duration(seconds: float) -> str:
+    """``"40 s"``, ``"3 min"``, ``"1.5 h"``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -8,7 +8,7 @@ What is written when:
   that evaluate it in the batched call (monitored steps) --, ``calls`` and
   ``call_kind``, ``averaged``;
 * every monitored step: the base prediction of each quantity, its ε (raw and per-atom
-  normalised) with error bars, relative ε, ratio to the error scale and grade, the
+  normalised) with error bars and the method that made them, relative ε, ratio to the error scale and grade, the
   per-atom force ε, and the step's ``level`` / ``violation``;
 * full-orbit steps: character spectra, residual and contamination;
 * ``mode="random_frame"``, monitored steps: ``frame_noise_<q>``, the distance of the
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Dict, Mapping, Sequence
 
+from ..core.intervals import INTERVAL_METHODS
 from ..core.irreps import irrep_labels, irreps_up_to
 from ..core.outputs import QUANTITY_UNITS
 from ..io.log import ObservableSpec
@@ -31,6 +32,16 @@ from .thresholds import UNITS
 #: observables written on every step, monitored or not (the others: monitored steps only)
 EVERY_STEP = ("energy", "forces", "stress", "net_force_per_atom", "net_torque", "calls",
               "call_kind", "averaged")
+#: what each interval method is, in the words of the log's descriptions
+INTERVAL_METHOD_WORDS = {
+    "student_t_log_pairs": "data-only Student-t on log eps^2 (no calibration yet; "
+                           "approximate)",
+    "calibrated_bootstrap": "pivot law of the calibration references (calibration_step)",
+    "bootstrap": "bootstrap of the step's own pairs (a calibration step without earlier "
+                 "references)",
+    "exact_quadrature": "exact quadrature (zero width)",
+    "aliasing_bound": "quadrature that failed its exactness check (+- the aliasing bound, "
+                      "no stated coverage)"}
 #: call_kind values: how the logged calculation came about
 CALL_KINDS = {"driver_step": 0, "single_point": 1}
 
@@ -57,8 +68,12 @@ def _eps_specs(quantity: str) -> Dict[str, ObservableSpec]:
         specs[f"{normalised}_ci{coverage}"] = ObservableSpec(
             (2,), per_atom_unit, f"(low, high) of {normalised} with {coverage} % coverage "
             "(random pairs: the bootstrap pivot law of the references of calibration_step, "
-            "or Student-t on log eps^2 without calibration; the value itself twice on exact "
-            "quadratures); see interval_method in the metadata")
+            "or Student-t on log eps^2 before the first calibration; the value itself twice "
+            f"on exact quadratures); which one: {quantity}_interval_method")
+    specs[f"{quantity}_interval_method"] = _int(
+        f"method of the {normalised}_ci68/_ci95 intervals: " + ", ".join(
+            f"{code} {INTERVAL_METHOD_WORDS[name]}" for code, name in
+            enumerate(INTERVAL_METHODS)))
     specs[f"{quantity}_at_floor"] = _int(f"1 when {normalised} is below the model's "
                                          "floating-point noise floor")
     specs[f"{quantity}_exact"] = _int(f"1 when the full-orbit quadrature integrated "

@@ -126,9 +126,15 @@ class Grade:
     scale_source: str
     ratio: float
     relative: Optional[float]
-    reasons: Tuple[str, ...] = ()
+    #: the questions that raised the level: ``"ratio"`` (1.), ``"relative"`` (2.),
+    #: ``"dominant"`` (3.); :mod:`symmon.monitoring.policy` words them
+    rules: Tuple[str, ...] = ()
     limits: Mapping[str, Limits] = field(default_factory=dict)
     dominated: bool = False  # a problem by the third rule (:func:`_dominated`)
+    rms: Optional[float] = None      # the size of the quantity (orbit RMS)
+    floor: Optional[float] = None    # the floor of the relative ε (:func:`floor`)
+    share: Optional[float] = None    # :func:`dominant_share`
+    judged: bool = True              # whether the relative ε is judged (:class:`Rule`)
 
     @property
     def severity(self) -> int:
@@ -153,37 +159,64 @@ class Rule:
     floor: float
 
 
-def rule(quantity: str, model_error: Optional[float] = None,
-         overrides: Optional[Mapping[str, float]] = None) -> Rule:
-    """The :class:`Rule` of :func:`grade`. A user's relative limit (``overrides``) is a
-    share of the quantity itself: its floor is the typical error (only a guard against a
-    vanishing quantity), not :data:`FLOORS`."""
+def floor(quantity: str, overrides: Optional[Mapping[str, float]] = None) -> float:
+    """The floor of the relative ε of ``quantity``: :data:`FLOORS` (ten typical
+    errors), or the typical error where the user set a relative limit (``overrides``):
+    a user's limit is a share of the quantity itself, the floor only a guard against a
+    vanishing quantity."""
     if quantity not in REFERENCE_ERRORS:
         raise ValueError(f"no thresholds for {quantity!r}; known: {sorted(REFERENCE_ERRORS)}")
+    if overrides and quantity in overrides:
+        return REFERENCE_ERRORS[quantity]
+    return FLOORS[quantity]
+
+
+def relative_eps(quantity: str, eps, rms, overrides: Optional[Mapping[str, float]] = None):
+    """The relative ε a person reads, everywhere (the monitor's ``<q>_rel_eps``, the
+    report's verdict, tables, histogram and JSON, the export):
+    ``eps / max(rms, floor(quantity, overrides))``, elementwise; NaN where ``rms`` is NaN.
+    ``eps`` and ``rms`` (the orbit RMS of the prediction) in :data:`UNITS`."""
+    scale = np.maximum(np.asarray(rms, dtype=float), floor(quantity, overrides))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = np.asarray(eps, dtype=float) / scale
+    return value.item() if value.ndim == 0 else value
+
+
+def dominant_share(quantity: str, eps, rms):
+    """ε as a share of the quantity itself, ``eps / max(rms, typical error)``: what the
+    third question (:data:`DOMINANT_SHARE`) asks; elementwise."""
+    scale = np.maximum(np.asarray(rms, dtype=float), REFERENCE_ERRORS[quantity])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = np.asarray(eps, dtype=float) / scale
+    return value.item() if value.ndim == 0 else value
+
+
+def rule(quantity: str, model_error: Optional[float] = None,
+         overrides: Optional[Mapping[str, float]] = None) -> Rule:
+    """The :class:`Rule` of :func:`grade` (its floor: :func:`floor`)."""
+    relative_floor = floor(quantity, overrides)
     if model_error is not None and model_error > 0:
         scale, source, ratio_limits = float(model_error), "model error", MODEL_RATIO_LIMITS
     else:
         scale, source = REFERENCE_ERRORS[quantity], "typical MLIP error"
         ratio_limits = REFERENCE_RATIO_LIMITS
-    relative_limits, floor = RELATIVE_LIMITS, FLOORS[quantity]
+    relative_limits = RELATIVE_LIMITS
     overridden = bool(overrides and quantity in overrides)
     if overridden:
         problem = float(overrides[quantity])
         relative_limits = Limits(min(RELATIVE_LIMITS.caution, problem / 5), problem)
-        floor = REFERENCE_ERRORS[quantity]
     judged = overridden or (quantity != "energy" and source != "model error")
-    return Rule(scale, source, ratio_limits, relative_limits, judged, floor)
+    return Rule(scale, source, ratio_limits, relative_limits, judged, relative_floor)
 
 
-def _dominated(quantity: str, eps, rms, ratio):
-    """Symmetry breaking that *is* the quantity: ``eps >= DOMINANT_SHARE`` of it (floor:
-    the typical error) and above ``DOMINANT_RATIO`` typical errors -- a problem however
+def _dominated(quantity: str, share, ratio):
+    """Symmetry breaking that *is* the quantity: a :func:`dominant_share` of at least
+    ``DOMINANT_SHARE`` and above ``DOMINANT_RATIO`` typical errors -- a problem however
     small the quantity (a lab-frame force on a relaxed crystal, a lab-frame stress at zero
     pressure), which the ten-error floor of the relative check alone would call caution
     up to 2.5 typical errors."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        share = eps / np.maximum(rms, REFERENCE_ERRORS[quantity])
-        return (share >= DOMINANT_SHARE) & (ratio > DOMINANT_RATIO)
+    with np.errstate(invalid="ignore"):
+        return (np.asarray(share) >= DOMINANT_SHARE) & (np.asarray(ratio) > DOMINANT_RATIO)
 
 
 def grade_levels(quantity: str, eps: np.ndarray, rms: np.ndarray,
@@ -198,23 +231,25 @@ def grade_levels(quantity: str, eps: np.ndarray, rms: np.ndarray,
     if r.judged:
         rms = np.asarray(rms, dtype=float)
         finite = np.isfinite(rms)
-        relative = np.where(finite, eps / np.maximum(rms, r.floor), np.nan)
+        relative = relative_eps(quantity, eps, rms, overrides)
         levels = np.maximum(levels, r.relative_limits.level_indices(relative))
-        levels = np.where(finite & _dominated(quantity, eps, rms, ratio), 2, levels)
+        share = dominant_share(quantity, eps, rms)
+        levels = np.where(finite & _dominated(quantity, share, ratio), 2, levels)
     return levels
 
 
 def grade(quantity: str, eps: float, rms: Optional[float] = None,
           model_error: Optional[float] = None,
           overrides: Optional[Mapping[str, float]] = None,
-          relative: Optional[float] = None) -> Grade:
+          relative: Optional[float] = None, share: Optional[float] = None) -> Grade:
     """Grade ``eps`` of ``quantity`` (``"energy"``, ``"forces"`` or ``"stress"``).
 
     ``eps`` and ``rms`` in the units of :data:`UNITS` (per atom); ``model_error`` is the
     model's test RMSE in the same units (``None``: judged against REFERENCE_ERRORS).
-    ``relative`` gives the relative ε directly (e.g. a percentile of per-step values)
-    instead of ``eps / max(rms, floor)``. Where the model's own error is known, the
-    verdict is against it alone (the relative ε is reported, not judged), unless an
+    ``relative`` and ``share`` give the relative ε and the :func:`dominant_share`
+    directly (e.g. percentiles of per-step values) instead of :func:`relative_eps` and
+    :func:`dominant_share` of ``eps`` and ``rms``. Where the model's own error is known,
+    the verdict is against it alone (the relative ε is reported, not judged), unless an
     override asks for the relative limit of that quantity.
     ``overrides`` maps quantities to the ``problem`` limit of their relative ε (the
     monitor's ``thresholds={"forces": 0.05}``); the ``caution`` limit is then a fifth of
@@ -223,20 +258,23 @@ def grade(quantity: str, eps: float, rms: Optional[float] = None,
     eps = float(eps)
     r = rule(quantity, model_error, overrides)
     ratio = eps / r.scale
+    rms = None if rms is None or rms != rms else float(rms)
     if relative is None and rms is not None:
-        relative = eps / max(float(rms), r.floor)
+        relative = relative_eps(quantity, eps, rms, overrides)
+    if share is None and rms is not None:
+        share = dominant_share(quantity, eps, rms)
     by_ratio = r.ratio_limits.level(ratio)
     by_relative = r.relative_limits.level(relative) if r.judged else "ok"
-    reasons = []
+    rules = []
     if by_ratio != "ok":
-        reasons.append(f"ε is {ratio:.2g}× the {r.source}")
+        rules.append("ratio")
     if by_relative != "ok":
-        reasons.append(f"ε is {relative:.2g} of the quantity's size")
-    dominated = r.judged and rms is not None and bool(_dominated(quantity, eps, float(rms),
-                                                                  ratio))
+        rules.append("relative")
+    dominated = r.judged and share is not None and bool(_dominated(quantity, share, ratio))
     if dominated:
         by_relative = "problem"
-        reasons.append(f"ε is most of the quantity itself and {ratio:.2g}× the {r.source}")
+        rules.append("dominant")
     return Grade(quantity, _worse(by_ratio, by_relative), eps, r.scale, r.source, ratio,
-                 relative, tuple(reasons), {"ratio": r.ratio_limits,
-                                            "relative": r.relative_limits}, dominated)
+                 relative, tuple(rules), {"ratio": r.ratio_limits,
+                                          "relative": r.relative_limits}, dominated,
+                 rms=rms, floor=r.floor, share=share, judged=r.judged)

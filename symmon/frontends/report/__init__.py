@@ -4,10 +4,12 @@ One call, :func:`run_report`, turns one log (or several shards of one run, or se
 runs side by side) into a self-contained HTML page, a JSON summary or terminal tables.
 The pieces, one concept per module:
 
-* :mod:`.series` -- the per-step numbers in per-atom-normalised units;
+* :mod:`.series` -- :func:`read_run`: a log's per-step numbers in per-atom-normalised
+  units (:class:`~.series.RunSeries`), read once;
 * :mod:`.criteria` -- the graded verdict on the one thresholds table;
-* :mod:`.summary` -- :func:`summarize` -> JSON-able dict (schema in docs/report.md);
-* :mod:`.figures` -- :func:`make_figures` -> ``{name: matplotlib Figure}``;
+* :mod:`.summary` -- :func:`build_summary` (a RunSeries) and :func:`summarize` (a log)
+  -> :class:`~.summary.Summary`, whose ``to_json()`` is the JSON (docs/report.md);
+* :mod:`.figures` -- :func:`make_figures` (series and summary) -> ``{name: Figure}``;
 * :mod:`.tables`, :mod:`.render` -- :func:`render_text`, :func:`render_html`,
   :func:`render_json`;
 * :mod:`.run` -- :func:`run_report`; :mod:`.cli` -- the command's arguments.
@@ -15,7 +17,8 @@ The pieces, one concept per module:
 Names are imported on first use (``symmon report --help`` imports none of them).
 """
 
-_PUBLIC = {"run_report": "run", "summarize": "summary", "make_figures": "figures",
+_PUBLIC = {"run_report": "run", "summarize": "summary", "build_summary": "summary",
+           "Summary": "summary", "read_run": "series", "make_figures": "figures",
            "render_text": "render", "render_html": "render", "render_json": "render",
            "resolve_thresholds": "criteria", "load_model_error": "criteria",
            "FORMATS": "render"}

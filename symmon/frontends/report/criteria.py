@@ -1,12 +1,14 @@
 """The verdict: each monitored quantity graded ok / caution / problem on the one
 thresholds table (:mod:`symmon.monitoring.thresholds`), ranked, with one action.
 
-Per quantity ``q`` the statistic judged is the 95th percentile over monitored steps of
-its per-atom-normalised ε (:mod:`.series`), with the median orbit RMS as the size of
-the output; :func:`symmon.monitoring.thresholds.grade` compares it with the model's own
-error (``--model-error``) or a typical MLIP error, and the relative ε with
-``eps / max(rms, floor)`` (no flag from dividing by a vanishing force or stress).
-A single step whose ε alone would grade *problem* makes an *ok* quantity *caution*.
+Per quantity ``q`` the statistics judged are 95th percentiles over monitored steps of
+its per-step numbers (:mod:`.series`): the per-atom-normalised ε (against the model's
+own error, ``--model-error``, or a typical MLIP error), the relative ε
+(:func:`~symmon.monitoring.thresholds.relative_eps`, the number the log, the tables and
+the histogram hold at each step) and the share of the quantity
+(:func:`~symmon.monitoring.thresholds.dominant_share`). A single step whose ε alone
+would grade *problem* makes an *ok* quantity *caution*. Every sentence comes from the
+Grade it states (:mod:`symmon.monitoring.policy`).
 
 What is judged is what the run returned: in ``mode="average"`` the returned
 predictions are the O(3) average (exactly symmetric up to quadrature error) while the
@@ -19,14 +21,15 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
 
+from ...core.irreps import Irrep
 from ...core.outputs import EV_PER_A3_IN_GPA, pretty_unit
-from ...monitoring.thresholds import (FLOORS, LEVELS, REFERENCE_ERRORS, grade, grade_levels,
-                                      rule)
-from .numbers import fmt, percent
+from ...monitoring.policy import number, percent, rule_words, statement
+from ...monitoring.thresholds import LEVELS, Grade, grade, grade_levels
 from .series import QUANTITIES, QuantitySeries
 
 #: what a person calls each check, and what it means
@@ -41,17 +44,9 @@ EXPLANATIONS = {
     "stress": "how much the stress changes (beyond rotating with the cell) under "
               "rotations and reflections, against the model's stress error",
 }
-SIZE_NAMES = {"energy": "|E| per atom", "forces": "|F|", "stress": "|σ|"}
-PER_ATOM_WORDS = {"energy": "", "forces": " per atom", "stress": ""}
-ERROR_NOUNS = {"energy": "energy", "forces": "force", "stress": "stress"}
-ACTIONS = {
-    "ok": "No action needed: symmetry breaking is small against the error it is judged by.",
-    "caution": "Compare the observables you care about with a run in mode='average' "
-               "(exactly symmetric predictions) before relying on them.",
-    "problem": "Do not use these results as they are: rerun with mode='average' "
-               "(O(3)-averaged predictions), or retrain the model with rotational "
-               "augmentation.",
-}
+POWER_OF = {"energy": "the energy's", "forces": "the forces'", "stress": "the stress's"}
+#: steps listed by name in a note (the JSON has them all)
+LISTED_STEPS = 5
 
 
 def resolve_thresholds(thresholds=None) -> dict[str, float]:
@@ -95,7 +90,7 @@ def load_model_error(path: str | os.PathLike) -> dict[str, float]:
     errors = {}
     for q, entry in quantities.items():
         if q in QUANTITIES and isinstance(entry, dict) and entry.get("rmse") is not None:
-            unit = entry.get("unit", _default_unit(q))
+            unit = entry.get("unit", next(iter(_EVAL_UNITS[q])))
             factor = _EVAL_UNITS[q].get(unit)
             if factor is None:
                 raise ValueError(f"{path}: {q} RMSE in unit {unit!r}; expected one of "
@@ -104,158 +99,236 @@ def load_model_error(path: str | os.PathLike) -> dict[str, float]:
     return errors
 
 
-def _default_unit(q: str) -> str:
-    return next(iter(_EVAL_UNITS[q]))
+# ------------------------------------------------------------------ checks
+
+
+@dataclass
+class Check:
+    """The judgement of one quantity over the run (95th percentiles over steps)."""
+
+    grade: Grade                 # of the 95th percentiles (not in the JSON: its numbers are)
+    name: str
+    explanation: str
+    unit: str
+    n: int
+    max: float
+    max_step: int
+    level: str                   # level_p95, raised to caution by a problem spike
+    level_max: str
+    fraction_steps_flagged: float
+    first_step_flagged: int | None
+    statistic: str = "p95"
+
+    @property
+    def quantity(self) -> str:
+        return self.grade.quantity
+
+    @property
+    def eps(self) -> float:
+        return self.grade.eps
+
+    def to_json(self) -> dict:
+        g = self.grade
+        return {
+            "quantity": g.quantity, "name": self.name, "explanation": self.explanation,
+            "unit": self.unit, "statistic": self.statistic, "n": self.n, "eps": g.eps,
+            "max": self.max, "max_step": self.max_step, "rms": g.rms, "floor": g.floor,
+            "scale": g.scale, "scale_source": g.scale_source, "ratio": g.ratio,
+            "relative": g.relative, "share": g.share, "relative_judged": g.judged,
+            "level": self.level, "level_p95": g.level, "level_max": self.level_max,
+            "reasons": [rule_words(g, r) for r in g.rules],
+            "limits": {name: {"caution": lim.caution, "problem": lim.problem}
+                       for name, lim in g.limits.items()},
+            "dominated": g.dominated,
+            "fraction_steps_flagged": self.fraction_steps_flagged,
+            "first_step_flagged": self.first_step_flagged,
+        }
 
 
 def judge(series: Mapping[str, QuantitySeries], returned: np.ndarray | None = None,
           model_error: Mapping[str, float] | None = None,
-          overrides: Mapping[str, float] | None = None) -> list[dict]:
+          overrides: Mapping[str, float] | None = None) -> list[Check]:
     """One check per quantity, worst first; ``returned`` masks the steps whose
     predictions the run returned as measured (None: all)."""
     checks = [_check(s, returned, (model_error or {}).get(q), overrides)
               for q, s in series.items()]
-    checks = [c for c in checks if c is not None]
-    return sorted(checks, key=_severity)
+    return sorted((c for c in checks if c is not None), key=_severity)
 
 
-def _severity(check: dict) -> tuple:
+def _severity(check: Check) -> tuple:
     """Sort key: worst level first, then the larger ε / scale; among ok checks forces
     first (the number a person looks for)."""
-    level = LEVELS.index(check["level"])
+    level = LEVELS.index(check.level)
     if level == 0:
-        return (0, QUANTITIES.index(check["quantity"]) != 1, 0)
-    return (-level, False, -(check["ratio"] or 0))
+        return (0, QUANTITIES.index(check.quantity) != 1, 0)
+    return (-level, False, -(check.grade.ratio or 0))
 
 
-def _check(s: QuantitySeries, returned, model_error, overrides) -> dict | None:
+def _p95(values) -> float | None:
+    values = np.asarray(values, float)
+    values = values[np.isfinite(values)]
+    return float(np.percentile(values, 95)) if values.size else None
+
+
+def _check(s: QuantitySeries, returned, model_error, overrides) -> Check | None:
     keep = np.isfinite(s.eps) & (returned if returned is not None else True)
     if not keep.any():
         return None
     eps, rms, step = s.eps[keep], s.rms[keep], s.step[keep]
     finite_rms = rms[np.isfinite(rms)]
-    rms_median = float(np.median(finite_rms)) if finite_rms.size else None
-    p95 = float(np.percentile(eps, 95))
-    judged = rule(s.quantity, model_error, overrides)
-    relative = eps / np.maximum(np.where(np.isfinite(rms), rms, 0.0), judged.floor)
-    main = grade(s.quantity, p95, rms_median, model_error, overrides,
-                 relative=float(np.percentile(relative, 95)))
+    main = grade(s.quantity, _p95(eps), float(np.median(finite_rms)) if finite_rms.size
+                 else None, model_error, overrides, relative=_p95(s.relative[keep]),
+                 share=_p95(s.share[keep]))
     worst = int(np.argmax(eps))
-    spike = grade(s.quantity, float(eps[worst]), _finite(rms[worst]), model_error, overrides)
+    spike = grade(s.quantity, float(eps[worst]), rms[worst], model_error, overrides)
     level = main.level
     if level == "ok" and spike.level == "problem":
         level = "caution"
     flagged = grade_levels(s.quantity, eps, rms, model_error, overrides) > 0
-    return {
-        "quantity": s.quantity, "name": CHECK_NAMES[s.quantity],
-        "explanation": EXPLANATIONS[s.quantity], "unit": s.unit, "statistic": "p95",
-        "n": int(len(eps)), "eps": p95, "max": float(eps[worst]),
-        "max_step": int(step[worst]), "rms": rms_median, "floor": judged.floor, "scale": main.scale,
-        "scale_source": main.scale_source, "ratio": main.ratio, "relative": main.relative,
-        "relative_judged": judged.judged,
-        "level": level, "level_p95": main.level, "level_max": spike.level,
-        "reasons": list(main.reasons), "limits": _plain(main.limits),
-        "dominated": main.dominated,
-        "fraction_steps_flagged": float(flagged.mean()),
-        "first_step_flagged": int(step[np.argmax(flagged)]) if flagged.any() else None,
-    }
+    return Check(main, CHECK_NAMES[s.quantity], EXPLANATIONS[s.quantity], s.unit,
+                 int(len(eps)), float(eps[worst]), int(step[worst]), level, spike.level,
+                 float(flagged.mean()),
+                 int(step[np.argmax(flagged)]) if flagged.any() else None)
 
 
-def _finite(x) -> float | None:
-    return float(x) if np.isfinite(x) else None
+# ------------------------------------------------------------------ channels in words
 
 
-def _plain(limits: Mapping) -> dict:
-    """``{"ratio": {"caution": c, "problem": p}, "relative": {...}}`` for the JSON."""
-    return {name: {"caution": lim.caution, "problem": lim.problem}
-            for name, lim in limits.items()}
+def channel_words(irrep: Irrep | str, of: str = "") -> str:
+    """An irrep channel in words, its label in brackets: ``a part that stays fixed in
+    the lab frame (0,+1)``; ``of``: whose part (``the traceless stress``)."""
+    irrep = Irrep.coerce(irrep)
+    whose = f" of {of}" if of else ""
+    if irrep.l == 0:
+        text = f"a part{whose} that stays fixed in the lab frame"
+        if irrep.sigma < 0:
+            text += " but flips sign under reflections"
+    elif irrep.l == 1:
+        text = f"a part{whose} that rotates like a vector"
+        if irrep.sigma < 0:
+            text += " but has the wrong sign under reflections (an axial vector)"
+    else:
+        text = f"a part{whose} that rotates like an l = {irrep.l} tensor"
+        if irrep.sigma < 0:
+            text += " with the wrong sign under reflections"
+    return f"{text} {irrep}"
 
 
-def verdict(checks: list[dict], run: dict, contamination: Mapping | None = None,
-            averaged_from: int | None = None) -> dict:
+# ------------------------------------------------------------------ the verdict
+
+
+@dataclass
+class Action:
+    """What to do: one sentence, a runnable line, what it costs, cheaper options."""
+
+    text: str
+    code: str | None = None
+    cost: str | None = None
+    alternatives: list = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"text": self.text, "code": self.code, "cost": self.cost,
+                "alternatives": list(self.alternatives)}
+
+    def __str__(self) -> str:
+        parts = [self.text]
+        if self.code:
+            parts.append(self.code + (f"  # {self.cost}" if self.cost else ""))
+        parts += [f"Cheaper: {a}" for a in self.alternatives]
+        return " ".join(parts) if not self.code else "\n".join(parts)
+
+
+@dataclass
+class Flagged:
+    """Steps the monitor graded problem during the run, and why."""
+
+    count: int
+    steps: list            # every flagged step
+    by_quantity: dict      # quantity -> flagged steps of that quantity
+
+    def to_json(self) -> dict:
+        return {"count": self.count, "steps": list(self.steps),
+                "by_quantity": {q: list(v) for q, v in self.by_quantity.items()}}
+
+
+@dataclass
+class Verdict:
+    level: str
+    headline: str
+    reasons: list
+    action: Action
+    notes: list
+    judged: str
+    checks: list            # [Check], worst first
+
+    def to_json(self) -> dict:
+        return {"level": self.level, "headline": self.headline,
+                "reasons": list(self.reasons), "action": str(self.action),
+                "what_to_do": self.action.to_json(), "notes": list(self.notes),
+                "judged": self.judged, "checks": [c.to_json() for c in self.checks]}
+
+
+def verdict(checks: list[Check], run, contamination: Mapping | None = None,
+            averaged_from: int | None = None, flagged: Flagged | None = None,
+            cost=None) -> Verdict:
     """Level, headline (worst quantity and its number), ranked reasons, one action.
 
-    ``averaged_from``: first step from which the run returned O(3)-averaged predictions
-    (their ε is the base model's; ``checks`` then judge only the earlier steps, or all
-    steps for information when every step was averaged)."""
-    mode = run["metadata"].get("mode", "monitor")
-    notes = _notes(run)
+    ``run``: the :class:`~.summary.RunInfo`; ``averaged_from``: first step from which the
+    run returned O(3)-averaged predictions (their ε is the base model's; ``checks`` then
+    judge only the earlier steps, or all steps for information when every step was
+    averaged); ``cost``: :class:`~.summary.Cost` of the remedies."""
+    mode = run.metadata.get("mode", "monitor")
+    notes = _notes(run, flagged)
     if not checks:
-        return {"level": "ok", "headline": "no finite ε in the log", "reasons": [],
-                "action": ACTIONS["ok"], "notes": notes, "judged": mode, "checks": []}
-    reasons = [_reason(c, (contamination or {}).get(c["quantity"])) for c in checks]
-    fewest = min(c["n"] for c in checks)
+        return Verdict("ok", "no finite ε in the log", [], action_for("ok", run, cost),
+                       notes, mode, [])
+    reasons = [_reason(c, (contamination or {}).get(c.quantity)) for c in checks]
+    fewest = min(c.n for c in checks)
     if fewest < FEW_STEPS:
         notes.insert(0, f"Only {fewest} monitored step(s): too few to judge a run by. For "
                      "short runs (a relaxation, a few hundred MD steps) monitor with every=1 "
                      "or a fixed every=N; the default overhead budget (every='auto') "
                      "monitors one step in tens to hundreds.")
-    level = checks[0]["level"]
-    headline = _sentence(checks[0])
-    action = ACTIONS[level]
-    averaged_all = averaged_from is not None and averaged_from <= run["first_step"]
+    level = checks[0].level
+    headline = statement(checks[0].grade)
+    action = action_for(level, run, cost)
+    averaged_all = averaged_from is not None and averaged_from <= run.first_step
     if averaged_all:
         reasons.insert(0, "The run returned O(3)-averaged predictions (quadrature degree "
-                       f"{run['metadata'].get('average_degree', '?')}): exactly symmetric up "
+                       f"{run.metadata.get('average_degree', '?')}): exactly symmetric up "
                        "to quadrature error. The ε below was measured on the base model.")
         headline = f"returned predictions O(3)-averaged; base model {headline}"
-        action = ("No action needed for this run's results; the base model alone would be "
-                  f"'{level}', so keep mode='average' for it.")
+        action = Action("No action needed for this run's results; the base model alone "
+                        f"would be '{level}', so keep mode='average' for it.")
         level = "ok"
     elif averaged_from is not None:
         notes.insert(0, f"From step {averaged_from} on the run returned O(3)-averaged "
                      "predictions (exactly symmetric); the verdict judges the steps before.")
     elif mode == "purified":
         notes.insert(0, "ε was measured on the purified predictions the run returned.")
-    return {"level": level, "headline": headline, "reasons": reasons, "action": action,
-            "notes": notes, "judged": "average" if averaged_all else mode, "checks": checks}
+    return Verdict(level, headline, reasons, action, list(dict.fromkeys(notes)),
+                   "average" if averaged_all else mode, checks)
 
 
-def _sentence(c: dict) -> str:
-    """``forces: ε 0.06 eV/Å per atom, 8 % of |F|, comparable to a typical MLIP error``."""
-    q, unit = c["quantity"], pretty_unit(c["unit"])
-    text = f"{q}: ε {fmt(c['eps'])} {unit}{PER_ATOM_WORDS[q]}"
-    if c.get("dominated") and c["rms"] is not None:  # the third rule: say its number
-        share = c["eps"] / max(c["rms"], REFERENCE_ERRORS[q])
-        text += f", {percent(share)} % of {SIZE_NAMES[q]} itself"
-    elif c["relative"] is not None:
-        size = SIZE_NAMES[q]
-        floor = c.get("floor", FLOORS[q])
-        if c["rms"] is None or c["rms"] < floor:
-            size = f"{SIZE_NAMES[q]} (floored at {fmt(floor)} {unit})"
-        text += f", {percent(c['relative'])} % of {size}"
-    whose = "the model's" if c["scale_source"] == "model error" else "a typical MLIP"
-    return f"{text}, {_comparison(c)} {whose} {ERROR_NOUNS[q]} error ({fmt(c['scale'])} {unit})"
-
-
-def _comparison(c: dict) -> str:
-    """Words for ``ratio = eps / scale``: *well below* while the ratio is ok by the
-    table, then the fraction, *comparable to* up to twice, else the factor."""
-    caution, _ = _ratio_limits(c)
-    ratio = c["ratio"]
-    if ratio <= caution:
-        return "well below"
-    if ratio < 1:
-        return f"{percent(ratio)} % of"
-    return "comparable to" if ratio <= 2 else f"{fmt(ratio, 2)}× the size of"
-
-
-def _ratio_limits(c: dict) -> tuple[float, float]:
-    limits = c["limits"]["ratio"]
-    return limits["caution"], limits["problem"]
-
-
-def _reason(c: dict, contamination: Mapping | None) -> str:
-    text = f"{c['level']}: {_sentence(c)} (95th percentile of {c['n']} steps)"
-    if c["level"] != "ok" and c["level_p95"] == "ok":
-        text += (f"; a spike of {fmt(c['max'])} {pretty_unit(c['unit'])} at step "
-                 f"{c['max_step']} grades '{c['level_max']}'")
-    if c["first_step_flagged"] is not None and c["level"] != "ok":
-        text += (f"; {percent(c['fraction_steps_flagged'])} % of steps above the "
-                 f"caution limits, first at step {c['first_step_flagged']}")
-    top = (contamination or {}).get("top_irreps") or []
-    if c["level"] != "ok" and top:
-        text += f"; the breaking sits mostly in the {top[0]['irrep']} channel"
+def _reason(c: Check, contamination) -> str:
+    g = c.grade
+    text = f"{c.level}: {statement(g)} (95th percentiles over {c.n} " \
+        f"step{'s' if c.n != 1 else ''}"
+    if g.rules:
+        text += f"; {', '.join(rule_words(g, r) for r in g.rules)}"
+    text += ")"
+    if c.level != "ok" and g.level == "ok":
+        text += (f"; a spike of {number(c.max)} {pretty_unit(c.unit)} at step "
+                 f"{c.max_step} grades '{c.level_max}'")
+    if c.first_step_flagged is not None and c.level != "ok":
+        text += (f"; {percent(c.fraction_steps_flagged)} % of steps above the "
+                 f"caution limits, first at step {c.first_step_flagged}")
+    if c.level != "ok" and contamination is not None and contamination.top:
+        top = contamination.top[0]
+        of = "the traceless stress" if contamination.traceless else ""
+        text += (f"; the breaking sits mostly in {channel_words(top['irrep'], of)} "
+                 f"({percent(top['mean_power'])} % of "
+                 f"{'its' if of else POWER_OF[c.quantity]} power on full-orbit steps)")
     return text + "."
 
 
@@ -263,11 +336,48 @@ def _reason(c: dict, contamination: Mapping | None) -> str:
 FEW_STEPS = 10
 
 
-def _notes(run: dict) -> list[str]:
+def _notes(run, flagged: Flagged | None) -> list[str]:
     notes = []
-    if run["full_orbit_steps"] == 0:
+    if run.full_orbit_steps == 0:
         notes.append("No full-orbit steps: ε comes from random-subset estimates only; "
                      "contamination and character spectra are not available.")
-    if run["violation_steps"]:
-        notes.append(f"The monitor flagged {run['violation_steps']} step(s) during the run.")
+    if flagged is not None and flagged.count:
+        steps = ", ".join(str(s) for s in flagged.steps[:LISTED_STEPS])
+        more = f" and {flagged.count - LISTED_STEPS} more" if flagged.count > LISTED_STEPS \
+            else ""
+        why = "; ".join(f"{q} at {_step_list(v)}" for q, v in flagged.by_quantity.items()
+                        if v)
+        notes.append(f"The monitor flagged {flagged.count} step(s) as problem during the "
+                     f"run: step {steps}{more}" + (f" ({why})." if why else "."))
     return notes
+
+
+def _step_list(steps) -> str:
+    shown = ", ".join(str(s) for s in steps[:LISTED_STEPS])
+    return shown + (f" and {len(steps) - LISTED_STEPS} more" if len(steps) > LISTED_STEPS
+                    else "")
+
+
+ACTION_TEXT = {
+    "ok": "No action needed: symmetry breaking is small against the error it is judged by.",
+    "caution": "Compare the observables you care about with a run that returns exactly "
+               "symmetric (O(3)-averaged) predictions before relying on them:",
+    "problem": "Do not use these results as they are. Rerun with O(3)-averaged "
+               "predictions (exactly symmetric), or retrain the model with rotational "
+               "augmentation:",
+}
+
+
+def action_for(level: str, run, cost=None) -> Action:
+    """The action for ``level``: a runnable line with its cost for this run's model and
+    size (``cost``: :class:`~.summary.Cost`), and the cheaper options."""
+    if level == "ok":
+        return Action(ACTION_TEXT["ok"])
+    code = 'atoms.calc = SymmetryMonitor(base, mode="average")'
+    alternatives = ['mode="random_frame" (one model call per step in a random O(3) frame: '
+                    'symmetric on average, not step by step)']
+    if run.metadata.get("mode") != "purified":
+        alternatives.append('mode="purified" with a readout from `symmon purify` (no '
+                            'extra model calls; metatomic models with features)')
+    return Action(ACTION_TEXT[level], code, None if cost is None else cost.words(),
+                  alternatives)

@@ -12,7 +12,6 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Mapping
 
 import numpy as np
@@ -20,16 +19,14 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ...core.irreps import Irrep
 from ...core.outputs import pretty_unit
-from ...io.log import LogReader
-from .series import lookup, per_atom_sample, quantity_series, read, symbols
-from .summary import error_observable, target_irreps
+from .numbers import percent
+from .series import MAX_SPECTRUM_ROWS, RunSeries
+from .summary import Summary
 
 MAX_POINTS = 5000            # points per plotted curve
-MAX_HEATMAP_COLUMNS = 1500   # full-orbit steps shown in a spectrum heatmap
+MAX_HEATMAP_COLUMNS = MAX_SPECTRUM_ROWS   # full-orbit steps shown in a spectrum heatmap
 MAX_FULL_POINTS = 400        # full-orbit dots on the ε series (evenly spaced, + the worst)
-SPECTRUM_FLOOR = 1e-10       # lower end of the c~ colour scale
 EPS_FLOOR = 1e-17            # plotted in place of ε <= 0 on log axes
 LIMIT_COLOURS = {"caution": "#d98e04", "problem": "#c0392b"}
 
@@ -38,44 +35,50 @@ CAPTIONS = {
                 "random-subset estimates with their standard-error band, exact full-orbit "
                 "steps as dots; dashed: the caution and problem limits against the error "
                 "scale the verdict uses (the model's own error or a typical MLIP error).",
-    "eps_hist": "Distribution over monitored steps of the relative ε = ε / max(orbit RMS, "
-                "floor), one panel per quantity judged by it (not the energy, whose zero "
-                "is arbitrary), with that quantity's own limits.",
-    "spectra": "Character spectra c̃(l,σ) on full-orbit steps (log colour); ★ marks the "
-               "target irreps, every other bright row is symmetry breaking in that channel.",
+    "eps_hist": "Distribution over monitored steps of the relative ε = ε / max(|Q|, "
+                "floor) (the number the tables and the JSON hold for each step), one panel "
+                "per quantity judged by it (not the energy, whose zero is arbitrary), with "
+                "that quantity's own limits and floor.",
+    "spectra": "Where each output's power sits, by channel (l,σ), on full-orbit steps. "
+               "Blue rows (★) are the channels an exactly equivariant output occupies: "
+               "they hold nearly all the power. Other rows are channels it leaves empty, "
+               "white to red on a log scale: white (below 1e-8) is rounding noise, red is "
+               "power in a wrong channel, i.e. symmetry breaking; the contamination table "
+               "gives their mean.",
     "per_atom": "Force ε of each atom (median and 5-95 % range over sampled steps, left) "
                 "and per element (right).",
     "eps_vs_error": "ε against the model error logged at the same steps; points above the "
                     "diagonal mean symmetry breaking exceeds the model error.",
 }
 
+OFF_TARGET_FLOOR = 1e-8      # off-target shares below this are drawn white (noise)
+
 
 @dataclass(frozen=True)
 class Run:
-    """One run's log and summary, with the label it has in a comparison."""
+    """One run's series and summary, with the label it has in a comparison."""
 
     label: str
-    reader: LogReader
-    summary: dict
+    data: RunSeries
+    summary: Summary
 
-    @cached_property
+    @property
     def series(self) -> dict:
-        """Per-step ε of each quantity (:func:`~.series.quantity_series`), read once."""
-        return {q: quantity_series(self.reader, q) for q in self.summary["run"]["quantities"]}
+        return self.data.quantities
 
 
-def make_figures(reader, summary: dict | None = None, max_points: int = MAX_POINTS,
+def make_figures(data, summary=None, max_points: int = MAX_POINTS,
                  labels=None) -> dict[str, Figure]:
     """Figures ``{name: Figure}`` (names as in :data:`CAPTIONS`; absent when the log
-    lacks the data) of one reader, or of several readers (with their summaries) side
-    by side."""
-    from .summary import summarize_reader
+    lacks the data) of one run's :class:`~.series.RunSeries` and
+    :class:`~.summary.Summary`, or of several runs side by side (lists)."""
+    from .summary import build_summary
 
-    readers = reader if isinstance(reader, (list, tuple)) else [reader]
-    summaries = summary if isinstance(summary, (list, tuple)) else [summary] * len(readers)
-    labels = labels or [os.path.basename(r.paths[0]) for r in readers]
-    runs = [Run(lab, r, s if s is not None else summarize_reader(r))
-            for lab, r, s in zip(labels, readers, summaries)]
+    datas = data if isinstance(data, (list, tuple)) else [data]
+    summaries = summary if isinstance(summary, (list, tuple)) else [summary] * len(datas)
+    labels = labels or [os.path.basename(d.paths[0]) for d in datas]
+    runs = [Run(lab, d, s if s is not None else build_summary(d))
+            for lab, d, s in zip(labels, datas, summaries)]
     figures = {
         "eps_time": _fig_eps_time(runs, max_points),
         "eps_hist": _fig_eps_hist(runs),
@@ -138,7 +141,7 @@ def _binned(x, v, n_bins):
 
 
 def _use_time(runs) -> bool:
-    return all(r.summary["run"]["has_time"] for r in runs)
+    return all(r.summary.run.has_time for r in runs)
 
 
 def _x_label(use_time: bool) -> str:
@@ -147,11 +150,11 @@ def _x_label(use_time: bool) -> str:
 
 def _quantities(runs) -> list[str]:
     return [q for q in ("energy", "forces", "stress")
-            if any(q in r.summary["run"]["quantities"] for r in runs)]
+            if any(q in r.series for r in runs)]
 
 
-def _check(run: Run, q: str) -> dict | None:
-    return next((c for c in run.summary["verdict"]["checks"] if c["quantity"] == q), None)
+def _check(run: Run, q: str):
+    return run.summary.check(q)
 
 
 def _eps_label(q: str, unit: str) -> str:
@@ -176,12 +179,12 @@ def _fig_eps_time(runs, max_points) -> Figure:
     axes = fig.subplots(len(quantities), 1, sharex=True, squeeze=False)[:, 0]
     for ax, q in zip(axes, quantities):
         for k, run in enumerate(runs):
-            if q in run.summary["run"]["quantities"]:
+            if q in run.series:
                 _plot_eps_series(ax, run, q, use_time, max_points, f"C{k}",
                                  run.label if len(runs) > 1 else None)
         _limit_lines(ax, [_check(r, q) for r in runs], len(runs) > 1)
         ax.set_yscale("log")
-        ax.set_ylabel(_eps_label(q, runs[0].summary["eps"].get(q, {}).get("unit", "")))
+        ax.set_ylabel(_eps_label(q, next(r.series[q].unit for r in runs if q in r.series)))
         ax.grid(True, which="major", alpha=0.3)
     axes[-1].set_xlabel(_x_label(use_time))
     handles = [h for ax in axes for h in ax.get_legend_handles_labels()[0]]
@@ -192,7 +195,7 @@ def _fig_eps_time(runs, max_points) -> Figure:
 
 def _plot_eps_series(ax, run, q, use_time, max_points, colour, label) -> None:
     s = run.series[q]
-    full = lookup(s.step, *read(run.reader, "full_orbit")[::2]) == 1
+    full = s.full
     x = s.time if use_time else s.step.astype(float)
     prefix = f"{label}: " if label else ""
     random_rows = np.flatnonzero(~full)
@@ -229,11 +232,12 @@ def _limit_lines(ax, checks, several: bool) -> None:
     for check in checks:
         if check is None:
             continue
-        for name, ratio in check["limits"]["ratio"].items():
-            value = ratio * check["scale"]
+        g = check.grade
+        for name in ("caution", "problem"):
+            value = getattr(g.limits["ratio"], name) * g.scale
             if math.isfinite(value) and value > 0:
                 ax.axhline(value, color=LIMIT_COLOURS[name], ls="--", lw=1.0,
-                           label=f"{name} limit ({check['scale_source']})")
+                           label=f"{name} limit ({g.scale_source})")
         if not several:
             return
 
@@ -243,16 +247,18 @@ def _limit_lines(ax, checks, several: bool) -> None:
 
 def _fig_eps_hist(runs) -> Figure | None:
     quantities = [q for q in _quantities(runs)  # the energy is not judged relatively
-                  if any((_check(r, q) or {}).get("relative_judged") for r in runs)]
+                  if any(_check(r, q) is not None and _check(r, q).grade.judged
+                         for r in runs)]
     if not quantities:
         return None
     fig = _new_figure(3.4 * len(quantities) + 0.4, 3.4)
     axes = fig.subplots(1, len(quantities), squeeze=False)[0]
     for ax, q in zip(axes, quantities):
-        series = [(k, r.series[q].relative) for k, r in enumerate(runs)
-                  if q in r.summary["run"]["quantities"]]
+        series = [(k, r.series[q].relative) for k, r in enumerate(runs) if q in r.series]
         check = next((c for c in (_check(r, q) for r in runs) if c), None)
-        limits = check["limits"]["relative"] if check else {}
+        limits = {} if check is None else {
+            name: getattr(check.grade.limits["relative"], name)
+            for name in ("caution", "problem")}
         edges = _log_edges(np.concatenate([v for _, v in series] +
                                           [np.array(list(limits.values()))]))
         for k, rel in series:
@@ -263,8 +269,10 @@ def _fig_eps_hist(runs) -> Figure | None:
         for name, value in limits.items():
             if math.isfinite(value) and value > 0:
                 ax.axvline(value, color=LIMIT_COLOURS[name], ls="--", lw=1.0,
-                           label=f"{name} limit")
-        ax.set(xscale="log", xlabel=f"{q} relative ε (1)", ylabel="steps", title=q)
+                           label=f"{name} limit ({percent(value)} %)")
+        floor = f"floor {check.grade.floor:.3g} {pretty_unit(check.unit)}" if check else ""
+        ax.set(xscale="log", xlabel=f"{q} relative ε = ε / max(|Q|, floor)", ylabel="steps",
+               title=f"{q} ({floor})" if floor else q)
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     _one_legend(fig, [h for ax in axes for h in ax.get_legend_handles_labels()[0]])
     return fig
@@ -281,53 +289,59 @@ def _log_edges(values, n_bins: int = 60) -> np.ndarray:
 
 
 def _fig_spectra(runs) -> Figure | None:
-    panels = [(r, q) for r in runs for q in r.summary["run"]["quantities"]
-              if f"{q}_spectrum" in r.reader.observable_names
-              and r.reader.count(f"{q}_spectrum") > 0]
+    panels = [(r, q) for r in runs for q in r.series if q in r.data.spectra]
     if not panels:
         return None
-    heights = [len(r.reader.labels(f"{q}_spectrum")) + 1 for r, q in panels]
-    fig = _new_figure(10, 1.0 + 0.22 * sum(heights) + 0.5 * len(panels))
+    heights = [len(r.data.spectra[q].irreps) + 1 for r, q in panels]
+    fig = _new_figure(10, 1.2 + 0.22 * sum(heights) + 0.5 * len(panels))
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False, height_ratios=heights)
     use_time = _use_time(runs)
-    mesh = None
+    meshes = None
     for ax, (run, q) in zip(axes[:, 0], panels):
-        mesh = _plot_spectrum(ax, run, q, use_time)
+        meshes = _plot_spectrum(ax, run, q, use_time)
         ax.set_ylabel(f"{run.label}\n{q}" if len(runs) > 1 else q)
     axes[-1, 0].set_xlabel(_x_label(use_time))
     axes[-1, 0].set_xlim(*_run_span(runs, use_time))
-    fig.colorbar(mesh, ax=axes[:, 0].tolist(), label="c̃(l,σ) (power fraction)", shrink=0.9)
-    fig.suptitle("Character projections on full-orbit steps", fontsize=11)
+    on, off = meshes
+    fig.colorbar(off, ax=axes[:, 0].tolist(), shrink=0.9, pad=0.01,
+                 label="share of power in a wrong channel (breaking)")
+    fig.colorbar(on, ax=axes[:, 0].tolist(), shrink=0.9, pad=0.01,
+                 label="share in the target channels ★")
+    fig.suptitle("Where each output's power sits (channels (l,σ), full-orbit steps)",
+                 fontsize=11)
     return fig
 
 
 def _run_span(runs, use_time) -> tuple[float, float]:
-    key = ("time_start_ps", "time_end_ps") if use_time else ("first_step", "last_step")
-    lo = min(r.summary["run"][key[0]] for r in runs)
-    hi = max(r.summary["run"][key[1]] for r in runs)
+    run = [r.summary.run for r in runs]
+    if use_time:
+        lo, hi = min(r.time_start_ps for r in run), max(r.time_end_ps for r in run)
+    else:
+        lo, hi = min(r.first_step for r in run), max(r.last_step for r in run)
     return (lo - 0.5, hi + 0.5) if hi <= lo else (lo, hi)
 
 
 def _plot_spectrum(ax, run, q, use_time):
-    name = f"{q}_spectrum"
-    reader = run.reader
-    labels = [Irrep(int(l), int(s)) for l, s in reader.labels(name)]
-    stride = max(1, math.ceil(reader.count(name) / MAX_HEATMAP_COLUMNS))
-    step, time, values = read(reader, name, stride=stride)
-    keep = np.isfinite(values).any(axis=1)      # rows of non-full steps may be NaN
-    step, time, values = step[keep], time[keep], values[keep]
-    residual = lookup(step, *read(reader, f"{q}_residual")[::2])
-    matrix = np.vstack([values.T, residual[None, :]])
-    x = time if use_time else step.astype(float)
-    span = _run_span([run], use_time)
-    mesh = ax.pcolormesh(_cell_edges(x, *span), np.arange(len(matrix) + 1),
-                         np.clip(np.nan_to_num(matrix, nan=SPECTRUM_FLOOR), SPECTRUM_FLOOR, 1),
-                         norm=LogNorm(SPECTRUM_FLOOR, 1), cmap="magma", shading="flat")
-    targets = set(target_irreps(q))
-    ticks = [str(ir) + (" ★" if ir in targets else "") for ir in labels] + ["l > l_max"]
-    ax.set_yticks(np.arange(len(ticks)) + 0.5, ticks, fontsize=7)
+    """Target rows in blue (linear share, 0..1), the others white to red (log share,
+    :data:`OFF_TARGET_FLOOR`..1); returns both meshes."""
+    spectrum = run.data.spectra[q]
+    matrix = np.vstack([spectrum.values.T, spectrum.residual[None, :]])
+    x = spectrum.time if use_time else spectrum.step.astype(float)
+    edges = _cell_edges(x, *_run_span([run], use_time)), np.arange(len(matrix) + 1)
+    targets = set(spectrum.targets)
+    is_target = np.array([ir in targets for ir in spectrum.irreps] + [False])
+    values = np.nan_to_num(matrix, nan=0.0)
+    on = np.ma.masked_where(~is_target[:, None] | np.zeros_like(values, bool), values)
+    off = np.ma.masked_where(is_target[:, None] | np.zeros_like(values, bool),
+                             np.clip(values, OFF_TARGET_FLOOR, 1))
+    mesh_on = ax.pcolormesh(*edges, np.clip(on, 0, 1), cmap="Blues", vmin=0, vmax=1,
+                            shading="flat")
+    mesh_off = ax.pcolormesh(*edges, off, norm=LogNorm(OFF_TARGET_FLOOR, 1), cmap="Reds",
+                             shading="flat")
+    ticks = [str(ir) + (" ★" if ir in targets else "") for ir in spectrum.irreps]
+    ax.set_yticks(np.arange(len(ticks) + 1) + 0.5, ticks + ["l > l_max"], fontsize=7)
     ax.invert_yaxis()
-    return mesh
+    return mesh_on, mesh_off
 
 
 def _cell_edges(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -345,8 +359,7 @@ def _cell_edges(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 def _fig_per_atom(runs) -> Figure | None:
-    samples = [(r, per_atom_sample(r.reader)) for r in runs]
-    samples = [(r, s) for r, s in samples if s is not None]
+    samples = [(r, r.data.per_atom) for r in runs if r.data.per_atom is not None]
     if not samples:
         return None
     fig = _new_figure(10, 0.6 + 3.0 * len(samples))
@@ -359,7 +372,7 @@ def _fig_per_atom(runs) -> Figure | None:
 
 
 def _plot_per_atom(ax_atom, ax_el, run, values, several) -> list:
-    names = symbols(run.reader.species)
+    names = run.data.symbols
     elements = list(dict.fromkeys(names))
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -398,18 +411,15 @@ def _flat_sample(block: np.ndarray, limit: int = 200_000) -> np.ndarray:
 
 
 def _fig_eps_vs_error(runs, max_points) -> Figure | None:
-    pairs = [(k, r, q, error_observable(r.reader, q)) for k, r in enumerate(runs)
-             for q in r.summary["run"]["quantities"]]
-    pairs = [p for p in pairs if p[3] is not None]
+    pairs = [(k, r, q, r.data.logged_errors[q]) for k, r in enumerate(runs)
+             for q in r.series if q in r.data.logged_errors]
     quantities = list(dict.fromkeys(q for _, _, q, _ in pairs))
     if not quantities:
         return None
     fig = _new_figure(3.3 * len(quantities) + 0.5, 3.6)
     axes = dict(zip(quantities, fig.subplots(1, len(quantities), squeeze=False)[0]))
-    for k, run, q, name in pairs:
-        s = run.series[q]
-        s_err, _, err = read(run.reader, name)
-        eps = lookup(s_err, s.step, s.eps)
+    for k, run, q, logged in pairs:
+        err, eps = logged.error, logged.eps
         idx = _downsample(len(err), max_points)
         ax = axes[q]
         ax.loglog(_positive(err[idx]), _positive(eps[idx]), ".", ms=3, alpha=0.6,
@@ -417,7 +427,7 @@ def _fig_eps_vs_error(runs, max_points) -> Figure | None:
         both = _positive(np.r_[err, eps])
         ax.plot([np.nanmin(both), np.nanmax(both)], [np.nanmin(both), np.nanmax(both)],
                 "k--", lw=0.8, label="ε = error")
-        unit = pretty_unit(s.unit)
+        unit = pretty_unit(run.series[q].unit)
         ax.set(xlabel=f"{q} model error ({unit})", ylabel=f"{q} ε ({unit})")
     _one_legend(fig, [h for ax in axes.values() for h in ax.get_legend_handles_labels()[0]])
     return fig

@@ -8,38 +8,51 @@ import base64
 import html
 import json
 import os
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 from .cli import FORMATS
 from .tables import Link, Table, compare_table, tables
 
-__all__ = ["FORMATS", "render_html", "render_json", "render_text", "summary_line"]
+__all__ = ["Comparison", "FORMATS", "render_html", "render_json", "render_text", "summary_line"]
 
 
-def render_json(summary: dict) -> str:
-    """The summary as JSON (NaN written as null)."""
-    from ...io.files import jsonable
+class Comparison(NamedTuple):
+    """Several runs' summaries side by side, with their labels."""
 
-    return json.dumps(jsonable(summary), indent=2)
+    runs: list
+    labels: list
 
-
-def _runs(summary: dict) -> tuple[list[dict], list[str]]:
-    if "runs" in summary:
-        return summary["runs"], summary["labels"]
-    return [summary], [", ".join(os.path.basename(p) for p in summary["logs"])]
+    def to_json(self) -> dict:
+        return {"schema": COMPARE_SCHEMA, "labels": list(self.labels),
+                "runs": [r.to_json() for r in self.runs]}
 
 
-def _all_tables(summary: dict) -> list[Table]:
+COMPARE_SCHEMA = "symmon-report-compare/1"
+
+
+def render_json(summary) -> str:
+    """The summary (a :class:`~.summary.Summary` or :class:`Comparison`) as JSON (NaN
+    written as null)."""
+    return json.dumps(summary.to_json(), indent=2)
+
+
+def _runs(summary) -> tuple[list, list[str]]:
+    if isinstance(summary, Comparison):
+        return summary.runs, summary.labels
+    return [summary], [", ".join(os.path.basename(p) for p in summary.logs)]
+
+
+def _all_tables(summary) -> list[Table]:
     runs, labels = _runs(summary)
     if len(runs) == 1:
         return tables(runs[0])
     return [compare_table(runs, labels)]
 
 
-def summary_line(summary: dict) -> str:
+def summary_line(summary) -> str:
     """``caution — forces: ε 0.03 eV/Å per atom, ...`` (one run) or one per run."""
     runs, labels = _runs(summary)
-    lines = [f"{r['verdict']['level']} — {r['verdict']['headline']}" for r in runs]
+    lines = [f"{r.verdict.level} — {r.verdict.headline}" for r in runs]
     if len(runs) == 1:
         return lines[0]
     return "; ".join(f"{label}: {line}" for label, line in zip(labels, lines))
@@ -48,18 +61,25 @@ def summary_line(summary: dict) -> str:
 # ------------------------------------------------------------------ text
 
 
-def render_text(summary: dict) -> str:
+def render_text(summary) -> str:
     """Terminal tables, verdict first."""
     runs, labels = _runs(summary)
     lines = [f"symmon report: {', '.join(labels)}"]
     for run, label in zip(runs, labels):
-        v = run["verdict"]
-        lines += ["", f"VERDICT{f' ({label})' if len(runs) > 1 else ''}: {v['level'].upper()}"
-                  f" - {v['headline']}"]
-        lines += [f"  {i}. {r}" for i, r in enumerate(v["reasons"], 1)]
-        lines += [f"  what to do: {v['action']}"] + [f"  note: {n}" for n in v["notes"]]
+        v = run.verdict
+        lines += ["", f"VERDICT{f' ({label})' if len(runs) > 1 else ''}: {v.level.upper()}"
+                  f" - {v.headline}"]
+        lines += [f"  {i}. {r}" for i, r in enumerate(v.reasons, 1)]
+        lines += [f"  what to do: {v.action.text}"]
+        if v.action.code:
+            lines += [f"      {v.action.code}"]
+            lines += [f"      cost: {v.action.cost}"] if v.action.cost else []
+        lines += [f"    cheaper: {a}" for a in v.action.alternatives]
+        lines += [f"  note: {n}" for n in v.notes]
     for table in _all_tables(summary):
         lines += ["", table.title, *_text_table(table.header, table.rows)]
+        if table.note:
+            lines += [f"  ({table.note})"]
     return "\n".join(lines) + "\n"
 
 
@@ -96,11 +116,13 @@ th{background:#f3f3f3} td.num{text-align:right;font-variant-numeric:tabular-nums
 white-space:nowrap} tr:target{background:#fff3b0}
 figure{margin:14px 0} figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.88em;color:#555} .small{font-size:.85em;color:#666}
+pre.code{background:#fff;border:1px solid #ccc;border-radius:4px;padding:6px 10px;
+margin:6px 0;overflow-x:auto;font-size:.95em}
 @media (max-width:700px){body{padding:10px}.scroll table{min-width:660px}}
 """
 
 
-def render_html(summary: dict, figures: Mapping[str, object] | None = None) -> str:
+def render_html(summary, figures: Mapping[str, object] | None = None) -> str:
     """One self-contained HTML page; ``figures`` maps names (see
     :data:`~.figures.CAPTIONS`) to Figures or PNG bytes."""
     runs, labels = _runs(summary)
@@ -109,7 +131,7 @@ def render_html(summary: dict, figures: Mapping[str, object] | None = None) -> s
              "<meta name='viewport' content='width=device-width, initial-scale=1'>"
              f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
              f"<h1>{html.escape(title)}</h1>"]
-    parts += [_html_verdict(r["verdict"], label if len(runs) > 1 else None)
+    parts += [_html_verdict(r.verdict, label if len(runs) > 1 else None)
               for r, label in zip(runs, labels)]
     parts += [_html_table(t) for t in _all_tables(summary)]
     parts += [_html_figure(name, fig) for name, fig in (figures or {}).items()]
@@ -118,13 +140,21 @@ def render_html(summary: dict, figures: Mapping[str, object] | None = None) -> s
     return "\n".join(parts)
 
 
-def _html_verdict(v: dict, label: str | None) -> str:
-    items = "".join(f"<li>{html.escape(r)}</li>" for r in v["reasons"])
-    notes = "".join(f"<div class='small'>{html.escape(n)}</div>" for n in v["notes"])
+def _html_verdict(v, label: str | None) -> str:
+    items = "".join(f"<li>{html.escape(r)}</li>" for r in v.reasons)
+    notes = "".join(f"<div class='small'>{html.escape(n)}</div>" for n in v.notes)
     who = f" ({html.escape(label)})" if label else ""
-    return (f"<div class='verdict {v['level']}'><h2>Verdict{who}: {v['level'].upper()} — "
-            f"{html.escape(v['headline'])}</h2><ol>{items}</ol>"
-            f"<div class='action'>What to do: {html.escape(v['action'])}</div>{notes}</div>")
+    action = v.action
+    todo = f"<div class='action'>What to do: {html.escape(action.text)}</div>"
+    if action.code:
+        todo += f"<pre class='code'>{html.escape(action.code)}</pre>"
+        if action.cost:
+            todo += f"<div class='small'>Cost: {html.escape(action.cost)}.</div>"
+    if action.alternatives:
+        todo += ("<div class='small'>Cheaper: " + "; ".join(
+            html.escape(a) for a in action.alternatives) + ".</div>")
+    return (f"<div class='verdict {v.level}'><h2>Verdict{who}: {v.level.upper()} — "
+            f"{html.escape(v.headline)}</h2><ol>{items}</ol>{todo}{notes}</div>")
 
 
 def _html_table(table: Table) -> str:
@@ -135,8 +165,9 @@ def _html_table(table: Table) -> str:
     body = "".join((f"<tr id='{html.escape(i)}'>" if i else "<tr>")
                    + "".join(_html_cell(c, columns) for c in row) + "</tr>"
                    for i, row in zip(ids, table.rows))
+    note = f"<p class='small'>{html.escape(table.note)}</p>" if table.note else ""
     return (f"<h2>{html.escape(table.title)}</h2><div class='scroll'><table>{thead}"
-            f"<tbody>{body}</tbody></table></div>")
+            f"<tbody>{body}</tbody></table></div>{note}")
 
 
 def _html_cell(cell, columns: bool = True) -> str:

@@ -8,10 +8,9 @@ import sys
 from contextlib import ExitStack
 
 from .criteria import load_model_error, resolve_thresholds
-from .render import FORMATS, render_html, render_json, render_text, summary_line
-from .summary import as_paths, guarded, open_reader, summarize_reader
-
-COMPARE_SCHEMA = "symmon-report-compare/1"
+from .render import FORMATS, Comparison, render_html, render_json, render_text, summary_line
+from .series import read_run
+from .summary import as_paths, build_summary, guarded, open_reader
 
 
 def run_report(paths, output: str | None = None, fmt: str = "html",
@@ -40,11 +39,12 @@ def run_report(paths, output: str | None = None, fmt: str = "html",
     need_figures = fmt == "html" or png_dir is not None
     with ExitStack() as stack:
         readers = [stack.enter_context(open_reader(g)) for g in groups]
-        summaries = [guarded(g, lambda r=r: summarize_reader(r, overrides, model_error))
-                     for g, r in zip(groups, readers)]
-        figures = _figures(paths, readers, summaries, labels) if need_figures else {}
-    summary = summaries[0] if not compare else {"schema": COMPARE_SCHEMA, "labels": labels,
-                                                "runs": summaries}
+        data = [guarded(g, lambda r=r: read_run(r, overrides))
+                for g, r in zip(groups, readers)]
+        summaries = [guarded(g, lambda d=d, r=r: build_summary(d, model_error, r))
+                     for g, d, r in zip(groups, data, readers)]
+    figures = _figures(data, summaries, labels) if need_figures else {}
+    summary = summaries[0] if not compare else Comparison(summaries, labels)
     if png_dir is not None:
         from .figures import save_pngs
 
@@ -70,11 +70,11 @@ def _model_error_file(path) -> dict[str, float]:
                          ) from None
 
 
-def _figures(paths, readers, summaries, labels) -> dict[str, bytes]:
+def _figures(data, summaries, labels) -> dict[str, bytes]:
     """Every figure as PNG bytes (rendered once, figures then released)."""
     from .figures import figure_png, make_figures
 
-    figures = guarded(paths, lambda: make_figures(readers, summaries, labels=labels))
+    figures = make_figures(data, summaries, labels=labels)
     pngs = {name: figure_png(fig) for name, fig in figures.items()}
     for fig in figures.values():
         fig.clear()

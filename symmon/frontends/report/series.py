@@ -1,7 +1,7 @@
 """The per-step numbers a person reads, from a symmon log, in per-atom-normalised units.
 
-For each monitored quantity ``q`` the log stores ε and the relative ε (ε / orbit RMS).
-A person reads them normalised so that a number means the same at any system size:
+For each monitored quantity ``q`` the log stores ε and its orbit RMS. A person reads
+them normalised so that a number means the same at any system size:
 
 * energy: ε per atom, eV/atom (``energy_eps / N``);
 * forces: the RMS over atoms of each atom's ε, eV/Å
@@ -11,28 +11,41 @@ A person reads them normalised so that a number means the same at any system siz
 * stress: ε in eV/Å³ (an intensive quantity already).
 
 The orbit RMS (logged as ``<q>_rms``; in older logs ``eps / relative``) is normalised
-the same way, and the relative ε is ``eps / max(rms, floor)`` with the floor of
-:data:`symmon.monitoring.thresholds.FLOORS`, as graded.
+the same way; the relative ε is :func:`symmon.monitoring.thresholds.relative_eps` of
+the two (the one function the monitor, the verdict, the tables, the histogram and the
+export use) and the share of the quantity :func:`~symmon.monitoring.thresholds.dominant_share`.
+
+:func:`read_run` reads everything the report shows once into a :class:`RunSeries`
+(bounded reads of the large per-atom and spectrum arrays); the summary and the figures
+work on it, never on the reader. :func:`worst_step_rows` and :func:`worst_atoms_of` are
+the one ranking of steps and atoms (``symmon report`` and ``symmon export``).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping
 
 import numpy as np
 
+from ...core.irreps import Irrep
 from ...io.log import LogFormatError, LogReader
-from ...monitoring.thresholds import FLOORS, UNITS
+from ...monitoring.diagnose import per_atom_factor
+from ...monitoring.thresholds import UNITS, dominant_share, relative_eps
 
 QUANTITIES = ("energy", "forces", "stress")
 SAMPLE_BUDGET = 2_000_000    # values per read of per-atom / spectrum arrays
+MAX_SPECTRUM_ROWS = 1500     # full-orbit rows of a spectrum kept for the heatmap
+ERROR_SUFFIXES = ("_error", "_model_error")  # optional logged reference model errors
 
 
 @dataclass(frozen=True)
 class QuantitySeries:
-    """Per-step ε of one quantity in per-atom-normalised units (NaN where unknown)."""
+    """Per-step ε of one quantity in per-atom-normalised units (NaN where unknown):
+    ``relative`` = :func:`~symmon.monitoring.thresholds.relative_eps` and ``share`` =
+    :func:`~symmon.monitoring.thresholds.dominant_share` of ``eps`` and ``rms``."""
 
     quantity: str
     step: np.ndarray
@@ -41,30 +54,65 @@ class QuantitySeries:
     eps_err: np.ndarray
     rms: np.ndarray
     relative: np.ndarray
+    share: np.ndarray
+    full: np.ndarray   # bool: exact full-orbit step
     unit: str
 
 
+@dataclass(frozen=True)
+class Spectrum:
+    """Character spectra c̃(l,σ) of one quantity on (a strided sample of) its full-orbit
+    steps, with the power beyond l_max, and the irreps an equivariant output occupies."""
+
+    quantity: str
+    step: np.ndarray
+    time: np.ndarray
+    irreps: list
+    values: np.ndarray     # (rows, irreps)
+    residual: np.ndarray   # (rows,)
+    targets: list
+
+
+@dataclass(frozen=True)
+class LoggedError:
+    """A per-step reference model error logged beside ε (same per-atom units)."""
+
+    quantity: str
+    observable: str
+    unit: str
+    error: np.ndarray
+    eps: np.ndarray        # ε at the same steps
+
+
+@dataclass
+class RunSeries:
+    """Everything per-step the report shows of one run (read once by :func:`read_run`)."""
+
+    paths: list
+    n_atoms: int
+    symbols: list
+    pbc: tuple
+    metadata: Mapping
+    quantities: dict                   # q -> QuantitySeries
+    overrides: dict
+    per_atom: tuple | None = None      # (steps, (rows, N) forces ε of each atom) sample
+    spectra: dict = field(default_factory=dict)    # q -> Spectrum
+    logged_errors: dict = field(default_factory=dict)  # q -> LoggedError
+    scalars: dict = field(default_factory=dict)    # name -> (step, value) (e.g. violation)
+
+    def scalar(self, name: str, step: np.ndarray) -> np.ndarray:
+        """Logged scalar ``name`` at ``step`` (NaN where not logged)."""
+        if name not in self.scalars:
+            return np.full(len(step), np.nan)
+        return lookup(step, *self.scalars[name])
+
+
 def read(reader: LogReader, name: str, stride: int | None = None, start=None, stop=None):
-    """``(step, time, value)`` of ``name`` with float values (empty if absent).  A whole
-    series is read once per reader (:meth:`LogReader.memo`; read-only arrays)."""
+    """``(step, time, value)`` of ``name`` with float values (empty if absent)."""
     if name not in reader.observable_names:
         return np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
-    if start is None and stop is None and stride is None:
-        return reader.memo(("read", name), lambda: _frozen(_read_float(reader, name)))
-    return _read_float(reader, name, stride, start, stop)
-
-
-def _read_float(reader: LogReader, name: str, stride=None, start=None, stop=None):
     step, time, value = reader.observable(name, start=start, stop=stop, stride=stride)
     return step, time, value.astype(np.float64, copy=False)
-
-
-def _frozen(arrays):
-    """``arrays`` made read-only (values shared through :meth:`LogReader.memo`)."""
-    for array in arrays:
-        if isinstance(array, np.ndarray):
-            array.setflags(write=False)
-    return arrays
 
 
 def rank_order(eps) -> np.ndarray:
@@ -119,45 +167,50 @@ def forces_eps_is_total(reader: LogReader) -> bool:
     return not any(word in text for word in ("per atom", "per-atom", "over atoms"))
 
 
-def quantity_series(reader: LogReader, q: str) -> QuantitySeries:
-    """ε, its standard error, orbit RMS and relative ε ``eps / max(rms, floor)`` of
-    ``q`` at every monitored step (the floor of the thresholds table); computed once
-    per reader (:meth:`LogReader.memo`)."""
-    return reader.memo(("quantity_series", q), lambda: _quantity_series(reader, q))
+def log_thresholds(reader: LogReader) -> dict:
+    """The relative limits the monitor was given (metadata ``thresholds``), if any."""
+    given = reader.metadata.get("thresholds")
+    if not isinstance(given, Mapping):
+        return {}
+    return {q: float(v) for q, v in given.items()
+            if q in QUANTITIES and isinstance(v, (int, float))}
 
 
-def _quantity_series(reader: LogReader, q: str) -> QuantitySeries:
+def quantity_series(reader: LogReader, q: str,
+                    overrides: Mapping[str, float] | None = None) -> QuantitySeries:
+    """ε, its standard error, orbit RMS, relative ε and share of ``q`` at every
+    monitored step (``overrides``: the relative limits that set the floor,
+    :func:`~symmon.monitoring.thresholds.floor`; default: the log's own)."""
+    if overrides is None:
+        overrides = log_thresholds(reader)
     step, time, eps = read(reader, f"{q}_eps")
     err = lookup(step, *read(reader, f"{q}_eps_err")[::2])
-    logged_relative = lookup(step, *read(reader, f"{q}_rel_eps")[::2])
     n_atoms = len(reader.species)
     scale = 1.0
-    if q == "energy":
-        scale = 1.0 / n_atoms
-    elif q == "forces" and forces_eps_is_total(reader):
-        scale = 1.0 / math.sqrt(n_atoms)
+    if q == "energy" or (q == "forces" and forces_eps_is_total(reader)):
+        scale = per_atom_factor(q, n_atoms)
     normalised = eps * scale
     if q == "forces" and scale != 1.0 and "forces_eps_per_atom" in reader.observable_names:
         normalised = lookup(step, *per_atom_rms(reader)[::2])
     if f"{q}_rms" in reader.observable_names:     # logged, normalised as the ε
         rms = lookup(step, *read(reader, f"{q}_rms")[::2])
     else:                                          # older logs: relative = eps / rms
+        logged_relative = lookup(step, *read(reader, f"{q}_rel_eps")[::2])
         with np.errstate(all="ignore"):
             rms = np.where(logged_relative > 0, eps * scale / logged_relative, np.nan)
-    relative = normalised / np.fmax(rms, FLOORS[q])
-    return QuantitySeries(q, step, time, normalised, err * scale, rms, relative, UNITS[q])
+    full = lookup(step, *read(reader, "full_orbit")[::2]) == 1
+    return QuantitySeries(q, step, time, normalised, err * scale, rms,
+                          np.asarray(relative_eps(q, normalised, rms, overrides), float),
+                          np.asarray(dominant_share(q, normalised, rms), float), full,
+                          UNITS[q])
 
 
 def per_atom_rms(reader: LogReader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(step, time [ps], sqrt(mean_i eps_i^2) [eV/Å])`` of every row of
     ``forces_eps_per_atom`` (:func:`rms_over_atoms`), read in chunks of
-    :data:`SAMPLE_BUDGET` values, once per reader."""
-    return reader.memo("per_atom_rms", lambda: _frozen(_per_atom_rms(reader)))
-
-
-def _per_atom_rms(reader: LogReader):
+    :data:`SAMPLE_BUDGET` values."""
     name = "forces_eps_per_atom"
-    count = reader.count(name)
+    count = reader.count(name) if name in reader.observable_names else 0
     rows = max(1, SAMPLE_BUDGET // max(1, len(reader.species)))
     blocks = [read(reader, name, start=start, stop=start + rows)
               for start in range(0, count, rows)]
@@ -171,6 +224,8 @@ def per_atom_row(reader: LogReader, step: int):
     """``(time [ps], ε of each atom (N,) [eV/Å])`` of the first row of
     ``forces_eps_per_atom`` at ``step`` (one row read); None where not logged."""
     name = "forces_eps_per_atom"
+    if name not in reader.observable_names:
+        return None
     rows = np.flatnonzero(reader.steps(name) == step)
     if not rows.size:
         return None
@@ -185,8 +240,83 @@ def per_atom_sample(reader: LogReader, budget: int | None = None):
     if name not in reader.observable_names or reader.count(name) == 0:
         return None
     stride = sample_stride(reader.count(name), len(reader.species), budget)
-    return reader.memo(("per_atom_sample", stride),
-                       lambda: _frozen(read(reader, name, stride=stride)[::2]))
+    return read(reader, name, stride=stride)[::2]
+
+
+def target_irreps(q: str) -> list[Irrep]:
+    """Irreps an exactly equivariant output ``q`` occupies."""
+    from ...core.outputs import QUANTITY_KINDS
+    from ...core.representations import get_representation
+
+    return list(get_representation(QUANTITY_KINDS[q]).targets)
+
+
+def spectrum_of(reader: LogReader, q: str, name: str | None = None,
+                targets=None) -> Spectrum | None:
+    """The full-orbit rows of spectrum ``name`` (default ``<q>_spectrum``), strided to
+    at most :data:`MAX_SPECTRUM_ROWS` rows and :data:`SAMPLE_BUDGET` values."""
+    name = name or f"{q}_spectrum"
+    n = reader.count(name) if name in reader.observable_names else 0
+    if n == 0:
+        return None
+    irreps = [Irrep(int(l), int(s)) for l, s in reader.labels(name)]
+    stride = max(sample_stride(n, len(irreps)), math.ceil(n / MAX_SPECTRUM_ROWS))
+    step, time, values = read(reader, name, stride=stride)
+    keep = np.isfinite(values).any(axis=1)      # rows of non-full steps may be NaN
+    step, time, values = step[keep], time[keep], values[keep]
+    residual = lookup(step, *read(reader, f"{q}_residual")[::2])
+    return Spectrum(q, step, time, irreps, values, residual,
+                    list(target_irreps(q) if targets is None else targets))
+
+
+def logged_error(reader: LogReader, s: QuantitySeries) -> LoggedError | None:
+    """The per-step model error of ``s.quantity`` logged beside ε (optional)."""
+    for suffix in ERROR_SUFFIXES:
+        name = f"{s.quantity}{suffix}"
+        if name in reader.observable_names and reader.spec(name).shape == ():
+            step, _, err = read(reader, name)
+            return LoggedError(s.quantity, name, reader.unit(name), err,
+                               lookup(step, s.step, s.eps))
+    return None
+
+
+#: logged per-step scalars the report reads besides ε (and ``<q>_level``,
+#: ``<q>_contamination`` of each quantity)
+SCALARS = ("violation", "level", "eps_of_returned", "net_force_per_atom", "net_torque",
+           "n_elements", "calibration_rotations")
+
+
+def read_run(reader: LogReader, overrides: Mapping[str, float] | None = None) -> RunSeries:
+    """Every per-step number the report shows, read once (bounded reads)."""
+    overrides = {**log_thresholds(reader), **(overrides or {})}
+    quantities = {q: quantity_series(reader, q, overrides)
+                  for q in monitored_quantities(reader)}
+    spectra = {q: spectrum_of(reader, q) for q in quantities}
+    if "stress" in quantities and "stress_traceless_spectrum" in reader.observable_names:
+        spectra["stress_traceless"] = spectrum_of(reader, "stress",
+                                                  "stress_traceless_spectrum", [Irrep(2, 1)])
+    errors = {q: logged_error(reader, s) for q, s in quantities.items()}
+    names = [*SCALARS, *(f"{q}_{what}" for q in quantities
+                         for what in ("level", "contamination"))]
+    scalars = {name: tuple(read(reader, name)[::2]) for name in names
+               if name in reader.observable_names}
+    return RunSeries(list(reader.paths), len(reader.species), symbols(reader.species),
+                     tuple(bool(p) for p in reader.pbc), dict(reader.metadata), quantities,
+                     overrides, per_atom_sample(reader),
+                     {q: s for q, s in spectra.items() if s is not None},
+                     {q: e for q, e in errors.items() if e is not None}, scalars)
+
+
+def worst_step_rows(s: QuantitySeries, n: int | None = None) -> np.ndarray:
+    """Rows of the ``n`` (None: all) steps of largest ε of ``s``, worst first (NaN last,
+    ties in log order): the one ranking of steps (report and export)."""
+    return rank_order(s.eps)[:n]
+
+
+def worst_atoms_of(eps_of_atoms, n: int | None = None) -> np.ndarray:
+    """Indices of the ``n`` atoms of largest forces ε in one step's ``(N,)`` per-atom
+    ε, worst first: the one ranking of atoms (report and export)."""
+    return rank_order(eps_of_atoms)[:n]
 
 
 def symbols(species) -> list[str]:
