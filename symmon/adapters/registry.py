@@ -40,7 +40,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..core.outputs import DIRECT_OUTPUTS
+from ..core.outputs import OUTPUTS
 from .base import OrbitModel
 
 #: modules of :mod:`symmon.adapters` that register a family, in the order they are asked
@@ -83,7 +83,7 @@ class Family:
 
 
 _FAMILIES: Dict[str, Family] = {}
-_QUANTITY_OF_DIRECT = {name: quantity for quantity, name in DIRECT_OUTPUTS.items()}
+_QUANTITY_OF_DIRECT = {name: o.quantity for name, o in OUTPUTS.items() if not o.conservative}
 _loaded = False
 
 
