@@ -133,8 +133,9 @@ class OrbitModel(ABC):
       :attr:`has_layer_hooks` (``capture`` of internal modules);
     * :meth:`warm_up_atoms`: a small structure whose first calls compile the model's
       code paths (``None``: nothing to warm up);
-    * :attr:`bytes_per_atom_copy`: peak memory of one atom of one copy in a forward
-      call, where measured (``None``: unknown).
+    * :attr:`memory_scales_with`: what one copy's memory in a forward call is
+      proportional to, ``"atoms"`` or ``"pairs"`` (neighbour pairs, graph edges): the
+      chunk planner (:mod:`.memory`) scales measured costs by it.
     """
 
     family: str = "ase"
@@ -146,7 +147,7 @@ class OrbitModel(ABC):
     device = torch.device("cpu")
     has_features: bool = False
     has_layer_hooks: bool = False
-    bytes_per_atom_copy = None
+    memory_scales_with: str = "atoms"
     path: str = ""
 
     def warm_up_atoms(self):

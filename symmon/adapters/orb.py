@@ -23,13 +23,12 @@ what the orbit holds.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
-import numpy as np
 import torch
 
 from .base import OrbitModel, transformed_atoms, validate_atoms, validate_matrices
-from .batched import check_chunk_size
+from .memory import ChunkPlanner
 from .registry import Family, module_of, register, require
 
 #: the output holding ``dE/dG`` of a conservative Orb, ``(K, 3, 3)`` eV
@@ -61,11 +60,14 @@ class OrbOrbitModel(OrbitModel):
 
     :param model: ``ORBCalculator`` or an Orb regressor
     :param device: torch device of a regressor (an ``ORBCalculator`` keeps its own)
-    :param chunk_size: copies per forward call (default 32 on CPU, 256 on GPUs)
+    :param chunk_size: copies per forward call (default: planned from the memory one
+        copy takes, :class:`~symmon.adapters.memory.ChunkPlanner`; a copy's memory
+        scales with its graph's edges)
     """
 
     family = "orb"
     batched = True
+    memory_scales_with = "pairs"
 
     def __init__(self, model, *, device: Optional[str] = None,
                  chunk_size: Optional[int] = None):
@@ -81,10 +83,7 @@ class OrbOrbitModel(OrbitModel):
         self.device = torch.device(model.device)
         self.dtype = next(self.model.parameters()).dtype
         self.conservative = bool(model.conservative)
-        if chunk_size is None:
-            chunk_size = 32 if self.device.type == "cpu" else 256
-        check_chunk_size(chunk_size)
-        self.chunk_size = chunk_size
+        self.planner = ChunkPlanner(self.device, chunk_size, self.memory_scales_with)
         heads = set(self.model.heads.keys())
         outputs = {"energy": ("energy", "graph")}
         if self.conservative:
@@ -140,27 +139,34 @@ class OrbOrbitModel(OrbitModel):
             raise ValueError("this Orb model is conditioned on charge and spin: set "
                              "atoms.info['charge'] and atoms.info['spin']")
         matrices = validate_matrices(matrices)
-        chunks: Dict[str, List[torch.Tensor]] = {name: [] for name in outputs}
-        for start in range(0, len(matrices), self.chunk_size):
-            values = self.evaluate_chunk(atoms, matrices[start:start + self.chunk_size],
-                                         outputs)
-            for name in outputs:
-                chunks[name].append(values[name])
-        return {name: torch.cat(values) for name, values in chunks.items()}
+        graphs = [self.graph(transformed_atoms(atoms, matrix)) for matrix in matrices]
+        chunks = self.planner.run(len(matrices), len(atoms),
+                                  lambda start, stop: self.evaluate_chunk(
+                                      graphs[start:stop], len(atoms), outputs),
+                                  size=int(graphs[0].n_edge.sum()))
+        return {name: torch.cat([chunk[name] for chunk in chunks]) for name in outputs}
 
-    def evaluate_chunk(self, atoms, matrices: np.ndarray,
+    @property
+    def chunk_size(self) -> Optional[int]:
+        """The explicit copies per forward call (``None``: planned from memory)."""
+        return self.planner.chunk_size
+
+    @chunk_size.setter
+    def chunk_size(self, value: Optional[int]) -> None:
+        self.planner = ChunkPlanner(self.device, value, self.memory_scales_with)
+
+    def evaluate_chunk(self, graphs, n: int,
                        outputs: Sequence[str]) -> Dict[str, torch.Tensor]:
-        """One forward call: the copies of ``matrices`` as one Orb graph batch."""
+        """One forward call: the copies' graphs as one Orb graph batch."""
         from orb_models.forcefield.base import batch_graphs
 
-        graphs = [self.graph(transformed_atoms(atoms, matrix)) for matrix in matrices]
         batch = batch_graphs(graphs).to(self.orb.device)
         if self.conservative:  # autograd inside predict
             raw = self.model.predict(batch)
         else:
             with torch.no_grad():
                 raw = self.model.predict(batch)
-        k, n = len(matrices), len(atoms)
+        k = len(graphs)
         values = {}
         for name in outputs:
             key, shape = self._outputs[name]

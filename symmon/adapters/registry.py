@@ -334,7 +334,7 @@ class LookThrough(OrbitModel):
     device = property(lambda self: self.current.device)
     has_features = property(lambda self: self.current.has_features)
     has_layer_hooks = property(lambda self: self.current.has_layer_hooks)
-    bytes_per_atom_copy = property(lambda self: self.current.bytes_per_atom_copy)
+    memory_scales_with = property(lambda self: self.current.memory_scales_with)
 
     def warm_up_atoms(self):
         return self.current.warm_up_atoms()

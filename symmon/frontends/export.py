@@ -30,8 +30,9 @@ import numpy as np
 from ..core.outputs import matrix_to_voigt, pretty_unit
 from ..io.log import LogFormatError, LogReader, read_log
 from ..io.structures import write_chemiscope, write_extxyz
-from ..monitoring.diagnose import NORMALISED_EPS, per_atom_factor
-from ..monitoring.thresholds import UNITS, relative_eps
+from ..core.quantities import QUANTITY
+from ..monitoring.schema import NAMES
+from ..monitoring.thresholds import relative_eps
 from .report.series import (log_thresholds, lookup, per_atom_row, per_atom_rms,
                             rms_over_atoms, symbols, worst_atoms_of, worst_step_rows)
 from .report.series import read as read_series
@@ -100,8 +101,8 @@ def step_eps(reader: LogReader, quantity: str = "forces"):
         steps, times, values = per_atom_rms(reader)
     else:
         steps, times, values = read_series(reader, name)
-        values = values * per_atom_factor(quantity, len(reader.species))
-    return steps, times, values, UNITS[quantity]
+        values = values * QUANTITY[quantity].per_atom_factor(len(reader.species))
+    return steps, times, values, QUANTITY[quantity].eps_unit
 
 
 def worst_steps(reader: LogReader, n: Optional[int] = DEFAULT_WORST,
@@ -242,13 +243,13 @@ def _relative_values(reader: LogReader, wanted: set) -> Dict[str, Dict[Key, floa
     out = {}
     n_atoms, overrides = len(reader.species), log_thresholds(reader)
     for q in QUANTITIES:
-        name = NORMALISED_EPS[q] if NORMALISED_EPS[q] in reader.observable_names \
+        name = NAMES[q].eps if NAMES[q].eps in reader.observable_names \
             else f"{q}_eps"
         if any(n not in reader.observable_names for n in (name, f"{q}_rms", f"{q}_rel_eps")):
             continue
         step, _, eps = read_series(reader, name)
         if name == f"{q}_eps" and q == "energy":
-            eps = eps * per_atom_factor(q, n_atoms)
+            eps = eps * QUANTITY[q].per_atom_factor(n_atoms)
         rms = lookup(step, *read_series(reader, f"{q}_rms")[::2])
         relative = relative_eps(q, eps, rms, overrides)
         out[f"{q}_rel_eps"] = {key: np.float64(relative[i]) for i, key in enumerate(_keys(step))
@@ -288,8 +289,8 @@ def _step_info(reader: LogReader, step: int, time: float, values) -> Dict[str, o
                     symmon_forces_eps_total_unit=unit)
     if "energy_eps" in values and "energy_eps_per_atom" not in values:  # older logs
         values = dict(values, energy_eps_per_atom=np.float64(
-            values["energy_eps"] * per_atom_factor("energy", len(reader.species))))
-        info["symmon_energy_eps_per_atom_unit"] = UNITS["energy"]
+            values["energy_eps"] * QUANTITY["energy"].per_atom_factor(len(reader.species))))
+        info["symmon_energy_eps_per_atom_unit"] = QUANTITY["energy"].eps_unit
     for name, value in values.items():
         if name == "energy_eps_per_atom" and "energy_eps_per_atom" not in \
                 reader.observable_names:
