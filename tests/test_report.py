@@ -559,6 +559,10 @@ def write_synthetic(path, n_steps, n_atoms=16, full_every=50, close=True, rename
         writer.append_many(s, 0.001 * s, values)
     if close:
         writer.close()
+        if not renamed:  # the old names: a log written before the log-semantics version
+            with h5py.File(path, "r+") as f:
+                del f["parameters/symmon"].attrs["semantics_version"]
+                del f["parameters/symmon/attribute_sha256"]
     return writer
 
 

@@ -8,8 +8,10 @@ runs it; only the module of the command being run is imported (``symmon report
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
+import warnings
 from typing import List, Optional
 
 #: command -> (module, function adding its arguments, function running it, one-line help)
@@ -83,13 +85,32 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as done:  # --help, --version, or an argument error (printed)
         return done.code if isinstance(done.code, int) else 2
     try:
-        return int(args.run(args) or 0)
+        with _notes_on_one_line(f"symmon {args.command}"):
+            return int(args.run(args) or 0)
     except INPUT_ERRORS as error:
         print(f"symmon {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
     except OSError as error:
         print(f"symmon {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 1
+
+
+@contextlib.contextmanager
+def _notes_on_one_line(prog: str):
+    """Show a log's notes (:class:`symmon.io.reader.LogNote`) as ``prog: note: ...``."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if getattr(category, "__name__", "") == "LogNote":
+            print(f"{prog}: note: {one_line(message)}", file=file or sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":  # pragma: no cover

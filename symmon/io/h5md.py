@@ -21,7 +21,11 @@ step axis and Fletcher-32 checksummed.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -32,6 +36,9 @@ from symmon import __version__ as SYMMON_VERSION
 
 #: Version of the symmon layout inside the H5MD file; bump on incompatible change.
 SCHEMA_VERSION = 2
+#: Version of what the logged numbers mean (attribute ``semantics_version``); bump when a
+#: logged name changes meaning, and map the older meaning in :mod:`symmon.io.semantics`
+SEMANTICS_VERSION = 2
 TIME_UNIT = "ps"
 LENGTH_UNIT = "angstrom"
 UNWRITTEN_STEP = -1  # fill value of `step`: rows allocated but never written
@@ -57,10 +64,67 @@ PARTICLE_ELEMENTS = {"forces": "force", "velocities": "velocity"}
 PARTICLE_UNIT_ATTR = "symmon_unit"
 #: datasets are created with these options (crash and corruption detection)
 DATASET_OPTIONS = {"fletcher32": True}
+#: SHA-256 (first 16 hex digits) of every attribute of the file, as a JSON object
+#: ``{"<object path>@<attribute>": digest}`` in a Fletcher-32 checksummed dataset: HDF5
+#: checksums dataset chunks but not attributes (metadata, units, names, labels)
+ATTRIBUTE_RECORD = f"{PARAMS}/attribute_sha256"
 
 
 class LogFormatError(ValueError):
     """The file is not a (readable) symmon log, or logs do not fit together."""
+
+
+#: what h5py raises on a damaged file (unreadable chunk, object header, link, heap)
+HDF5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, UnicodeDecodeError, TypeError)
+
+
+def first_line(error: BaseException) -> str:
+    """HDF5's own words for ``error``, on one line (its error stack dropped)."""
+    text = str(error).strip().strip("\"'")
+    found = text.splitlines()[0] if text else type(error).__name__
+    return found[:200]
+
+
+def damaged(path: str, what: str, error: BaseException) -> LogFormatError:
+    """The one sentence for a part of a log that HDF5 cannot read."""
+    return LogFormatError(
+        f"{path}: {what} cannot be read, the file is damaged ({first_line(error)}); "
+        "restore the log from a copy or re-run")
+
+
+def detach(f: h5py.File) -> None:
+    """Close ``f`` without writing to it again: HDF5's last writes go to /dev/null.
+    (Closing a file after a failed write, or leaving it to HDF5's exit-time
+    close, can crash the interpreter.)"""
+    try:
+        fd = f.id.get_vfd_handle()
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, fd)
+        os.close(null)
+    except Exception:
+        pass
+    try:
+        f.close()
+    except Exception:
+        pass
+
+
+def os_reason(error: Exception) -> str:
+    """The operating system's words for an HDF5 I/O error, else the first line."""
+    found = re.search(r"error message = '([^']*)'", str(error))
+    return found.group(1) if found else (str(error).splitlines() or [type(error).__name__])[0]
+
+
+@contextmanager
+def reading(path: str, what: str):
+    """Turn any HDF5 failure inside the block into :func:`damaged` (a LogFormatError
+    raised inside passes unchanged)."""
+    try:
+        yield
+    except LogFormatError:
+        raise
+    except HDF5_ERRORS as error:
+        raise damaged(path, what, error) from error
 
 
 @dataclass(frozen=True)
@@ -130,8 +194,11 @@ def present_columns(specs: Mapping[str, ObservableSpec]) -> list[str]:
 
 
 def build_layout(f: h5py.File, specs: Mapping[str, ObservableSpec], species: np.ndarray,
-                 pbc, metadata_json: str, write_positions: bool, author: str) -> None:
-    """Create every group and (empty) dataset of a schema-2 log in ``f``."""
+                 pbc, metadata_json: str, write_positions: bool, author: str,
+                 semantics: int | None = SEMANTICS_VERSION) -> None:
+    """Create every group and (empty) dataset of a schema-2 log in ``f``, then the
+    checksummed record of its attributes (``semantics``: the semantics version written,
+    ``None`` for none: a recovered log that had none)."""
     h5md = f.create_group("h5md")
     h5md.attrs["version"] = np.array([1, 1], dtype=np.int32)
     h5md.create_group("author").attrs["name"] = author
@@ -164,6 +231,8 @@ def build_layout(f: h5py.File, specs: Mapping[str, ObservableSpec], species: np.
 
     params = f.create_group(PARAMS)
     params.attrs["schema_version"] = np.int64(SCHEMA_VERSION)
+    if semantics is not None:
+        params.attrs["semantics_version"] = np.int64(semantics)
     params.attrs["symmon_version"] = SYMMON_VERSION
     params.attrs["metadata_json"] = metadata_json
     params.attrs["appended_runs_json"] = "[]"
@@ -173,6 +242,7 @@ def build_layout(f: h5py.File, specs: Mapping[str, ObservableSpec], species: np.
     columns = present_columns(specs)
     present = _series(params, "present", (len(columns),), np.uint8, None)
     present.attrs["columns"] = np.array(columns, dtype=h5py.string_dtype())
+    write_attribute_record(f)
 
 
 def _element(f: h5py.File, path: str, step, time, shape, dtype, unit,
@@ -220,12 +290,17 @@ def row_datasets(f: h5py.File) -> list[h5py.Dataset]:
 
 def trusted_rows(f: h5py.File) -> int:
     """Rows written completely (schema 2): present in every dataset, and ``step``
-    (the last dataset written by each flush) holds a real step number."""
-    n = min(ds.shape[0] for ds in row_datasets(f))
-    step = f[EDGES]["step"]
+    (the last dataset written by each flush) holds a real step number.  A damaged
+    file is a :class:`LogFormatError` naming what cannot be read."""
+    with reading(f.filename, "the list of its row datasets"):
+        n = min(ds.shape[0] for ds in row_datasets(f))
+    with reading(f.filename, f"the step dataset /{EDGES}/step"):
+        step = f[EDGES]["step"]
     while n > 0:  # scan back from the end, one chunk at a time
         lo = max(0, n - MAX_CHUNK_ROWS)
-        unwritten = np.flatnonzero(step[lo:n] == UNWRITTEN_STEP)
+        with reading(f.filename, f"rows {lo}-{n - 1} of the step dataset /{EDGES}/step"):
+            chunk = step[lo:n]
+        unwritten = np.flatnonzero(chunk == UNWRITTEN_STEP)
         if not unwritten.size:
             return n
         n = lo + int(unwritten[0])
@@ -237,3 +312,122 @@ def truncate_rows(f: h5py.File, n: int) -> None:
     for ds in row_datasets(f):
         if ds.shape[0] != n:
             ds.resize(n, axis=0)
+
+
+# ---------------------------------------------------------------- attribute checksums
+
+
+def element_groups(f: h5py.File, schema_version: int) -> dict[str, h5py.Group]:
+    """``{observable name: H5MD element group}`` (schema 2: particle elements too)."""
+    groups = {}
+    with reading(f.filename, "object /observables"):
+        names = list(f["observables"])
+    for name in names:
+        with reading(f.filename, f"object /observables/{name}"):
+            groups[name] = f["observables"][name]
+    if schema_version >= 2:
+        for name, element in PARTICLE_ELEMENTS.items():
+            with reading(f.filename, f"object /{PARTICLES}/{element}"):
+                if element in f[PARTICLES]:
+                    groups[name] = f[PARTICLES][element]
+    return groups
+
+
+def trusted_attributes(f: h5py.File, groups: Mapping[str, h5py.Group]) -> dict[str, Any]:
+    """Every attribute symmon's reader uses, ``{"<object path>@<name>": value}``: the
+    parameters (schema and semantics versions, metadata, appended runs), periodicity,
+    the names of the series (``present`` columns) and each observable's unit,
+    description and labels.  (Others, e.g. the browsable copies of scalar metadata and
+    the H5MD author, are not read by symmon.)"""
+    found: dict[str, Any] = {}
+
+    def take(obj, *names):
+        where = obj.name
+        for name in names:
+            if name in obj.attrs:
+                try:
+                    found[f"{where}@{name}"] = obj.attrs[name]
+                except HDF5_ERRORS as error:  # a flipped byte can make it undecodable
+                    found[f"{where}@{name}"] = _Unreadable(first_line(error))
+
+    take(f[PARAMS], "schema_version", "semantics_version", "metadata_json",
+         "appended_runs_json")
+    take(f[PARTICLES]["box"], "boundary")
+    if PRESENT in f:
+        take(f[PRESENT], "columns")
+    for name in sorted(groups):
+        g = groups[name]
+        take(g, "description", "labels")
+        with reading(f.filename, f"object {g.name}/value"):
+            value = g["value"]
+        take(value, "unit", PARTICLE_UNIT_ATTR)
+    return found
+
+
+class _Unreadable(str):
+    """An attribute value HDF5 could not decode (in place of the value)."""
+
+
+def write_attribute_record(f: h5py.File) -> None:
+    """(Re)write :data:`ATTRIBUTE_RECORD` from the trusted attributes in ``f`` now."""
+    schema = int(f[PARAMS].attrs["schema_version"])
+    digests = {k: _digest(v) for k, v in
+               trusted_attributes(f, element_groups(f, schema)).items()}
+    data = np.frombuffer(json.dumps(digests, sort_keys=True).encode(), np.uint8)
+    if ATTRIBUTE_RECORD in f:
+        del f[ATTRIBUTE_RECORD]
+    f.create_dataset(ATTRIBUTE_RECORD, data=data, chunks=(len(data),), **DATASET_OPTIONS)
+
+
+def check_attribute_record(f: h5py.File, path: str, attributes: Mapping[str, Any]) -> bool:
+    """Compare ``attributes`` (:func:`trusted_attributes`) with :data:`ATTRIBUTE_RECORD`;
+    False when the log has no record (written before symmon checksummed attributes), a
+    :class:`LogFormatError` naming the first damaged attribute when one differs."""
+    with reading(path, f"the attribute checksums /{ATTRIBUTE_RECORD}"):
+        if ATTRIBUTE_RECORD not in f:
+            return False
+        stored = json.loads(f[ATTRIBUTE_RECORD][()].tobytes().decode())
+    for key in sorted(set(stored) | set(attributes)):
+        value = attributes.get(key)
+        if key in stored and key in attributes and not isinstance(value, _Unreadable) \
+                and stored[key] == _digest(value):
+            continue
+        where, _, name = key.partition("@")
+        state = "missing" if key not in attributes else "not in the record" \
+            if key not in stored else f"unreadable: {value}" \
+            if isinstance(value, _Unreadable) else "changed"
+        raise LogFormatError(
+            f"{path}: attribute {name!r} of {where} is damaged ({state}; it does not "
+            f"match its checksum in /{ATTRIBUTE_RECORD}), so its "
+            f"{_ATTRIBUTE_ROLES.get(name, 'value')} cannot be trusted; restore the log "
+            "from a copy or re-run")
+    return True
+
+
+#: what an attribute holds, for the refusal of a damaged one
+_ATTRIBUTE_ROLES = {"metadata_json": "metadata (model, settings, thresholds, model errors)",
+                    "unit": "unit", PARTICLE_UNIT_ATTR: "unit", "columns": "series names",
+                    "description": "description", "labels": "labels",
+                    "appended_runs_json": "list of appended runs",
+                    "schema_version": "schema version",
+                    "semantics_version": "semantics version", "boundary": "periodicity"}
+
+
+def _digest(value) -> str:
+    text = json.dumps(_canonical(value), sort_keys=True, ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _canonical(value):
+    """A JSON-able form of an attribute value that keeps every bit that matters."""
+    if isinstance(value, np.ndarray):
+        return [str(value.dtype), list(value.shape), [_canonical(v) for v in value.reshape(-1)]]
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value.hex()
+    if isinstance(value, bytes):
+        return value.hex()
+    return value

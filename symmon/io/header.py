@@ -9,8 +9,10 @@ import h5py
 import numpy as np
 
 from .h5md import (
-    EDGES, PARAMS, PARTICLE_ELEMENTS, PARTICLE_UNIT_ATTR, PARTICLES, POSITION, PRESENT, SCHEMA_VERSION,
-    LogFormatError, ObservableSpec, decode)
+    EDGES, HDF5_ERRORS, PARAMS, PARTICLE_UNIT_ATTR, PARTICLES, POSITION, PRESENT,
+    SCHEMA_VERSION, LogFormatError, ObservableSpec, check_attribute_record, decode,
+    element_groups, first_line, trusted_attributes)
+from .semantics import log_semantics
 
 #: HDF5's message when a file's consistency flag is set (writer live or killed)
 UNCLEAN_HINT = "may use <h5clear"
@@ -20,54 +22,78 @@ class LogHeader:
     """One opened log file: its declarations and the groups of its series.
 
     ``groups[name]`` is the H5MD element group of observable ``name``;
-    ``columns`` (schema 2) maps a series name to its column of ``present``.
+    ``columns`` (schema 2) maps a series name to its column of ``present``;
+    ``semantics`` what its numbers mean (:mod:`symmon.io.semantics`).
+
+    Every attribute the reader uses is checked against the log's checksummed record
+    of them (:func:`~symmon.io.h5md.check_attribute_record`); ``notes`` says when it has
+    no record (written before symmon kept one).  Anything HDF5 cannot read is a
+    :class:`LogFormatError` naming it.
     """
 
     def __init__(self, f: h5py.File, path: str):
         self.file, self.path = f, path
-        if "h5md" not in f or PARAMS not in f or "schema_version" not in f[PARAMS].attrs:
-            raise LogFormatError(f"{path}: HDF5 file is not a symmon log (no h5md / {PARAMS})")
-        params = f[PARAMS].attrs
-        self.schema_version = int(params["schema_version"])
-        if self.schema_version > SCHEMA_VERSION:
-            raise LogFormatError(
-                f"{path}: log schema_version {self.schema_version} is newer than this "
-                f"symmon supports ({SCHEMA_VERSION}); upgrade symmon")
+        self.notes: list[str] = []
         try:
-            self.metadata = json.loads(params["metadata_json"])
-            self.appended_runs = json.loads(params.get("appended_runs_json", "[]"))
+            is_log = "h5md" in f and PARAMS in f and "schema_version" in f[PARAMS].attrs
+        except HDF5_ERRORS as error:
+            raise LogFormatError(f"{path}: the file's root groups cannot be read, the file is "
+                                 f"damaged ({first_line(error)}); restore the log from a copy "
+                                 "or re-run") from error
+        if not is_log:
+            raise LogFormatError(f"{path}: HDF5 file is not a symmon log (no h5md / {PARAMS})")
+        try:
+            self.schema_version = int(f[PARAMS].attrs["schema_version"])
+            self.groups = element_groups(f, self.schema_version)
+            attrs = trusted_attributes(f, self.groups)
+            if not check_attribute_record(f, path, attrs):
+                self.notes.append(
+                    f"{path}: log written before symmon checksummed its attributes: its "
+                    "metadata, units and names are read unverified")
+            if self.schema_version > SCHEMA_VERSION:
+                raise LogFormatError(
+                    f"{path}: log schema_version {self.schema_version} is newer than this "
+                    f"symmon supports ({SCHEMA_VERSION}); upgrade symmon")
+            params = PARAMS_PATH + "@"
+            self.metadata = json.loads(attrs[params + "metadata_json"])
+            self.appended_runs = json.loads(attrs.get(params + "appended_runs_json", "[]"))
             part = f[PARTICLES]
             self.species = part["species"][()]
-            self.pbc = tuple(decode(b) == "periodic" for b in part["box"].attrs["boundary"])
+            self.pbc = tuple(decode(b) == "periodic"
+                             for b in attrs[f"/{PARTICLES}/box@boundary"])
             self.has_positions = "position" in part
             self.edges, self.position = f[EDGES], f[POSITION] if self.has_positions else None
-            self.groups = dict(f["observables"].items())
             self.columns: dict[str, int] = {}
             if self.schema_version >= 2:
-                self._add_v2(f)
-            self.specs = {n: spec_from_group(g) for n, g in self.groups.items()}
-        except (KeyError, ValueError, OSError) as e:
-            raise LogFormatError(f"{path}: malformed symmon log: {e}") from e
+                columns = [decode(c) for c in attrs[f"/{PRESENT}@columns"]]
+                self.columns = {c: k for k, c in enumerate(columns)}
+                missing = sorted(set(self.groups) - set(self.columns))
+                if missing:
+                    raise ValueError(f"observables without a column in {PRESENT}: {missing}")
+            self.specs = {n: spec_from_group(g, attrs) for n, g in self.groups.items()}
+            self.semantics = log_semantics(path, attrs.get(params + "semantics_version"),
+                                           self.specs)
+        except LogFormatError:
+            raise
+        except HDF5_ERRORS as e:
+            raise LogFormatError(f"{path}: malformed or damaged symmon log, its declarations "
+                                 f"cannot be read ({first_line(e)}); restore the log from a "
+                                 "copy or re-run") from e
 
-    def _add_v2(self, f: h5py.File) -> None:
-        for name, element in PARTICLE_ELEMENTS.items():
-            if element in f[PARTICLES]:
-                self.groups[name] = f[PARTICLES][element]
-        columns = [decode(c) for c in f[PRESENT].attrs["columns"]]
-        self.columns = {c: k for k, c in enumerate(columns)}
-        missing = sorted(set(self.groups) - set(self.columns))
-        if missing:
-            raise ValueError(f"observables without a column in {PRESENT}: {missing}")
+
+PARAMS_PATH = f"/{PARAMS}"
 
 
-def spec_from_group(g: h5py.Group) -> ObservableSpec:
+def spec_from_group(g: h5py.Group, attrs) -> ObservableSpec:
+    """The declaration of the observable in element group ``g`` (``attrs``: the log's
+    :func:`~symmon.io.h5md.trusted_attributes`)."""
     value = g["value"]
-    labels = g.attrs.get("labels")
+    labels = attrs.get(f"{g.name}@labels")
     if labels is not None and labels.dtype.kind in "OS":
         labels = np.array([decode(x) for x in labels])
-    unit = value.attrs.get("unit", value.attrs.get(PARTICLE_UNIT_ATTR))
+    unit = attrs.get(f"{value.name}@unit", attrs.get(f"{value.name}@{PARTICLE_UNIT_ATTR}"))
     return ObservableSpec(shape=value.shape[1:], unit=decode(unit),
-                          description=decode(g.attrs.get("description", "")),
+                          description=decode(attrs.get(f"{g.name}@description", "")),
                           dtype=value.dtype, labels=labels)
 
 
@@ -94,8 +120,10 @@ def open_for_reading(path: str) -> h5py.File:
         # a writer that died in a failed write (full disk) can leave the file shorter
         # than its superblock says: SWMR-read mode trusts what the writer committed
         if UNCLEAN_HINT not in str(e) and not flagged_open_for_write(path):
-            raise LogFormatError(f"{path}: cannot open HDF5 file: {e}") from e
+            raise LogFormatError(f"{path}: cannot open HDF5 file, it is damaged or "
+                                 f"incomplete ({first_line(e)})") from e
     try:
         return h5py.File(path, "r", libver="latest", swmr=True)
     except OSError as e:
-        raise LogFormatError(f"{path}: cannot open HDF5 file in SWMR mode: {e}") from e
+        raise LogFormatError(f"{path}: cannot open HDF5 file (in SWMR mode), it is damaged "
+                             f"or incomplete ({first_line(e)})") from e

@@ -111,6 +111,7 @@ def shard_differences(a, b) -> list[str]:
         ("species", not np.array_equal(a.species, b.species)),
         ("periodicity", a.pbc != b.pbc),
         ("stored positions", a.has_positions != b.has_positions),
+        ("meaning of forces_eps", a.semantics.forces_eps_summed != b.semantics.forces_eps_summed),
         ("observables", bool(spec_differences(a.specs, b.specs)))) if differs]
     model = _other_model(a.metadata, b.metadata)
     if not layout and not model:

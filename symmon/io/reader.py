@@ -10,15 +10,22 @@ A checksum mismatch (Fletcher-32) or read error is a :class:`LogFormatError`.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Iterable, NamedTuple
 
 import h5py
 import numpy as np
 
-from .h5md import FRAME_COLUMN, MAX_CHUNK_ROWS, PRESENT, UNWRITTEN_STEP, LogFormatError, \
-    ObservableSpec, row_datasets, trusted_rows
+from .h5md import FRAME_COLUMN, HDF5_ERRORS, MAX_CHUNK_ROWS, PRESENT, UNWRITTEN_STEP, \
+    LogFormatError, ObservableSpec, damaged, reading, row_datasets, trusted_rows
 from .header import LogHeader, open_for_reading
 from .mismatch import ShardMismatch, shard_differences
+from .semantics import LogSemantics
+
+
+class LogNote(UserWarning):
+    """Something a reader of the log should know that does not stop it (an older log
+    whose attributes are not checksummed)."""
 
 
 class Frames(NamedTuple):
@@ -49,6 +56,10 @@ class _Shard:
         self._all_rows: np.ndarray | None = None
 
     def series(self, name: str) -> _Series:
+        with reading(self.path, f"observable {name!r}"):
+            return self._series(name)
+
+    def _series(self, name: str) -> _Series:
         h = self.header
         if h.schema_version >= 2:
             steps, rows = self._v2_rows(name)
@@ -58,6 +69,10 @@ class _Shard:
         return _Series(read(g["step"], slice(0, n)), np.arange(n), g["time"], (g["value"],))
 
     def frames(self) -> _Series:
+        with reading(self.path, "the frames (cell, positions)"):
+            return self._frames()
+
+    def _frames(self) -> _Series:
         h = self.header
         values = (h.edges["value"],) + ((h.position["value"],) if h.has_positions else ())
         if h.schema_version >= 2:
@@ -69,6 +84,10 @@ class _Shard:
 
     def refresh(self) -> bool:
         """Re-read the datasets' extents (SWMR); True when any of them grew."""
+        with reading(self.path, "the extents of its datasets"):
+            return self._refresh()
+
+    def _refresh(self) -> bool:
         # (a dataset handle kept open across a refresh would keep stale chunks: none is kept)
         if not self.header.file.swmr_mode:
             return False
@@ -142,6 +161,13 @@ class LogReader:
         self.pbc: tuple[bool, bool, bool] = first.pbc
         self._specs = first.specs
         self.observable_names: list[str] = sorted(first.specs)
+        #: what its numbers mean (:mod:`symmon.io.semantics`; older logs mapped there)
+        self.semantics: LogSemantics = first.semantics
+        #: notes on the logs (older logs without attribute checksums), also warned as
+        #: :class:`LogNote`
+        self.notes: list[str] = [n for s in self._shards for n in s.header.notes]
+        for note in self.notes:
+            warnings.warn(note, LogNote, stacklevel=2)
         self._plans: dict[str, _Merged] = {}   # name -> merged step plan (until growth)
         self._memo: dict = {}
 
@@ -250,11 +276,12 @@ def read(ds: h5py.Dataset, selection) -> np.ndarray:
     """``ds[selection]``; a checksum mismatch or read error becomes a LogFormatError."""
     try:
         return ds[selection]
-    except OSError as e:
-        first = (str(e).splitlines() or [""])[0]
-        raise LogFormatError(
-            f"{ds.file.filename}: {ds.name} cannot be read, the file is corrupted "
-            f"(checksum mismatch or I/O error: {first}); re-run or restore the file") from e
+    except HDF5_ERRORS as e:
+        try:
+            path, name = ds.file.filename, ds.name
+        except HDF5_ERRORS:
+            path, name = "log", "a dataset"
+        raise damaged(path, f"{name} (corrupted: checksum mismatch or I/O error)", e) from e
 
 
 def v1_trusted_count(step: h5py.Dataset, time: h5py.Dataset, value: h5py.Dataset) -> int:

@@ -23,7 +23,6 @@ import atexit
 import errno
 import json
 import os
-import re
 import sys
 import weakref
 from typing import Any, Mapping, Sequence
@@ -33,8 +32,10 @@ import numpy as np
 
 from . import signals
 from .h5md import (
-    EDGES, FILE_OPTIONS, FRAME_COLUMN, PARAMS, POSITION, PRESENT, LogFormatError, ObservableSpec,
-    build_layout, fill_value, present_columns, trusted_rows, truncate_rows, value_path)
+    ATTRIBUTE_RECORD, EDGES, FILE_OPTIONS, FRAME_COLUMN, PARAMS, POSITION, PRESENT,
+    LogFormatError, ObservableSpec, build_layout, fill_value, first_line, present_columns,
+    detach as _detach, os_reason as _reason, trusted_rows, truncate_rows, value_path,
+    write_attribute_record)
 from .header import UNCLEAN_HINT, LogHeader
 from .mismatch import RUN_IDENTITY, listed, metadata_differences, spec_differences
 from .lock import PathLock, temp_path
@@ -304,6 +305,8 @@ class LogWriter:
             self.rows_on_disk = n
             runs = header.appended_runs + [{"first_row": n, "metadata": metadata}]
             f[PARAMS].attrs["appended_runs_json"] = json.dumps(runs, sort_keys=True)
+            if ATTRIBUTE_RECORD in f:  # (an older log without one stays without)
+                write_attribute_record(f)
             f.flush()
             f.swmr_mode = True
         except BaseException:
@@ -319,13 +322,16 @@ class LogWriter:
                 raise LogFormatError(
                     f"{self.path}: log was not closed cleanly (its writer was killed). Call "
                     f"symmon.io.log.recover_log({self.path!r}) and append again.") from e
-            raise LogFormatError(f"{self.path}: cannot open as HDF5 for appending: {e}") from e
+            raise LogFormatError(f"{self.path}: cannot open as HDF5 for appending: "
+                                 f"{first_line(e)}") from e
 
     def _append_problems(self, header: LogHeader, metadata: dict | None) -> list[str]:
         if header.schema_version != 2:
             return [f"it has schema version {header.schema_version}; only schema-2 logs can "
                     f"be continued (start a new log)"]
         problems = []
+        if not header.semantics.current:
+            problems.append(f"its numbers mean something else ({header.semantics.describe()})")
         if not np.array_equal(header.species, self.species):
             problems.append("species differ")
         if header.pbc != self.pbc:
@@ -424,29 +430,6 @@ def _publish(tmp: str, path: str, replace: bool) -> None:
         os.rename(tmp, path)
         return
     os.remove(tmp)
-
-
-def _detach(f: h5py.File) -> None:
-    """Close ``f`` without writing to it again: HDF5's last writes go to /dev/null.
-    (Closing a file after a failed write, or leaving it to HDF5's exit-time
-    close, can crash the interpreter.)"""
-    try:
-        fd = f.id.get_vfd_handle()
-        null = os.open(os.devnull, os.O_RDWR)
-        os.dup2(null, fd)
-        os.close(null)
-    except Exception:
-        pass
-    try:
-        f.close()
-    except Exception:
-        pass
-
-
-def _reason(error: Exception) -> str:
-    """The operating system's words for an HDF5 I/O error, else the first line."""
-    found = re.search(r"error message = '([^']*)'", str(error))
-    return found.group(1) if found else (str(error).splitlines() or [type(error).__name__])[0]
 
 
 def _close_at_exit(reference) -> None:

@@ -37,7 +37,8 @@ from ase.calculators.calculator import all_changes
 from ..adapters.ase import ASEOrbitModel
 from ..adapters.dispatch import held_metatomic_calculator
 from ..adapters.metatomic import MetatomicOrbitModel, metatomic_calculator_class
-from ..core.outputs import DIRECT_OUTPUTS, voigt_to_matrix, without_net_force
+from ..core.outputs import voigt_to_matrix, without_net_force
+from ..core.quantities import QUANTITY, QUANTITY_NAMES
 
 #: ASE properties a monitor returns when its base implements them
 ASE_PROPERTIES = ("energy", "free_energy", "forces", "stress")
@@ -145,7 +146,7 @@ class ModelSource:
 
     @functools.cached_property
     def _quantities(self) -> Dict[bool, Tuple[str, ...]]:
-        return {periodic: tuple(q for q in ("energy", "forces", "stress")
+        return {periodic: tuple(q for q in QUANTITY_NAMES
                                 if q in self.implemented and (q != "stress" or periodic))
                 for periodic in (False, True)}
 
@@ -159,7 +160,7 @@ class ModelSource:
     def orbit_names(self, quantities: Sequence[str]) -> Dict[str, str]:
         """The adapter's output name of each quantity (direct outputs where returned)."""
         direct = {"forces": self.nc_forces, "stress": self.nc_stress}
-        return {q: DIRECT_OUTPUTS[q] if direct.get(q) else q for q in quantities}
+        return {q: QUANTITY[q].direct_output if direct.get(q) else q for q in quantities}
 
     def keep_on_device(self, features: Sequence[str]) -> None:
         """Feature outputs the batched path returns on the model's device (the purified

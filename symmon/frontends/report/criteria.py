@@ -28,13 +28,12 @@ import numpy as np
 
 from ...core.irreps import Irrep
 from ...core.outputs import EV_PER_A3_IN_GPA, pretty_unit
+from ...core.quantities import QUANTITY
 from ...monitoring.policy import number, percent, rule_words, statement
 from ...monitoring.thresholds import LEVELS, Grade, grade, grade_levels
 from .series import QUANTITIES, QuantitySeries
 
-#: what a person calls each check, and what it means
-CHECK_NAMES = {"energy": "Energy ε per atom", "forces": "Forces ε per atom (RMS over atoms)",
-               "stress": "Stress ε"}
+#: what each check means (its name: the quantity's ``title``)
 EXPLANATIONS = {
     "energy": "how much the energy per atom changes when the structure is rotated or "
               "reflected, against the model's energy error",
@@ -185,7 +184,7 @@ def _check(s: QuantitySeries, returned, model_error, overrides) -> Check | None:
     if level == "ok" and spike.level == "problem":
         level = "caution"
     flagged = grade_levels(s.quantity, eps, rms, model_error, overrides) > 0
-    return Check(main, CHECK_NAMES[s.quantity], EXPLANATIONS[s.quantity], s.unit,
+    return Check(main, QUANTITY[s.quantity].title, EXPLANATIONS[s.quantity], s.unit,
                  int(len(eps)), float(eps[worst]), int(step[worst]), level, spike.level,
                  float(flagged.mean()),
                  int(step[np.argmax(flagged)]) if flagged.any() else None)
