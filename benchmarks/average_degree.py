@@ -44,8 +44,7 @@ def main(argv=None):
 
     from symmon.core.grids import quadrature_grid
     from symmon.core.metrics import equivariance_error, orbit_average
-    from symmon.core.outputs import QUANTITY_KINDS
-    from symmon.monitoring.diagnose import per_atom_factor
+    from symmon.core.quantities import QUANTITY
     from symmon.monitoring.schedule import output_rank
     from symmon.monitoring.source import ModelSource
 
@@ -63,21 +62,21 @@ def main(argv=None):
     unrotated = source.orbit(atoms, np.eye(3)[None], quantities)
     print(f"{model}, {len(atoms)} atoms, reference degree {args.reference} "
           f"({len(reference_grid)} elements, {time.perf_counter() - start:.0f} s)\n")
-    reference_average = {q: orbit_average(reference[q], reference_grid, QUANTITY_KINDS[q])
+    reference_average = {q: orbit_average(reference[q], reference_grid, QUANTITY[q].kind)
                          .numpy() for q in quantities}
     scales = {}
     for quantity in quantities:
-        kind = QUANTITY_KINDS[quantity]
+        kind = QUANTITY[quantity].kind
         correction = per_atom_size(quantity, reference_average[quantity]
                                    - unrotated[quantity][0].numpy(), len(atoms))
         eps = equivariance_error(reference[quantity], reference_grid, kind).eps
-        scales[quantity] = correction, eps * per_atom_factor(quantity, len(atoms))
+        scales[quantity] = correction, eps * QUANTITY[quantity].per_atom_factor(len(atoms))
     rows = []
     for degree in degrees:
         grid = quadrature_grid(degree)
         values = source.orbit(atoms, grid.matrices, quantities)
         for quantity in quantities:
-            average = orbit_average(values[quantity], grid, QUANTITY_KINDS[quantity]).numpy()
+            average = orbit_average(values[quantity], grid, QUANTITY[quantity].kind).numpy()
             error = per_atom_size(quantity, average - reference_average[quantity], len(atoms))
             correction, eps = scales[quantity]
             exact_to = degree - output_rank(quantity)

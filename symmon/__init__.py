@@ -25,6 +25,7 @@ _PUBLIC = {
         "O3Grid", "make_grid", "quadrature_grid", "random_grid", "randomized_quadrature_grid")},
     "Irrep": "symmon.core.irreps", "irreps_up_to": "symmon.core.irreps",
     "SymmetryMonitor": "symmon.frontends.calculator",
+    "TorchSimMonitor": "symmon.frontends.torchsim",
 }
 
 __all__ = sorted(_PUBLIC)

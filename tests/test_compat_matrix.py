@@ -32,7 +32,7 @@ from test_ipi import (_cleanup_socket, _env, _forcefield_socket, _kill, _propert
 
 from symmon import SymmetryMonitor, orbit_average, quadrature_grid  # noqa: E402
 from symmon.adapters import MetatomicOrbitModel  # noqa: E402
-from symmon.core.outputs import QUANTITY_KINDS  # noqa: E402
+from symmon.core.quantities import QUANTITY  # noqa: E402
 from symmon.frontends.cli import main  # noqa: E402
 from symmon.frontends.ipi import MonitoredEvaluator  # noqa: E402
 from symmon.frontends.purify import sweep_structures  # noqa: E402
@@ -139,7 +139,7 @@ def test_average_mode_is_the_orbit_average_of_per_copy_calls(variants, name, str
     got = returned(atoms)
     copies = per_copy(calculator(variants, name), atoms, AVERAGE_GRID.matrices, list(got))
     for key, value in copies.items():
-        expected = orbit_average(torch.as_tensor(value), AVERAGE_GRID, QUANTITY_KINDS[key])
+        expected = orbit_average(torch.as_tensor(value), AVERAGE_GRID, QUANTITY[key].kind)
         assert_close(got[key], expected.numpy(), variant.tolerance, key)
     # averaging changed the forces (a copy mix-up would show as the base's forces)
     assert np.abs(got["forces"] - copies["forces"][0]).max() > 1e3 * variant.tolerance
@@ -225,7 +225,7 @@ def test_other_bases_in_monitor_average_and_ipi(variants, kind):
         assert np.isfinite(copy.calc.results["forces_eps"])
         for key in names:
             value = plain[key][0] if mode == "monitor" else orbit_average(
-                torch.as_tensor(orbit[key]), AVERAGE_GRID, QUANTITY_KINDS[key]).numpy()
+                torch.as_tensor(orbit[key]), AVERAGE_GRID, QUANTITY[key].kind).numpy()
             assert_close(got[key], value, tolerance, f"{mode} {key}")
     assert np.abs(got["forces"] - plain["forces"][0]).max() > 1e3 * tolerance
     evaluator = MonitoredEvaluator(atoms, make_base(kind, variants)[0], every=1,

@@ -143,7 +143,7 @@ def test_chemiscope_dataset_of_all_monitored_frames(broken_log, tmp_path, capsys
     np.testing.assert_allclose(properties["forces_eps_rms"]["values"],
                                [rms(log[s][1]) for s in steps], rtol=1e-15)
     assert properties["forces_eps_rms"]["units"] == "eV/Å"
-    for name in ("energy_eps", "stress_eps", "forces_rel_eps", "time_ps"):
+    for name in ("energy_eps_per_atom", "stress_eps", "forces_rel_eps", "time_ps"):
         assert properties[name]["target"] == "structure"
     assert len(data["environments"]) == len(steps) * len(cu_ni())
 
@@ -207,3 +207,31 @@ def _molecule_log(tmp_path):
         log.append_frame(0, 0.0, np.zeros((2, 3)), np.zeros((3, 3)))
         log.append_many(0, 0.0, {"forces_eps_per_atom": [0.1, 0.2], "energy_eps": 0.0})
     return str(tmp_path / "molecule.h5")
+
+
+def test_export_and_report_agree_on_units_and_numbers(broken_log, tmp_path, capsys):
+    """``--quantity energy`` ranks and prints ε per atom (eV/atom), as the report does;
+    the relative ε written per step is the report's."""
+    from symmon.frontends.report import summarize
+
+    out = tmp_path / "energy.extxyz"
+    assert main(["export", broken_log, "-o", str(out), "--worst", "1", "--quantity",
+                 "energy"]) == 0
+    line = capsys.readouterr().out
+    frame = ase.io.read(out)
+    summary = summarize(broken_log).to_json()
+    n_atoms = len(cu_ni())
+    eps = frame.info["symmon_energy_eps_per_atom"]
+    assert frame.info["symmon_ranked_by"] == "energy_eps_per_atom"
+    assert eps == pytest.approx(frame.info["symmon_energy_eps"] / n_atoms, rel=1e-12)
+    assert eps == pytest.approx(summary["eps"]["energy"]["abs"]["max"], rel=1e-12)
+    assert f"{eps:.3g} eV/atom" in line
+    worst = {r["step"]: r for r in summary["worst_steps"]}
+    out = tmp_path / "forces.extxyz"
+    assert main(["export", broken_log, "-o", str(out), "--worst", "3"]) == 0
+    for atoms in ase.io.read(out, ":"):
+        row = worst[atoms.info["symmon_step"]]
+        assert atoms.info["symmon_forces_eps_rms"] == pytest.approx(row["forces_eps"],
+                                                                    rel=1e-9)
+        assert atoms.info["symmon_forces_rel_eps"] == pytest.approx(row["forces_rel_eps"],
+                                                                    rel=1e-9)

@@ -22,7 +22,8 @@ from symmon.frontends.report.series import QuantitySeries
 from symmon.io.log import LogReader
 from symmon.monitoring.policy import (SymmetryViolation, SymmetryViolationWarning, number,
                                       percent, problem_text)
-from symmon.monitoring.thresholds import REFERENCE_ERRORS, UNITS, grade, relative_eps
+from symmon.core.quantities import QUANTITY
+from symmon.monitoring.thresholds import REFERENCE_ERRORS, grade, relative_eps
 from test_report import relaxed_cu
 
 # (eps, rms, overrides) in typical errors, graded problem by exactly one rule
@@ -78,7 +79,7 @@ def test_the_reports_reasons_state_the_jsons_numbers(quantity, rule):
     s = QuantitySeries(quantity, np.arange(n), np.arange(n) * 0.002, e, e * 0.1, r,
                        np.asarray(relative_eps(quantity, e, r, overrides)),
                        e / np.maximum(r, REFERENCE_ERRORS[quantity]), np.zeros(n, bool),
-                       UNITS[quantity])
+                       QUANTITY[quantity].eps_unit)
     checks = judge({quantity: s}, overrides=overrides)
     run = SimpleNamespace(metadata={}, full_orbit_steps=0, first_step=0)
     v = verdict(checks, run).to_json()

@@ -20,6 +20,8 @@ Aliases are the other spellings models use for the same output (metatomic 0.1.19
 renamed ``non_conservative_forces`` to ``non_conservative_force``; metatrain still
 trains the plural); :func:`canonical_name` maps any of them to symmon's name.
 Units are written ``eV/angstrom`` in files and ``eV/Å`` for people (:func:`pretty_unit`).
+The three quantities a monitor measures (energy, forces, stress: the ``quantity`` of
+these rows) have their own table, :mod:`symmon.core.quantities`.
 """
 
 from __future__ import annotations
@@ -53,12 +55,6 @@ OUTPUTS: Dict[str, Output] = {o.name: o for o in (
     Output("non_conservative_stress", "symmetric_tensor", "eV/angstrom^3", False, "stress",
            conservative=False),
 )}
-
-#: the three quantities a monitor measures, with the output holding each
-QUANTITY_KINDS = {"energy": "scalar", "forces": "vector", "stress": "symmetric_tensor"}
-QUANTITY_UNITS = {"energy": "eV", "forces": "eV/angstrom", "stress": "eV/angstrom^3"}
-#: direct (non-conservative) output of each quantity
-DIRECT_OUTPUTS = {"forces": "non_conservative_forces", "stress": "non_conservative_stress"}
 
 _ALIAS_TO_NAME = {alias: o.name for o in OUTPUTS.values() for alias in o.aliases}
 

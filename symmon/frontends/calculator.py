@@ -34,13 +34,14 @@ from ..monitoring.monitor import Monitor
 from ..monitoring.options import (MODES, VIOLATION_ACTIONS, MonitorOptions,  # noqa: F401
                                   check_option_names)
 from ..monitoring.policy import SymmetryViolation, SymmetryViolationWarning  # noqa: F401
+from ..monitoring.schema import OBSERVABLES, RESULTS
 from ..monitoring.steps import same_values
 
-#: diagnostics in ``results`` (NaN on steps where they were not computed)
-DIAGNOSTICS = ("energy_eps", "energy_eps_per_atom", "forces_eps", "forces_eps_total",
-               "stress_eps", "stress_eps_gpa", "energy_rel_eps", "forces_rel_eps",
-               "stress_rel_eps", "level", "violation", "net_force_per_atom", "net_torque",
-               "frame_noise_energy", "frame_noise_forces", "frame_noise_stress")
+#: scalar diagnostics in ``results`` (NaN on steps where they were not computed): the
+#: rows of :data:`symmon.monitoring.schema.OBSERVABLES` marked ``results``
+DIAGNOSTICS = tuple(name for name in RESULTS if not OBSERVABLES[name].per_atom)
+#: ... and those with one value per atom (NaN per atom where not computed)
+PER_ATOM_DIAGNOSTICS = tuple(name for name in RESULTS if OBSERVABLES[name].per_atom)
 
 
 #: ``SymmetryMonitor`` keywords that are not monitor options (named by a misspelling hint)
@@ -69,7 +70,8 @@ class SymmetryMonitor(BaseCalculator):
     :param log: HDF5 log path (``None``: keep diagnostics in ``results`` only)
     :param readout: purified readout file (``symmon purify``) for ``mode="purified"``
     :param chunk_size: transformed copies per batched forward call (metatomic models;
-        default 32 on CPU, 256 on GPUs)
+        default: as many as the device's free memory holds, measured on the first calls,
+        :mod:`symmon.adapters.memory`)
     :param device: torch device of a metatomic model
     :param options: the monitor's settings, see
         :class:`symmon.monitoring.options.MonitorOptions` (``every``, ``random_rotations``,
@@ -78,8 +80,8 @@ class SymmetryMonitor(BaseCalculator):
         ``log_mode``, ``metadata``)
 
     ``results`` hold the returned ``energy``, ``free_energy``, ``forces``, ``stress``
-    (those the base implements) and the diagnostics :data:`DIAGNOSTICS` plus
-    ``forces_eps_per_atom``; ``forces_eps`` is the RMS over atoms of each atom's ε (eV/Å).
+    (those the base implements) and the diagnostics :data:`DIAGNOSTICS` and
+    :data:`PER_ATOM_DIAGNOSTICS` (``forces_eps_per_atom``); ``forces_eps`` is the RMS over atoms of each atom's ε (eV/Å).
     A structure that is not periodic in three directions has no stress: no stress
     diagnostics then (the log still declares them, NaN).
     """
@@ -92,7 +94,7 @@ class SymmetryMonitor(BaseCalculator):
                                     chunk_size=chunk_size, **options)
         self.base = self.monitor.source.base
         self.implemented_properties = (self.monitor.source.implemented
-                                       + list(DIAGNOSTICS) + ["forces_eps_per_atom"])
+                                       + list(RESULTS))
         atexit.register(_close_at_exit, weakref.ref(self))
 
     @property
@@ -119,8 +121,8 @@ class SymmetryMonitor(BaseCalculator):
         if not values:
             return {}
         diagnostics = _diagnostics(values)
-        if "forces_eps_per_atom" in values:
-            diagnostics["forces_eps_per_atom"] = np.asarray(values["forces_eps_per_atom"])
+        diagnostics.update({name: np.asarray(values[name]) for name in PER_ATOM_DIAGNOSTICS
+                            if name in values})
         return dict(diagnostics, step=int(values["step"]))
 
     def metadata(self) -> dict:
@@ -178,9 +180,10 @@ def _ase_results(returned, values, n_atoms, periodic: bool) -> dict:
     if "stress" in returned:
         results["stress"] = matrix_to_voigt(returned["stress"])
     results.update(_diagnostics(values))  # none on unmonitored steps
-    per_atom = values.get("forces_eps_per_atom")
-    results["forces_eps_per_atom"] = (_not_computed_per_atom(n_atoms).copy()
-                                      if per_atom is None else np.asarray(per_atom))
+    for name in PER_ATOM_DIAGNOSTICS:
+        per_atom = values.get(name)
+        results[name] = (_not_computed_per_atom(n_atoms).copy() if per_atom is None
+                         else np.asarray(per_atom))
     return results
 
 
@@ -191,7 +194,7 @@ def _diagnostics(values) -> dict:
 
 _NOT_COMPUTED = dict.fromkeys(DIAGNOSTICS, float("nan"))
 _NOT_COMPUTED_WITHOUT_STRESS = {name: value for name, value in _NOT_COMPUTED.items()
-                                if "stress" not in name}
+                                if OBSERVABLES[name].quantity != "stress"}
 _DIAGNOSTIC_NAMES = frozenset(DIAGNOSTICS)
 
 

@@ -35,7 +35,12 @@ def demo_structure(seed: int = 0):
 
 def run_demo(log: str = "demo.h5", steps: int = 200, overwrite: bool = False,
              report: str = "demo.html", seed: int = 0, full_every: int = 50) -> str:
-    """Run the monitored MD, print a summary, write ``log`` (and ``report``)."""
+    """Run the monitored MD, print a summary, write ``log`` (and ``report``).
+    An existing ``log`` is refused at once (before torch loads) unless ``overwrite``."""
+    if not overwrite and os.path.exists(log):
+        raise FileExistsError(f"{log} exists (an earlier symmon demo): run "
+                              f"'symmon demo --overwrite' to replace it, or give another "
+                              f"file with 'symmon demo --log other.h5'")
     import torch
     from ase import units
     from ase.md.langevin import Langevin

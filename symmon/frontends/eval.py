@@ -40,14 +40,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..core.outputs import (DIRECT_OUTPUTS, EV_PER_A3_IN_GPA, QUANTITY_KINDS, output, pretty_unit,
-                            without_net_force)
+from ..core.outputs import output, pretty_unit, without_net_force
+from ..core.quantities import QUANTITIES, QUANTITY, QUANTITY_NAMES
 from ..io.files import jsonable
 
-#: quantity -> unit of its per-structure numbers (file spelling)
-UNITS = {"energy": "eV/atom", "forces": "eV/angstrom", "stress": "eV/angstrom^3"}
-#: quantity -> number of components of one transforming object (per-component RMSE)
-COMPONENTS = {"energy": 1, "forces": 3, "stress": 9}
 #: a structure's error is floored at this fraction of the set's RMSE in its ratio
 RATIO_FLOOR = 0.01
 DEFAULT_LABEL_KEYS = {"energy": "energy", "forces": "forces", "stress": "stress"}
@@ -57,26 +53,24 @@ def choose_outputs(orbit_model, periodic: bool = True) -> Dict[str, str]:
     """quantity -> output to evaluate: direct forces/stress if the model has them."""
     available = set(orbit_model.available_outputs)
     chosen = {}
-    for quantity in QUANTITY_KINDS:
-        if quantity == "stress" and not periodic:
+    for q in QUANTITIES:
+        if q.kind == "symmetric_tensor" and not periodic:
             continue
-        for name in (DIRECT_OUTPUTS.get(quantity), quantity):
+        for name in (q.direct_output, q.name):
             if name in available:
-                chosen[quantity] = name
+                chosen[q.name] = name
                 break
     return chosen
 
 
 def _per_structure(quantity: str, squared: float, n_atoms: int) -> float:
     """A squared distance (summed over components and atoms) in the quantity's convention."""
-    from ..monitoring.diagnose import per_atom_factor
-
-    return math.sqrt(squared) * per_atom_factor(quantity, n_atoms)
+    return math.sqrt(squared) * QUANTITY[quantity].per_atom_factor(n_atoms)
 
 
 @dataclass
 class QuantityResult:
-    """One quantity on one structure (units of :data:`UNITS`; NaN errors: no label)."""
+    """One quantity on one structure (the quantity's ``eps_unit``; NaN errors: no label)."""
 
     eps: float
     error: float = math.nan
@@ -161,19 +155,20 @@ def summarize_quantity(quantity: str, items: Sequence[QuantityResult]) -> Dict:
     """Set-level numbers of one quantity (the ``quantities.<q>`` entry of the JSON)."""
     totals = sum((QuantityTotals.of(item) for item in items), QuantityTotals())
     rmse = _rms(totals.error_sq, totals.labelled_weight)
-    summary = {"unit": UNITS[quantity], "n_structures": len(items),
+    summary = {"unit": QUANTITY[quantity].eps_unit, "n_structures": len(items),
                "n_labelled": sum(not math.isnan(item.error) for item in items),
                "eps": _rms(totals.eps_sq, totals.weight), "rmse": rmse,
                "rmse_averaged": _rms(totals.error_averaged_sq, totals.labelled_weight),
-               "rmse_per_component": rmse / math.sqrt(COMPONENTS[quantity]),
+               "rmse_per_component": rmse / math.sqrt(QUANTITY[quantity].components),
                "ratio": _ratio(_rms(totals.labelled_eps_sq, totals.labelled_weight), rmse)}
     ratios = structure_ratios(items, rmse)
     finite = ratios[np.isfinite(ratios)]
     summary["ratio_median"] = float(np.median(finite)) if len(finite) else math.nan
     summary["ratio_p95"] = float(np.percentile(finite, 95)) if len(finite) else math.nan
-    if quantity == "stress":
-        summary["GPa"] = {key: summary[key] * EV_PER_A3_IN_GPA
-                          for key in ("eps", "rmse", "rmse_averaged")}
+    alt_unit = QUANTITY[quantity].alt_unit
+    if alt_unit is not None:
+        summary[alt_unit[0]] = {key: summary[key] * alt_unit[1]
+                                for key in ("eps", "rmse", "rmse_averaged")}
     return summary
 
 
@@ -208,7 +203,7 @@ def evaluate_set(orbit_model, structures, grid, label_keys: Dict[str, str],
 def summarize(results: Sequence[StructureResult], model: str, grid, outputs) -> Dict:
     """The JSON document of ``symmon eval`` (schema: docs/eval.md)."""
     quantities = {}
-    for quantity in QUANTITY_KINDS:
+    for quantity in QUANTITY_NAMES:
         items = [r.quantities[quantity] for r in results if quantity in r.quantities]
         if items:
             quantities[quantity] = summarize_quantity(quantity, items)
@@ -265,7 +260,7 @@ def format_text(document: Dict) -> str:
 def add_eval_arguments(parser) -> None:
     parser.add_argument("model", help="metatomic model (.pt) or metatrain checkpoint (.ckpt)")
     parser.add_argument("structures", help="labelled structures (extxyz or any ASE format)")
-    for quantity in QUANTITY_KINDS:
+    for quantity in QUANTITY_NAMES:
         parser.add_argument(f"--{quantity}-key", default=None, metavar="KEY",
                             help=f"key of the {quantity} labels (atoms.info/arrays or "
                             f"calculator results; default {DEFAULT_LABEL_KEYS[quantity]!r} "
@@ -280,7 +275,8 @@ def add_eval_arguments(parser) -> None:
     parser.add_argument("--index", default=":", help="ASE index of the structures to use")
     parser.add_argument("--device", default=None, help="torch device (default: the model's)")
     parser.add_argument("--chunk-size", type=int, default=None,
-                        help="transformed copies per forward call")
+                        help="transformed copies per forward call (default: planned "
+                        "from the memory one copy takes)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

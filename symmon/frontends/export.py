@@ -1,13 +1,14 @@
 """``symmon export``: the structures of the worst monitored steps, with per-atom ε.
 
-A step's forces ε is ranked by its RMS over atoms (the number means the same at any
-size)::
+Steps are ranked by ε in the units ``symmon report`` prints (the same number at any
+size, :func:`~.report.series.worst_step_rows`): forces by the RMS over atoms::
 
     ε_F = sqrt( (1/N) Σ_i ε_i² )      [eV/Å],   ε_i = forces_eps_per_atom[i]
 
 computed here from the logged per-atom ε, so logs where ``forces_eps`` is the sum over
-atoms (schema 1) and logs where it is the RMS rank alike.  Energy and stress steps rank
-by their logged ``energy_eps`` [eV] / ``stress_eps`` [eV/Å³].
+atoms (schema 1) and logs where it is the RMS rank alike; energy by ε per atom
+[eV/atom], stress by ε [eV/Å³]. The relative ε in ``info`` is
+:func:`symmon.monitoring.thresholds.relative_eps`, the report's.
 
 Two outputs: an extended XYZ file (``ase.io.read`` reads it; any structure viewer shows
 it) with per-atom arrays ``symmon_forces_eps`` [eV/Å] (and ``symmon_forces_off_target``
@@ -21,16 +22,20 @@ numbers as structure properties.  Logs are read only through
 from __future__ import annotations
 
 import os
-import warnings
 from collections import Counter
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..core.outputs import matrix_to_voigt, pretty_unit
-from ..io.files import write_through
 from ..io.log import LogFormatError, LogReader, read_log
-from .report.series import per_atom_row, per_atom_rms, rank_order, rms_over_atoms, symbols
+from ..io.run_index import is_run_directory
+from ..io.structures import write_chemiscope, write_extxyz
+from ..core.quantities import QUANTITY
+from ..monitoring.schema import NAMES
+from ..monitoring.thresholds import relative_eps
+from .report.series import (log_thresholds, lookup, per_atom_row, per_atom_rms,
+                            rms_over_atoms, symbols, worst_atoms_of, worst_step_rows)
 from .report.series import read as read_series
 
 EPS_PER_ATOM = "forces_eps_per_atom"
@@ -41,6 +46,9 @@ QUANTITIES = ("forces", "energy", "stress")
 #: logged scalars not copied to info: the model energy goes to the results, and
 #: forces ε is recomputed here (its meaning changed between log versions)
 _NOT_INFO = {"energy", "forces_eps", "forces_eps_total"}
+#: the info key of each quantity's ranked ε
+RANKED_BY = {"forces": "forces_eps_rms", "energy": "energy_eps_per_atom",
+             "stress": "stress_eps"}
 FORMATS = ("extxyz", "chemiscope")
 DEFAULT_WORST = 10
 _CHUNK_ROWS = 256  # rows read from the log at a time
@@ -84,22 +92,25 @@ def _check_logged(reader: LogReader, name: str, quantity: str) -> None:
 
 def step_eps(reader: LogReader, quantity: str = "forces"):
     """``(steps (n,), times (n,) [ps], ε (n,), unit)`` of ``quantity`` at each monitored
-    step; forces: RMS over atoms of the per-atom ε (see the module docstring), read in
-    chunks (:func:`~.report.series.per_atom_rms`)."""
+    step, per atom as the report prints it: forces the RMS over atoms of the per-atom ε
+    (read in chunks, :func:`~.report.series.per_atom_rms`), energy ε / N [eV/atom]."""
     if quantity not in QUANTITIES:
         raise ValueError(f"unknown quantity {quantity!r}; choose one of {', '.join(QUANTITIES)}")
     name = EPS_PER_ATOM if quantity == "forces" else f"{quantity}_eps"
     _check_logged(reader, name, quantity)
-    steps, times, values = (per_atom_rms if quantity == "forces" else
-                            lambda r: read_series(r, name))(reader)
-    return steps, times, values, reader.unit(name)
+    if quantity == "forces":
+        steps, times, values = per_atom_rms(reader)
+    else:
+        steps, times, values = read_series(reader, name)
+        values = values * QUANTITY[quantity].per_atom_factor(len(reader.species))
+    return steps, times, values, QUANTITY[quantity].eps_unit
 
 
 def worst_steps(reader: LogReader, n: Optional[int] = DEFAULT_WORST,
                 quantity: str = "forces") -> List[WorstStep]:
     """The ``n`` (None: all) monitored steps with the largest ε of ``quantity``."""
     steps, times, eps, unit = step_eps(reader, quantity)
-    order = rank_order(eps)[:n]
+    order = worst_step_rows(eps, n)
     return [WorstStep(rank + 1, int(steps[i]), float(times[i]), quantity, float(eps[i]), unit)
             for rank, i in enumerate(order)]
 
@@ -117,7 +128,7 @@ def worst_atoms(reader: LogReader, n: int = 5, step: Optional[int] = None) -> Li
     time, eps = row
     names = symbols(reader.species)
     return [WorstAtom(rank + 1, int(step), time, int(i), names[i], float(eps[i]))
-            for rank, i in enumerate(rank_order(eps)[:n])]
+            for rank, i in enumerate(worst_atoms_of(eps, n))]
 
 
 # ----------------------------------------------------------------- selection
@@ -142,7 +153,7 @@ def select_steps(reader: LogReader, *, worst: Optional[int] = None,
         raise ValueError("choose one of --worst, --steps and --all")
     logged, _, eps, _ = step_eps(reader, quantity)
     keys = _keys(logged)
-    order = rank_order(eps)
+    order = worst_step_rows(eps)
     rank = {keys[i]: r + 1 for r, i in enumerate(order)}
     if all_steps:
         return keys, rank
@@ -221,8 +232,30 @@ def exported_frames(reader: LogReader, keys: Sequence[Key],
         raise LogFormatError(f"{_names(reader)}: no frame (positions, cell) logged at "
                              f"step {', '.join(map(str, lost[:5]))}; the log is incomplete")
     values = _observable_values(reader, set(keys))
+    values.update(_relative_values(reader, set(keys)))
     return [_atoms(reader, frames[k], {n: v[k] for n, v in values.items() if k in v},
                    None if rank is None else rank[k], quantity) for k in keys]
+
+
+def _relative_values(reader: LogReader, wanted: set) -> Dict[str, Dict[Key, float]]:
+    """``<q>_rel_eps`` of the rows ``wanted`` from the one function
+    (:func:`~symmon.monitoring.thresholds.relative_eps`, the log's own thresholds), where
+    the log holds the orbit RMS ``<q>_rms``."""
+    out = {}
+    n_atoms, overrides = len(reader.species), log_thresholds(reader)
+    for q in QUANTITIES:
+        name = NAMES[q].eps if NAMES[q].eps in reader.observable_names \
+            else f"{q}_eps"
+        if any(n not in reader.observable_names for n in (name, f"{q}_rms", f"{q}_rel_eps")):
+            continue
+        step, _, eps = read_series(reader, name)
+        if name == f"{q}_eps" and q == "energy":
+            eps = eps * QUANTITY[q].per_atom_factor(n_atoms)
+        rms = lookup(step, *read_series(reader, f"{q}_rms")[::2])
+        relative = relative_eps(q, eps, rms, overrides)
+        out[f"{q}_rel_eps"] = {key: np.float64(relative[i]) for i, key in enumerate(_keys(step))
+                               if key in wanted}
+    return out
 
 
 def _atoms(reader: LogReader, frame, values: Dict[str, object], rank, quantity):
@@ -237,8 +270,7 @@ def _atoms(reader: LogReader, frame, values: Dict[str, object], rank, quantity):
     atoms.info.update(_step_info(reader, int(step), float(time), values))
     if rank is not None:
         atoms.info["symmon_rank"] = int(rank)
-        atoms.info["symmon_ranked_by"] = "forces_eps_rms" if quantity == "forces" \
-            else f"{quantity}_eps"
+        atoms.info["symmon_ranked_by"] = RANKED_BY[quantity]
     results = {name: values[name] for name in QUANTITIES if name in values}
     if "stress" in results:
         results["stress"] = matrix_to_voigt(results["stress"])  # ASE: symmetric, Voigt
@@ -256,7 +288,15 @@ def _step_info(reader: LogReader, step: int, time: float, values) -> Dict[str, o
                     symmon_forces_eps_rms_unit=unit,
                     symmon_forces_eps_total=float(np.sqrt(np.sum(eps ** 2))),
                     symmon_forces_eps_total_unit=unit)
+    if "energy_eps" in values and "energy_eps_per_atom" not in values:  # older logs
+        values = dict(values, energy_eps_per_atom=np.float64(
+            values["energy_eps"] * QUANTITY["energy"].per_atom_factor(len(reader.species))))
+        info["symmon_energy_eps_per_atom_unit"] = QUANTITY["energy"].eps_unit
     for name, value in values.items():
+        if name == "energy_eps_per_atom" and "energy_eps_per_atom" not in \
+                reader.observable_names:
+            info["symmon_energy_eps_per_atom"] = float(value)
+            continue
         if name in _NOT_INFO or reader.spec(name).shape != ():
             continue
         info[f"symmon_{name}"] = value.item()
@@ -265,85 +305,12 @@ def _step_info(reader: LogReader, step: int, time: float, values) -> Dict[str, o
     return info
 
 
-# ----------------------------------------------------------------- writers
-
-
-def write_extxyz(path: str, frames) -> None:
-    """Extended XYZ of ``frames`` (per-atom columns keep 8 decimals: ASE's format)."""
-    import ase.io
-
-    write_through(path, lambda tmp: ase.io.write(tmp, frames, format="extxyz"))
-
-
-#: per-step numbers shown as chemiscope structure properties: info key -> description
-_STRUCTURE_PROPERTIES = {
-    "symmon_step": "MD step",
-    "symmon_time_ps": "simulation time",
-    "symmon_forces_eps_rms": "forces ε, RMS over atoms",
-    "symmon_energy_eps": "energy ε",
-    "symmon_stress_eps": "stress ε",
-    "symmon_forces_rel_eps": "forces ε / orbit RMS of the forces",
-    "symmon_energy_rel_eps": "energy ε / orbit RMS of the energy",
-    "symmon_stress_rel_eps": "stress ε / orbit RMS of the stress",
-    "symmon_violation": "1 when a threshold was exceeded",
-}
-
-
-def chemiscope_properties(frames) -> Dict[str, dict]:
-    """Structure properties (per-step numbers present in every frame, not all NaN) and
-    atom properties (:data:`PER_ATOM_ARRAYS`) of ``frames``, in chemiscope's form."""
-    properties = {}
-    for key, text in _STRUCTURE_PROPERTIES.items():
-        if not all(key in a.info for a in frames):
-            continue
-        values = np.array([a.info[key] for a in frames], dtype=np.float64)
-        if np.all(np.isnan(values)):
-            continue
-        unit = frames[0].info.get(f"{key}_unit", "ps" if key == "symmon_time_ps" else "")
-        properties[key[len("symmon_"):]] = _property("structure", values, text, unit)
-    eps_name = PER_ATOM_ARRAYS[EPS_PER_ATOM]
-    if all(eps_name in a.arrays for a in frames):
-        values = np.concatenate([a.arrays[eps_name] for a in frames])
-        properties["atom_forces_eps"] = _property(
-            "atom", values, "forces ε of each atom", "eV/angstrom")
-    return properties
-
-
-def _property(target: str, values: np.ndarray, text: str, unit: str) -> dict:
-    entry = {"target": target, "values": values, "description": text}
-    if unit and unit != "1":
-        entry["units"] = pretty_unit(unit)
-    return entry
-
-
-def write_chemiscope(path: str, frames, name: str) -> None:
-    """A chemiscope dataset of ``frames`` (see :func:`chemiscope_properties`); the map
-    shows forces ε against step, the structures are coloured by per-atom ε."""
-    import chemiscope
-
-    if not path.endswith((".json", ".json.gz")):
-        raise ValueError(f"a chemiscope dataset must end in .json or .json.gz, got {path!r}")
-    properties = chemiscope_properties(frames)
-    color = "atom_forces_eps" if "atom_forces_eps" in properties else None
-    settings = chemiscope.quick_settings(
-        x="step" if "step" in properties else None,
-        y="forces_eps_rms" if "forces_eps_rms" in properties else None,
-        map_color="forces_eps_rms" if "forces_eps_rms" in properties else None,
-        structure_color=color, trajectory=True, periodic=bool(all(frames[0].pbc)))
-    metadata = {"name": name, "description": "symmon: per-atom and per-step O(3) "
-                "equivariance errors (ε) of the monitored steps"}
-    with warnings.catch_warnings():  # NaN (e.g. relative ε of a zero stress) is expected
-        warnings.filterwarnings("ignore", message=".*has NaNs.*")
-        write_through(path, lambda tmp: chemiscope.write_input(
-            tmp, structures=list(frames), properties=properties, metadata=metadata,
-            environments=chemiscope.all_atomic_environments(frames), settings=settings))
-
-
 # ----------------------------------------------------------------- command
 
 
 def add_export_arguments(parser) -> None:
-    parser.add_argument("logs", nargs="+", help="log file(s); several shards are merged")
+    parser.add_argument("logs", nargs="+", help="log file(s); several shards are merged; or "
+                        "a batched run's directory (TorchSimMonitor): its worst systems")
     parser.add_argument("-o", "--output", required=True,
                         help="output: .extxyz/.xyz (structures) or .json/.json.gz (chemiscope)")
     parser.add_argument("--format", choices=FORMATS, default=None,
@@ -392,6 +359,14 @@ def run_export(paths, output: str, *, fmt: Optional[str] = None, worst: Optional
     if fmt == "chemiscope" and worst is None and steps is None:
         all_steps = True
     paths = [os.fspath(paths)] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if len(paths) == 1 and is_run_directory(paths[0]):  # a batched run (TorchSimMonitor)
+        if steps is not None or all_steps:
+            raise ValueError(f"{paths[0]} is a batched run's directory: export its worst "
+                             "systems with --worst N, or one system's steps from its log "
+                             "(symmon export DIR/system-XXXX.h5 --steps ...)")
+        from .export_systems import run_export_systems
+
+        return run_export_systems(paths[0], output, fmt=fmt, worst=worst, quantity=quantity)
     with _open(paths) as reader:
         try:
             keys, rank = select_steps(reader, worst=worst, steps=steps, all_steps=all_steps,
@@ -419,7 +394,7 @@ def _open(paths: List[str]) -> LogReader:
 
 def _summary(output: str, fmt: str, frames, quantity: str, ranked: bool) -> str:
     arrays = sorted({name for a in frames for name in a.arrays if name.startswith("symmon_")})
-    key = "symmon_forces_eps_rms" if quantity == "forces" else f"symmon_{quantity}_eps"
+    key = f"symmon_{RANKED_BY[quantity]}"
     eps = [a.info[key] for a in frames if key in a.info]
     unit = pretty_unit(frames[0].info.get(f"{key}_unit", ""))
     worst = f"; largest {quantity} ε {max(eps):.3g} {unit} at step " \

@@ -1,7 +1,7 @@
 """Orbit values -> the numbers of one step: ε, error bars, spectra, per-atom ε.
 
-Every ε is reported in the per-atom normalisation a person reads (the units of
-:data:`symmon.monitoring.thresholds.UNITS`), so the same structure repeated ``n`` times
+Every ε is reported in the per-atom normalisation a person reads (``eps_unit`` and
+:meth:`~symmon.core.quantities.Quantity.per_atom_factor` of the quantity table), so the same structure repeated ``n`` times
 gives the same number:
 
 * energy: ``energy_eps`` is the ε of the total energy (eV); ``energy_eps_per_atom`` =
@@ -37,22 +37,10 @@ import torch
 from ..core.intervals import INTERVAL_METHODS
 from ..core.irreps import Irrep
 from ..core.metrics import character_spectrum, equivariance_error
-from ..core.outputs import EV_PER_A3_IN_GPA, QUANTITY_KINDS
+from ..core.quantities import QUANTITY
 from ..core.representations import get_representation
 from .schedule import StepPlan
-
-
-def per_atom_factor(quantity: str, n_atoms: int) -> float:
-    """The factor taking ε (and orbit RMS) of ``quantity`` to its per-atom normalisation."""
-    return {"energy": 1.0 / n_atoms, "forces": 1.0 / np.sqrt(n_atoms),
-            "stress": 1.0}[quantity]
-
-
-#: name of each quantity's per-atom-normalised ε (what the thresholds grade) ...
-NORMALISED_EPS = {"energy": "energy_eps_per_atom", "forces": "forces_eps",
-                  "stress": "stress_eps"}
-#: ... and of its ε as measured (total energy, forces summed over atoms)
-RAW_EPS = {"energy": "energy_eps", "forces": "forces_eps_total", "stress": "stress_eps"}
+from .schema import NAMES
 
 
 def epsilon_values(quantity: str, orbit_values, plan: StepPlan, n_atoms: int,
@@ -64,40 +52,40 @@ def epsilon_values(quantity: str, orbit_values, plan: StepPlan, n_atoms: int,
     ``laws``: quantity -> reference law of the random-pair intervals
     (:mod:`symmon.monitoring.calibration`); ``collect``: where this orbit is stored as a
     new reference (calibration and full-orbit steps)."""
-    error = equivariance_error(orbit_values, plan.grid, QUANTITY_KINDS[quantity],
+    row, names = QUANTITY[quantity], NAMES[quantity]
+    error = equivariance_error(orbit_values, plan.grid, row.kind,
                                dtype=dtype, check_exactness=plan.full,
                                calibration=(laws or {}).get(quantity),
                                calibrate=collect is not None)
     if collect is not None and error.calibration is not None:
         collect[quantity] = error.calibration
-    factor = per_atom_factor(quantity, n_atoms)
-    raw, normalised = RAW_EPS[quantity], NORMALISED_EPS[quantity]
-    values = {raw: error.eps, f"{raw}_err": error.eps_stderr,
-              normalised: error.eps * factor, f"{normalised}_err": error.eps_stderr * factor,
-              f"{normalised}_ci68": np.asarray(error.interval_68) * factor,
-              f"{normalised}_ci95": np.asarray(error.interval_95) * factor,
-              f"{quantity}_interval_method": INTERVAL_METHODS.index(error.interval_method),
-              f"{quantity}_rms": error.rms * factor,
-              f"{quantity}_at_floor": int(error.at_floor)}
+    factor = row.per_atom_factor(n_atoms)
+    values = {names.raw_eps: error.eps, names.raw_eps_err: error.eps_stderr,
+              names.eps: error.eps * factor, names.eps_err: error.eps_stderr * factor,
+              names.ci68: np.asarray(error.interval_68) * factor,
+              names.ci95: np.asarray(error.interval_95) * factor,
+              names.interval_method: INTERVAL_METHODS.index(error.interval_method),
+              names.rms: error.rms * factor, names.at_floor: int(error.at_floor)}
     if plan.full:
-        values[f"{quantity}_exact"] = int(error.exact)
-        values[f"{quantity}_quadrature_error"] = error.quadrature_error * factor
-    if quantity == "forces":
-        values["forces_eps_per_atom"] = error.per_item
-    if quantity == "stress":
-        values["stress_eps_gpa"] = error.eps * EV_PER_A3_IN_GPA
+        values[names.exact] = int(error.exact)
+        values[names.quadrature_error] = error.quadrature_error * factor
+    if names.eps_per_atom:
+        values[names.eps_per_atom] = error.per_item
+    if names.eps_alt:
+        values[names.eps_alt] = error.eps * factor * row.alt_unit[1]
     return values
 
 
 def spectrum_values(quantity: str, orbit_values, plan: StepPlan, l_max: int) -> Dict:
     """Normalised character spectrum, power beyond ``l_max`` and contamination."""
     spectrum = character_spectrum(orbit_values, plan.spectrum, l_max,
-                                  sample_dims=1 if quantity == "forces" else 0)
-    targets = get_representation(QUANTITY_KINDS[quantity]).targets
-    values = {f"{quantity}_spectrum": spectrum.normalized,
-              f"{quantity}_residual": spectrum.residual_fraction,
-              f"{quantity}_contamination": spectrum.contamination(targets)}
-    if quantity == "stress":
+                                  sample_dims=1 if QUANTITY[quantity].per_atom else 0)
+    targets = get_representation(QUANTITY[quantity].kind).targets
+    names = NAMES[quantity]
+    values = {names.spectrum: spectrum.normalized,
+              names.residual: spectrum.residual_fraction,
+              names.contamination: spectrum.contamination(targets)}
+    if names.traceless_spectrum:
         values.update(stress_blocks(orbit_values, plan, l_max))
     return values
 
@@ -121,9 +109,9 @@ def stress_blocks(orbit_values, plan: StepPlan, l_max: int) -> Dict:
         blocks[target] = spectrum
         off_target += (1 - spectrum.fraction([target])) * spectrum.mean_square
         total += spectrum.mean_square
-    traceless = blocks[Irrep(2, 1)]
-    return {"stress_contamination": off_target / total if total > 0 else 0.0,
-            "stress_traceless_spectrum": traceless.normalized}
+    traceless, names = blocks[Irrep(2, 1)], NAMES["stress"]
+    return {names.contamination: off_target / total if total > 0 else 0.0,
+            names.traceless_spectrum: traceless.normalized}
 
 
 def diagnose(orbit: Mapping[str, object], plan: StepPlan, n_atoms: int, l_max: int,
@@ -149,9 +137,10 @@ def in_frame(frame_values: Mapping[str, object], frame: np.ndarray,
     returned = {}
     for quantity in quantities:
         values = torch.as_tensor(frame_values[quantity], dtype=torch.float64)
-        representation = get_representation(QUANTITY_KINDS[quantity])
-        back = representation.back_transform(values, matrices, determinants)[0].numpy()
-        returned[quantity] = (back + back.T) / 2 if quantity == "stress" else back
+        kind = QUANTITY[quantity].kind
+        back = get_representation(kind).back_transform(values, matrices, determinants)[0]
+        back = back.numpy()
+        returned[quantity] = (back + back.T) / 2 if kind == "symmetric_tensor" else back
     return returned
 
 
@@ -159,8 +148,8 @@ def frame_noise(returned: Mapping[str, np.ndarray], unrotated: Mapping[str, np.n
                 n_atoms: int) -> Dict[str, float]:
     """``frame_noise_<q>``: ``||y_Q - f(x)||`` of the random-frame prediction against the
     unrotated one, per atom as ε (eV/atom, RMS over atoms eV/Å, eV/Å³)."""
-    return {f"frame_noise_{q}": float(np.linalg.norm(np.asarray(returned[q]) - unrotated[q]))
-            * per_atom_factor(q, n_atoms) for q in returned}
+    return {NAMES[q].frame_noise: float(np.linalg.norm(np.asarray(returned[q]) - unrotated[q]))
+            * QUANTITY[q].per_atom_factor(n_atoms) for q in returned}
 
 
 def net_signals(forces: np.ndarray, positions: np.ndarray, masses: Optional[np.ndarray],

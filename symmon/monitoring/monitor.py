@@ -1,15 +1,17 @@
 """The monitor: one calculation -> returned predictions and a step record.
 
-Per calculation (:meth:`Monitor.calculate`):
+:meth:`Monitor.calculate` runs five named stages on a typed :class:`StepResult`:
 
-1. the step number (:mod:`.steps`) and its plan (:mod:`.schedule`);
-2. the base calculator's predictions (:mod:`.source`);
-3. on monitored steps, the orbit (one batched call for metatomic models), the
-   diagnostics (:mod:`.diagnose`) and the verdict (:mod:`.policy`); a problem is acted
-   on here -- warn, raise (log written first), or switch to averaging, which is logged
-   as the event ``mode_switch``;
-4. what is returned: the base predictions, their O(3) average, or the purified readout's;
-5. the record (:mod:`.recorder`): committed at once for single points, or when the
+1. **plan** -- the step number (:mod:`.steps`) and its plan (:mod:`.schedule`);
+2. **evaluate** -- the base calculator's predictions and, on monitored steps, the orbit
+   (one batched call for metatomic models; :mod:`.source`);
+3. **measure** -- the diagnostics of the orbit (:mod:`.diagnose`, :mod:`.calibration`);
+4. **decide** -- the verdict (:mod:`.policy`) and what is done about a problem: warn,
+   raise (log written first), or switch to averaging, logged as the event
+   ``mode_switch``; then what is returned (the base predictions, their O(3) average, or
+   the purified readout's) and its zero-cost signals;
+5. **record** -- the step's values (every name a row of :data:`.schema.OBSERVABLES`)
+   committed to the log (:mod:`.recorder`): at once for single points, or when the
    attached driver confirms the step.
 
 It knows nothing of ASE's ``Calculator`` class: front-ends (the ASE calculator, the
@@ -20,25 +22,78 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass, field, replace
 from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from .. import __version__
 from ..adapters.base import validate_atoms
+from ..adapters.memory import OrbitOutOfMemory
 from ..core.metrics import orbit_average
 from ..core.orbit_values import NonFiniteOrbit
-from ..core.outputs import QUANTITY_KINDS, QUANTITY_UNITS, without_net_force
-from ..io.files import file_sha256
-from . import thresholds
+from ..core.outputs import output, without_net_force
+from ..core.quantities import QUANTITY
 from .diagnose import diagnose, frame_noise, in_frame, net_signals
 from .options import MonitorOptions
 from .policy import Policy, SymmetryViolation, SymmetryViolationWarning, Verdict
 from .recorder import Recorder, StepRecord
 from .schedule import Schedule, StepPlan
-from .schema import CALL_KINDS, observable_specs
-from .source import IDENTITY, ModelSource
+from .schema import CALL_KINDS, log_metadata, observable_specs
+from .source import IDENTITY, BaseValues, ModelSource
 from .steps import StepClock
+
+
+@dataclass
+class StepResult:
+    """One calculation, filled stage by stage; :meth:`values` is what the log records."""
+
+    step: int
+    plan: StepPlan
+    quantities: Tuple[str, ...]
+    positions: np.ndarray
+    cell: np.ndarray
+    extra: Mapping[str, object]  # a front-end's values (declared in its extra_specs)
+    base: Optional[BaseValues] = None  # evaluate: the unrotated predictions
+    stacks: Dict[str, Dict] = field(default_factory=dict)  # evaluate: name -> orbit values
+    diagnostics: Dict[str, object] = field(default_factory=dict)  # measure
+    verdict: Optional[Verdict] = None  # decide
+    switched: bool = False  # decide: the monitor switched to averaging at this step
+    eps_of_returned: Optional[bool] = None  # decide: ε measures what is returned
+    returned: Optional[Dict[str, np.ndarray]] = None  # decide: handed to the front-end
+    averaged: Optional[bool] = None  # decide: the returned values were O(3)-averaged
+    signals: Dict[str, float] = field(default_factory=dict)  # decide: of the returned
+
+    def values(self) -> Dict[str, object]:
+        """The step's observables as the log names them (what was computed only)."""
+        values = dict(self.extra)
+        if self.base is not None:
+            values.update(self.base.predictions)
+        values.update(self.diagnostics)
+        if self.verdict is not None:
+            values.update(self.verdict.values())
+        if self.switched:
+            values["mode_switch"] = 1
+        if self.eps_of_returned is not None:
+            values["eps_of_returned"] = int(self.eps_of_returned)
+        if self.plan.scheduled:
+            values["monitor_stride"] = self.plan.stride
+        if self.averaged is not None:
+            values["averaged"] = int(self.averaged)
+        values.update(self.signals)
+        return values
+
+
+class SaidOnce:
+    """Warnings given once per key over a run."""
+
+    def __init__(self):
+        self.said = set()
+
+    def new(self, keys) -> list:
+        """The ``keys`` not said yet, now marked said."""
+        fresh = [key for key in keys if key not in self.said]
+        self.said.update(fresh)
+        return fresh
 
 
 class Monitor:
@@ -61,22 +116,25 @@ class Monitor:
         self.source, self.options = source, options
         self.schedule, self.policy = Schedule(options), Policy(options)
         self.calibrations = self.schedule.calibrations
+        self.extra_specs = dict(extra_specs or {})
         self.recorder = Recorder(log, options.log_mode, options.flush_every,
-                                 options.trajectory)
+                                 options.trajectory, extra_names=self.extra_specs)
         self.readout = readout
         if options.mode == "purified":
             self._check_readout(readout)
-        self.extra_specs = dict(extra_specs or {})
         self.clock = StepClock()
         self.averaging = options.mode == "average"
         self.n_violations = 0
+        #: steps whose orbit did not fit in memory (not monitored, the plain prediction)
+        self.n_not_monitored = 0
+        self._orbit_failed = False
         self.last_values: Dict[str, object] = {}
         #: the values of the last monitored step committed to the log, with its ``step``
         self.last_monitored: Dict[str, object] = {}
         self._pending: Optional[StepRecord] = None
         self._atoms = None  # the structure of the first record (the log's species, pbc)
         self._valid_cell = None  # (cell, pbc) bytes last checked by validate_atoms
-        self._said = set()  # one-time messages already given
+        self._said = SaidOnce()  # one-time messages already given
         #: feature outputs every orbit call asks for (the purified readout's)
         self.features = [readout.feature] if readout is not None else []
         source.keep_on_device(self.features)
@@ -88,9 +146,9 @@ class Monitor:
 
     # -- set-up ------------------------------------------------------------------------
     def _check_readout(self, readout) -> None:
-        sources = {"non_conservative_forces": ("forces", self.source.nc_forces),
-                   "non_conservative_stress": ("stress", self.source.nc_stress)}
-        if readout.target not in sources or not sources[readout.target][1]:
+        returned = {QUANTITY["forces"].direct_output: self.source.nc_forces,
+                    QUANTITY["stress"].direct_output: self.source.nc_stress}
+        if not returned.get(readout.target):
             raise ValueError(
                 f"the readout corrects {readout.target!r}, which this monitor does not "
                 "return: purified mode applies to direct (non-conservative) forces or "
@@ -142,6 +200,20 @@ class Monitor:
         of this calculation (diagnostics, NaN-free; only what was computed); its time
         is booked in the overhead budget of ``every="auto"``."""
         started = self.schedule.clock()
+        result = self._plan(atoms, extra_values)
+        self._evaluate(atoms, result)
+        if result.plan.grid is not None:
+            self._measure(atoms, result)
+            self._decide(result)
+        self._respond(atoms, result)
+        values = self._record(result)
+        if self.first_step_s is None:
+            self.first_step_s = self.schedule.clock() - started
+        self.schedule.charge(result.plan, self.schedule.clock() - started)
+        return result.returned, values
+
+    def _plan(self, atoms, extra_values: Optional[Mapping]) -> StepResult:
+        """Check the structure, number the step and plan it."""
         searched = self._validate(atoms)
         quantities = self.source.quantities(atoms)
         if self._atoms is None:
@@ -154,44 +226,94 @@ class Monitor:
         plan = self.schedule.plan(step, self.averaging)
         if plan.scheduled and not searched:
             validate_atoms(atoms, overlaps=True, cell=False)  # a tree build: monitored steps
-        base, stacks = self.source.evaluate(
-            atoms, quantities, self._frames(plan), base=self._needs_base(plan),
-            features=self.features)
-        self._purify(stacks)
-        if stacks:  # the grid's orbit is checked by the engine (NonFiniteOrbit below)
-            self._check_finite(atoms, step, [v for name, stack in stacks.items()
-                                             if name != "grid" for v in stack.values()])
-        values = dict(extra_values or {})
-        if base is not None:
-            values.update(base.predictions)  # logged with every frame
-        record = StepRecord(step, self.clock.time_ps(step), atoms.positions.copy(),
-                            atoms.cell.array.copy(), plan.scheduled, values)
-        if plan.grid is not None:
-            if not self._judge(stacks["grid"], plan, base, quantities, record):
-                self._refuse_non_finite(atoms, step)  # outside the handler: one sentence
-        if plan.scheduled:
-            values["monitor_stride"] = plan.stride
-        returned = self._returned(atoms, quantities, base, plan, stacks)
-        values["averaged"] = int(self.averaging)
-        if "frame" in stacks and base is not None:
-            values.update(frame_noise(returned, base.predictions, len(atoms)))
-        forces = self._net_force_source(returned, base)
+        return StepResult(step, plan, quantities, atoms.positions.copy(),
+                          atoms.cell.array.copy(), dict(extra_values or {}))
+
+    def _evaluate(self, atoms, result: StepResult) -> None:
+        """The base predictions and the planned stacks of copies (one batched call)."""
+        plan = result.plan
+        try:
+            result.base, result.stacks = self.source.evaluate(
+                atoms, result.quantities, self._frames(plan), base=self._needs_base(plan),
+                features=self.features)
+        except OrbitOutOfMemory as error:  # the plain call's prediction, not monitored
+            self._not_monitored(atoms, result, error)
+        self._purify(result.stacks)
+        if result.stacks:  # the grid's orbit is checked by the engine (NonFiniteOrbit)
+            self._check_finite(atoms, result.step, [
+                v for name, stack in result.stacks.items() if name != "grid"
+                for v in stack.values()])
+
+    def _not_monitored(self, atoms, result: StepResult, error: OrbitOutOfMemory) -> None:
+        """A step whose orbit does not fit in memory: the base calculator's own
+        prediction, returned as is (not averaged or purified), and no diagnostics."""
+        self.n_not_monitored += 1
+        instead = {"average": " (instead of the O(3) average)",
+                   "purified": " (instead of the purified prediction)"}.get(self.mode, "")
+        self._say_once("out_of_memory", f"step {result.step} is not monitored: {error}; the "
+                       f"base calculator's own prediction is returned{instead}, and later "
+                       "steps whose orbit does not fit are counted in n_not_monitored",
+                       stacklevel=5)
+        result.plan = replace(result.plan, grid=None, spectrum=None, frame=None,
+                              scheduled=False, calibrating=False)
+        result.base, result.stacks = self.source.plain(atoms, result.quantities), {}
+        self._orbit_failed = True
+
+    def _measure(self, atoms, result: StepResult) -> None:
+        """ε, intervals and spectra of the grid's orbit (one sentence if not finite)."""
+        plan = result.plan
+        collected = {} if self.calibrations.wanted(plan) else None
+        try:
+            result.diagnostics = diagnose(
+                result.stacks["grid"], plan, len(result.positions), self.options.l_max,
+                self.source.model_dtype, self.calibrations.laws(), collected)
+        except NonFiniteOrbit:
+            finite = False
+        else:
+            finite = True
+        if not finite:
+            self._refuse_non_finite(atoms, result.step)  # outside the handler: one sentence
+        if collected:
+            self.calibrations.update(plan, collected)
+        result.diagnostics.update(self.calibrations.values(plan))
+
+    def _decide(self, result: StepResult) -> None:
+        """Grade the step and act on a problem."""
+        result.verdict = self.policy.judge(result.diagnostics, result.quantities)
+        self.n_violations += int(result.verdict.level == "problem")
+        self._act(result)
+        result.eps_of_returned = self.mode in ("monitor", "purified")
+
+    def _respond(self, atoms, result: StepResult) -> None:
+        """What is returned, its zero-cost signals, and the finite check of steps
+        without an orbit."""
+        base = result.base
+        result.returned = self._returned(atoms, result.quantities, base, result.plan,
+                                         result.stacks)
+        result.averaged = self.averaging
+        if "frame" in result.stacks and base is not None:
+            result.signals.update(frame_noise(result.returned, base.predictions, len(atoms)))
+        forces = self._net_force_source(result.returned, base)
         if forces is not None:
             periodic = bool(any(atoms.pbc))
-            values.update(net_signals(forces, record.positions,
-                                      None if periodic else atoms.get_masses(), periodic))
-        if not stacks:  # orbit steps: checked above
-            self._check_finite(atoms, step, self._base_sums(base, values))
+            result.signals.update(net_signals(forces, result.positions,
+                                              None if periodic else atoms.get_masses(),
+                                              periodic))
+        if not result.stacks:  # orbit steps: checked in evaluate and measure
+            self._check_finite(atoms, result.step, self._base_sums(base, result.signals))
+
+    def _record(self, result: StepResult) -> Dict[str, object]:
+        """The step's record: committed now, or when the attached driver confirms it."""
+        values = result.values()
+        record = StepRecord(result.step, self.clock.time_ps(result.step), result.positions,
+                            result.cell, result.plan.scheduled, values)
         self.last_values = values
-        if self.first_step_s is None:
-            self.first_step_s = self.schedule.clock() - started
         if self.clock.attached:
             record.at_driver = self.clock.confirms(record.positions)
             self._pending = record
         else:
             self._commit(record, "single_point")
-        self.schedule.charge(plan, self.schedule.clock() - started)
-        return returned, values
+        return values
 
     def _validate(self, atoms) -> bool:
         """:func:`validate_atoms` at the cost an unmonitored step can bear: coincident
@@ -262,41 +384,24 @@ class Monitor:
         readout = self.readout
         if readout is None:
             return
-        quantity = "forces" if readout.target == "non_conservative_forces" else "stress"
+        quantity = output(readout.target).quantity
         for values in stacks.values():
             features = values.pop(readout.feature)
             corrected = readout.correct_torch(values[quantity], features)
-            if quantity == "forces":  # as MetatomicCalculator returns direct forces
+            if QUANTITY[quantity].per_atom:  # as MetatomicCalculator returns direct forces
                 corrected = without_net_force(corrected)
             values[quantity] = corrected
 
-    def _judge(self, orbit, plan: StepPlan, base, quantities, record: StepRecord) -> bool:
-        """Diagnose, grade and act; False (nothing done) when the orbit is not finite."""
-        values = record.values
-        collected = {} if self.calibrations.wanted(plan) else None
-        try:
-            values.update(diagnose(orbit, plan, record.positions.shape[0], self.options.l_max,
-                                   self.source.model_dtype, self.calibrations.laws(),
-                                   collected))
-        except NonFiniteOrbit:
-            return False
-        if collected:
-            self.calibrations.update(plan, collected)
-        values.update(self.calibrations.values(plan))
-        verdict = self.policy.judge(values, quantities)
-        values.update(verdict.values())
-        self.n_violations += values["violation"]
-        self._act(verdict, record)
-        values["eps_of_returned"] = int(self.mode in ("monitor", "purified"))
-        return True
-
     def _returned(self, atoms, quantities, base, plan: StepPlan, stacks):
+        if self._orbit_failed:  # not monitored for lack of memory: the plain call's
+            self._orbit_failed = False
+            return base.predictions
         if self.averaging:
             grid = self.schedule.choose_average_grid(quantities)
             orbit = stacks.get("grid" if plan.grid is grid else "average")
             if orbit is None:  # switched to averaging at this step
                 orbit = self._evaluate_extra(atoms, quantities, grid.matrices)
-            return {q: orbit_average(orbit[q], grid, QUANTITY_KINDS[q]).numpy()
+            return {q: orbit_average(orbit[q], grid, QUANTITY[q].kind).numpy()
                     for q in quantities}
         if self.readout is not None:
             return {q: stacks["identity"][q][0].numpy() for q in quantities}
@@ -320,12 +425,15 @@ class Monitor:
         return stacks["extra"]
 
     # -- acting on a verdict -----------------------------------------------------------
-    def _act(self, verdict: Verdict, record: StepRecord) -> None:
+    def _act(self, result: StepResult) -> None:
+        verdict = result.verdict
         action = self.policy.action(verdict, self.averaging)
         if action is None:
             return
-        step, text = record.step, verdict.describe()
+        step, text = result.step, verdict.describe()
         if action == "raise":
+            record = StepRecord(result.step, self.clock.time_ps(result.step),
+                                result.positions, result.cell, True, result.values())
             self._commit(record, "driver_step" if self.clock.attached else "single_point")
             self.close()
             raise SymmetryViolation(f"symmetry violation at step {step}: {text}")
@@ -333,21 +441,19 @@ class Monitor:
             warnings.warn(f"symmetry violation at step {step} ({text}); switching to O(3) "
                           "averaging from this step on", SymmetryViolationWarning,
                           stacklevel=4)
-            self.averaging = True
-            record.values["mode_switch"] = 1
+            self.averaging = result.switched = True
             return
-        new = [q for q in verdict.problems if ("problem", q) not in self._said]
+        new = self._said.new(("problem", q) for q in verdict.problems)
         if new:
-            self._said.update(("problem", q) for q in new)
+            quantities = ", ".join(q for _, q in new)
             warnings.warn(f"symmetry violation at step {step}: {text} (warned once per "
-                          f"quantity; further problem steps of {', '.join(new)} are "
+                          f"quantity; further problem steps of {quantities} are "
                           "counted in the log's 'violation')",
                           SymmetryViolationWarning, stacklevel=4)
 
-    def _say_once(self, key: str, message: str) -> None:
-        if key not in self._said:
-            self._said.add(key)
-            warnings.warn(message, UserWarning, stacklevel=4)
+    def _say_once(self, key, message: str, stacklevel: int = 4) -> None:
+        if self._said.new([key]):
+            warnings.warn(message, UserWarning, stacklevel=stacklevel)
 
     def _say_not_monitored(self, atoms) -> None:
         missing = self.source.not_monitored(atoms)
@@ -355,7 +461,7 @@ class Monitor:
             self._say_once(("missing", tuple(missing)),
                            f"{type(self.source.base).__name__} does not provide "
                            f"{' or '.join(missing)}: not monitored (monitoring "
-                           f"{', '.join(self.source.quantities(atoms))})")
+                           f"{', '.join(self.source.quantities(atoms))})", stacklevel=5)
 
     # -- log ---------------------------------------------------------------------------
     def _commit(self, record: StepRecord, kind: str) -> None:
@@ -376,45 +482,9 @@ class Monitor:
                                 bool(any(atoms.pbc)), self.options.l_max, self.extra_specs)
 
     def metadata(self) -> dict:
-        source, options = self.source, self.options
-        model_path = getattr(source.orbit_model, "model_path", None) or \
-            getattr(source.base, "parameters", {}).get("model")
-        dynamics = self.clock.dynamics
-        meta = dict(options.describe())
-        meta.update({
-            "symmon_version": __version__,
-            "base_calculator": type(source.base).__name__,
-            "base_parameters": _parameters(source.base),
-            "orbit_path": source.path,
-            "model_file": model_path, "model_sha256": file_sha256(model_path),
-            "full_grid": self.schedule.full_grid.describe(),
-            "forces_source": "non_conservative" if source.nc_forces else "conservative",
-            "stress_source": "non_conservative" if source.nc_stress else "conservative",
-            "driver": None if dynamics is None else type(dynamics).__name__,
-            "warm_up_s": self.warm_up_s, "first_step_s": self.first_step_s,
-            "average_grid": None if self.schedule.average_grid is None
-            else self.schedule.average_grid.describe(),
-            "eps_measured_on": "base model" if options.mode in ("average", "random_frame")
-            else "returned predictions",
-            "interval_method": ("per step and quantity in <q>_interval_method: "
-                                "student_t_log_pairs (random steps before the first "
-                                "calibration), calibrated_bootstrap (the pivot law of the "
-                                "references up to step calibration_step) or bootstrap "
-                                "(a first calibration step), exact_quadrature or "
-                                "aliasing_bound (full-orbit steps); docs/theory.md"
-                                if options.calibration_rotations else
-                                "student_t_log_pairs (random steps), exact_quadrature or "
-                                "aliasing_bound (full-orbit steps); docs/theory.md"),
-            "model_dtype": str(source.model_dtype).replace("torch.", ""),
-            "reference_errors": dict(thresholds.REFERENCE_ERRORS),
-            "floors": dict(thresholds.FLOORS),
-            "units": {"energy": "eV", "length": "angstrom", "time": "ps",
-                      "forces": QUANTITY_UNITS["forces"], "stress": QUANTITY_UNITS["stress"],
-                      "forces_eps": "eV/angstrom (RMS over atoms)",
-                      "energy_eps_per_atom": "eV/atom"},
-        })
-        meta.update(options.metadata)
-        return meta
+        """The log's metadata (:func:`.schema.log_metadata`)."""
+        return log_metadata(self.source, self.options, self.schedule, self.clock.dynamics,
+                            self.warm_up_s, self.first_step_s)
 
     def flush(self) -> None:
         self.recorder.flush()
@@ -424,10 +494,3 @@ class Monitor:
         self._pending = None
         self.recorder.close()
 
-
-def _parameters(calculator) -> str:
-    """The base calculator's ASE parameters as sorted JSON (what an append must match)."""
-    import json
-
-    parameters = getattr(calculator, "parameters", None) or {}
-    return json.dumps(dict(parameters), sort_keys=True, default=str)

@@ -16,7 +16,7 @@ from typing import Dict, Mapping, Optional, Union
 
 import numpy as np
 
-from ..core.outputs import QUANTITY_KINDS
+from ..core.quantities import QUANTITY_NAMES
 
 #: the overhead budget of every="auto": the monitor may make a run this much slower
 DEFAULT_OVERHEAD = 0.05
@@ -98,15 +98,15 @@ def _per_quantity(name: str, values, what: str) -> Dict[str, float]:
     if values is None:
         return {}
     if _positive_number(values):
-        values = {quantity: float(values) for quantity in QUANTITY_KINDS}
+        values = {quantity: float(values) for quantity in QUANTITY_NAMES}
     if not isinstance(values, Mapping):
         raise ValueError(f"{name} must be a positive number or a dict quantity -> {what} "
                          f"(e.g. {name}=0.05 or {name}={{'forces': 0.05}}), got "
                          f"{type(values).__name__} {values!r}")
-    unknown = set(values) - set(QUANTITY_KINDS)
+    unknown = set(values) - set(QUANTITY_NAMES)
     if unknown:
         raise ValueError(f"{name} for unknown quantities {sorted(unknown, key=str)}; "
-                         f"expected some of {sorted(QUANTITY_KINDS)}")
+                         f"expected some of {sorted(QUANTITY_NAMES)}")
     for quantity, value in values.items():
         if not _positive_number(value):
             raise ValueError(f"{name} for {quantity} must be a positive finite number, got "

@@ -14,10 +14,10 @@ from typing import Dict, Iterable, Mapping, Optional
 
 import numpy as np
 
-from ..core.outputs import pretty_unit
-from .diagnose import NORMALISED_EPS
+from ..core.quantities import QUANTITY
 from .options import MonitorOptions
-from .thresholds import DOMINANT_RATIO, DOMINANT_SHARE, LEVELS, UNITS, Grade, grade
+from .schema import NAMES
+from .thresholds import DOMINANT_RATIO, DOMINANT_SHARE, LEVELS, Grade, grade
 
 
 class SymmetryViolation(RuntimeError):
@@ -34,11 +34,6 @@ class SymmetryViolationWarning(UserWarning):
 # Every sentence is generated from the numbers it states: a percentage of the quantity
 # is the Grade's ``relative`` (or ``share``), the same number the log and the report's
 # JSON hold, and a floor is named where it is used.
-
-#: the size of each quantity as a person writes it, and its ε's per-atom words
-SIZE_NAMES = {"energy": "|E| per atom", "forces": "|F|", "stress": "|σ|"}
-PER_ATOM_WORDS = {"energy": "", "forces": " per atom", "stress": ""}  # eV/atom says it
-ERROR_NOUNS = {"energy": "energy", "forces": "force", "stress": "stress"}
 
 
 def number(x, digits: int = 3) -> str:
@@ -66,13 +61,13 @@ def percent(fraction) -> str:
 
 def unit_of(quantity: str) -> str:
     """The per-atom unit of ``quantity``'s ε, as printed (``eV/Å``)."""
-    return pretty_unit(UNITS[quantity])
+    return QUANTITY[quantity].pretty_eps_unit()
 
 
 def scale_words(g: Grade) -> str:
     """``a typical MLIP force error (0.05 eV/Å)`` / ``the model's force error (...)``."""
     whose = "the model's" if g.scale_source == "model error" else "a typical MLIP"
-    return f"{whose} {ERROR_NOUNS[g.quantity]} error ({number(g.scale)} {unit_of(g.quantity)})"
+    return f"{whose} {QUANTITY[g.quantity].noun} error ({number(g.scale)} {unit_of(g.quantity)})"
 
 
 def comparison(g: Grade) -> str:
@@ -92,7 +87,7 @@ def size_words(g: Grade) -> str:
     ``140 % of |F| (0.013 eV/Å) itself`` (the third rule); '' for a relative ε that is
     not judged (the energy, whose zero is arbitrary)."""
     q, unit = g.quantity, unit_of(g.quantity)
-    size = SIZE_NAMES[q]
+    size = QUANTITY[q].size_label
     if g.dominated and g.share is not None:
         rms = f" ({number(g.rms)} {unit})" if g.rms is not None else ""
         return f"{percent(g.share)} % of {size}{rms} itself"
@@ -108,7 +103,7 @@ def statement(g: Grade) -> str:
     """``forces: ε 0.3 eV/Å per atom, 49 % of |F|, 6× the size of a typical MLIP force
     error (0.05 eV/Å)`` -- every number from ``g``."""
     q = g.quantity
-    text = f"{q}: ε {number(g.eps)} {unit_of(q)}{PER_ATOM_WORDS[q]}"
+    text = f"{q}: ε {number(g.eps)} {unit_of(q)}{QUANTITY[q].unit_words}"
     size = size_words(g)
     if size:
         text += f", {size}"
@@ -154,9 +149,10 @@ class Verdict:
         """What the log records: relative ε, ratio and level per quantity, the step's."""
         values: Dict[str, object] = {}
         for quantity, g in self.grades.items():
-            values[f"{quantity}_rel_eps"] = float("nan") if g.relative is None else g.relative
-            values[f"{quantity}_ratio"] = g.ratio
-            values[f"{quantity}_level"] = LEVELS.index(g.level)
+            names = NAMES[quantity]
+            values[names.rel_eps] = float("nan") if g.relative is None else g.relative
+            values[names.ratio] = g.ratio
+            values[names.level] = LEVELS.index(g.level)
         values["level"] = LEVELS.index(self.level)
         values["violation"] = int(self.level == "problem")
         return values
@@ -178,8 +174,8 @@ class Policy:
         """Grade the per-atom-normalised ε of each quantity against the table."""
         grades = {}
         for quantity in quantities:
-            eps = values[NORMALISED_EPS[quantity]]
-            grades[quantity] = grade(quantity, eps, rms=values[f"{quantity}_rms"],
+            names = NAMES[quantity]
+            grades[quantity] = grade(quantity, values[names.eps], rms=values[names.rms],
                                      model_error=self.model_errors.get(quantity),
                                      overrides=self.overrides)
         return Verdict(grades)

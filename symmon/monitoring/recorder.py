@@ -19,7 +19,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 
 from ..io.log import LogWriter, check_log_path
-from .schema import EVERY_STEP
+from .schema import EVERY_STEP, check_declared
 
 #: records of any kind after which the log is flushed whatever the schedule
 FLUSH_STEPS = 1000
@@ -50,12 +50,18 @@ class Recorder:
     :data:`FLUSH_SECONDS` after the last flush: a flush writes every observable's
     buffers (~5 ms on a CPU for ~70 observables), so at 10 records per flush it was the
     largest host cost of monitoring every step. A killed run (SIGKILL) loses at most the
-    unflushed records: ``flush_every`` monitored steps or ~10 s of the run."""
+    unflushed records: ``flush_every`` monitored steps or ~10 s of the run.
 
-    def __init__(self, path, mode: str, flush_every: int, trajectory: bool = False):
+    Every value's name must be a row of :data:`.schema.OBSERVABLES` or one of
+    ``extra_names`` (a front-end's own observables): an undeclared one is refused
+    (:class:`.schema.UndeclaredObservable`), log or not, instead of being left out."""
+
+    def __init__(self, path, mode: str, flush_every: int, trajectory: bool = False,
+                 extra_names=()):
         self.path = None if path is None else os.fspath(path)
         self.trajectory = bool(trajectory)
         self.mode, self.flush_every = mode, int(flush_every)
+        self.extra_names = frozenset(extra_names)
         if self.path is not None:
             check_log_path(self.path, mode)  # refuse bad paths before any step runs
         self._writer: Optional[LogWriter] = None
@@ -64,6 +70,7 @@ class Recorder:
 
     def write(self, record: StepRecord, atoms, specs: Callable[[], dict],
               metadata: Callable[[], dict]) -> None:
+        check_declared(record.values, self.extra_names)
         if self.path is None or not (record.monitored or self.trajectory):
             return
         if self._writer is None:

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..core.grids import (O3Grid, quadrature_grid, quaternion_matrices, random_grid,
                           randomized_quadrature_grid)
-from ..core.outputs import QUANTITY_KINDS
+from ..core.quantities import QUANTITY
 from ..core.representations import get_representation
 from .budget import MAX_STRIDE, OverheadBudget
 from .calibration import Calibrations
@@ -53,7 +53,7 @@ def step_seed(seed: int, step: int) -> int:
 
 def output_rank(quantity: str) -> int:
     """Highest angular order of an equivariant ``quantity`` (energy 0, forces 1, stress 2)."""
-    return max(irrep.l for irrep in get_representation(QUANTITY_KINDS[quantity]).targets)
+    return max(irrep.l for irrep in get_representation(QUANTITY[quantity].kind).targets)
 
 
 def average_degree(quantities: Sequence[str], band: int = AVERAGE_BAND) -> int:

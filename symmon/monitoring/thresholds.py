@@ -110,9 +110,6 @@ DOMINANT_RATIO = 2.0
 #: absolute floor of the scale of relative measures (same units): 0.05 eV/atom,
 #: 0.5 eV/Å, 0.03 eV/Å³ (4.8 GPa)
 FLOORS: Dict[str, float] = {q: FLOOR_FACTOR * e for q, e in REFERENCE_ERRORS.items()}
-#: units of the per-atom-normalised ε of each quantity (file spelling)
-UNITS: Dict[str, str] = {"energy": "eV/atom", "forces": "eV/angstrom",
-                         "stress": "eV/angstrom^3"}
 
 
 @dataclass(frozen=True)
@@ -175,7 +172,8 @@ def relative_eps(quantity: str, eps, rms, overrides: Optional[Mapping[str, float
     """The relative ε a person reads, everywhere (the monitor's ``<q>_rel_eps``, the
     report's verdict, tables, histogram and JSON, the export):
     ``eps / max(rms, floor(quantity, overrides))``, elementwise; NaN where ``rms`` is NaN.
-    ``eps`` and ``rms`` (the orbit RMS of the prediction) in :data:`UNITS`."""
+    ``eps`` and ``rms`` (the orbit RMS of the prediction) in the quantity's ``eps_unit``
+    (:mod:`symmon.core.quantities`)."""
     scale = np.maximum(np.asarray(rms, dtype=float), floor(quantity, overrides))
     with np.errstate(invalid="ignore", divide="ignore"):
         value = np.asarray(eps, dtype=float) / scale
@@ -244,7 +242,7 @@ def grade(quantity: str, eps: float, rms: Optional[float] = None,
           relative: Optional[float] = None, share: Optional[float] = None) -> Grade:
     """Grade ``eps`` of ``quantity`` (``"energy"``, ``"forces"`` or ``"stress"``).
 
-    ``eps`` and ``rms`` in the units of :data:`UNITS` (per atom); ``model_error`` is the
+    ``eps`` and ``rms`` in the quantity's ``eps_unit`` (per atom, :mod:`symmon.core.quantities`); ``model_error`` is the
     model's test RMSE in the same units (``None``: judged against REFERENCE_ERRORS).
     ``relative`` and ``share`` give the relative ε and the :func:`dominant_share`
     directly (e.g. percentiles of per-step values) instead of :func:`relative_eps` and

@@ -12,24 +12,16 @@ import numpy as np
 
 from ...monitoring.build import build_monitor
 from ...monitoring.options import MonitorOptions
+from ...monitoring.schema import EXTRAS, OBSERVABLES
 
 #: Keys of the JSON extras returned to i-PI with *every* force (NaN where a value was
 #: not computed on this call): i-PI raises KeyError if a key named in a trajectory's
 #: ``extra_type`` is missing at any step.
-EXTRAS_KEYS = (
-    "symmon_step",       # this client's call counter (= the log's step)
-    "monitored",         # 1 if the diagnostics were computed on this call, else 0
-    "full_orbit",        # 1 on exact-quadrature calls, 0 on random-rotation calls
-    "n_elements",        # O(3) elements evaluated
-    "energy_eps", "energy_eps_err", "energy_rel_eps", "energy_eps_per_atom",
-    "forces_eps", "forces_eps_err", "forces_rel_eps",  # per atom (RMS over atoms), eV/Å
-    "forces_eps_total",  # summed over atoms, eV/Å
-    "stress_eps", "stress_eps_err", "stress_rel_eps", "stress_eps_gpa",
-    "level", "violation",
-    "net_force_per_atom",  # eV/Å (the log also has net_torque of molecules); direct
-                           # forces: monitored calls only (the unrotated copy's raw forces)
-    "forces_eps_per_atom",  # list of n_atoms values
-)
+#: ``symmon_step`` is this client's call counter (= the log's step), ``monitored`` 1 if the
+#: diagnostics were computed on this call; the others are the rows of
+#: :data:`symmon.monitoring.schema.OBSERVABLES` marked ``extras`` (per-atom ones as lists
+#: of n_atoms values; units as in the log).
+EXTRAS_KEYS = ("symmon_step", "monitored") + EXTRAS
 #: Warn when i-PI's first structure is farther than this (angstrom, per atom, minimum
 #: image) from the template: the template's atom order probably differs from i-PI's.
 DEFAULT_POSITION_TOLERANCE = 0.5
@@ -194,11 +186,13 @@ class MonitoredEvaluator:
         values = self.last_values
         out: Dict[str, object] = {"symmon_step": step,
                                   "monitored": int("n_elements" in values)}
-        for name in EXTRAS_KEYS[2:-1]:
-            out[name] = float(values.get(name, math.nan))
-        per_atom = values.get("forces_eps_per_atom")
-        out["forces_eps_per_atom"] = (np.asarray(per_atom, dtype=float).reshape(-1).tolist()
-                                      if per_atom is not None else [math.nan] * len(self.atoms))
+        for name in EXTRAS:
+            value = values.get(name)
+            if not OBSERVABLES[name].per_atom:
+                out[name] = math.nan if value is None else float(value)
+            else:
+                out[name] = (np.asarray(value, dtype=float).reshape(-1).tolist()
+                             if value is not None else [math.nan] * len(self.atoms))
         return out
 
     def close(self) -> None:

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ...core.outputs import pretty_unit
+from ...core.quantities import QUANTITY, QUANTITY_NAMES
 from .numbers import percent
 from .series import MAX_SPECTRUM_ROWS, RunSeries
 from .summary import Summary
@@ -149,8 +150,7 @@ def _x_label(use_time: bool) -> str:
 
 
 def _quantities(runs) -> list[str]:
-    return [q for q in ("energy", "forces", "stress")
-            if any(q in r.series for r in runs)]
+    return [q for q in QUANTITY_NAMES if any(q in r.series for r in runs)]
 
 
 def _check(run: Run, q: str):
@@ -158,8 +158,7 @@ def _check(run: Run, q: str):
 
 
 def _eps_label(q: str, unit: str) -> str:
-    per_atom = " per atom" if q in ("energy", "forces") else ""
-    return f"{q} ε{per_atom}\n({pretty_unit(unit)})"
+    return f"{QUANTITY[q].eps_label}\n({pretty_unit(unit)})"
 
 
 def _one_legend(fig: Figure, handles) -> None:

@@ -32,10 +32,10 @@ import numpy as np
 
 from ...core.irreps import Irrep
 from ...io.log import LogFormatError, LogReader
-from ...monitoring.diagnose import per_atom_factor
-from ...monitoring.thresholds import UNITS, dominant_share, relative_eps
+from ...core.quantities import QUANTITY, QUANTITY_NAMES
+from ...monitoring.thresholds import dominant_share, relative_eps
 
-QUANTITIES = ("energy", "forces", "stress")
+QUANTITIES = QUANTITY_NAMES
 SAMPLE_BUDGET = 2_000_000    # values per read of per-atom / spectrum arrays
 MAX_SPECTRUM_ROWS = 1500     # full-orbit rows of a spectrum kept for the heatmap
 ERROR_SUFFIXES = ("_error", "_model_error")  # optional logged reference model errors
@@ -185,7 +185,7 @@ def quantity_series(reader: LogReader, q: str,
     n_atoms = len(reader.species)
     scale = 1.0
     if q == "energy" or (q == "forces" and forces_eps_is_total(reader)):
-        scale = per_atom_factor(q, n_atoms)
+        scale = QUANTITY[q].per_atom_factor(n_atoms)
     normalised = eps * scale
     if q == "forces" and scale != 1.0 and "forces_eps_per_atom" in reader.observable_names:
         normalised = lookup(step, *per_atom_rms(reader)[::2])
@@ -199,7 +199,7 @@ def quantity_series(reader: LogReader, q: str,
     return QuantitySeries(q, step, time, normalised, err * scale, rms,
                           np.asarray(relative_eps(q, normalised, rms, overrides), float),
                           np.asarray(dominant_share(q, normalised, rms), float), full,
-                          UNITS[q])
+                          QUANTITY[q].eps_unit)
 
 
 def per_atom_rms(reader: LogReader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -242,10 +242,9 @@ def per_atom_sample(reader: LogReader, budget: int | None = None):
 
 def target_irreps(q: str) -> list[Irrep]:
     """Irreps an exactly equivariant output ``q`` occupies."""
-    from ...core.outputs import QUANTITY_KINDS
     from ...core.representations import get_representation
 
-    return list(get_representation(QUANTITY_KINDS[q]).targets)
+    return list(get_representation(QUANTITY[q].kind).targets)
 
 
 def spectrum_of(reader: LogReader, q: str, name: str | None = None,
@@ -304,10 +303,10 @@ def read_run(reader: LogReader, overrides: Mapping[str, float] | None = None) ->
                      {q: e for q, e in errors.items() if e is not None}, scalars)
 
 
-def worst_step_rows(s: QuantitySeries, n: int | None = None) -> np.ndarray:
-    """Rows of the ``n`` (None: all) steps of largest ε of ``s``, worst first (NaN last,
-    ties in log order): the one ranking of steps (report and export)."""
-    return rank_order(s.eps)[:n]
+def worst_step_rows(eps, n: int | None = None) -> np.ndarray:
+    """Rows of the ``n`` (None: all) steps of largest per-step ``eps``, worst first (NaN
+    last, ties in log order): the one ranking of steps (report and export)."""
+    return rank_order(eps)[:n]
 
 
 def worst_atoms_of(eps_of_atoms, n: int | None = None) -> np.ndarray:

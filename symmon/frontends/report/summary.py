@@ -437,7 +437,7 @@ def worst_steps(data: RunSeries, worst_atoms, reader: LogReader | None) -> list[
     series = data.quantities
     ref = series["forces"] if "forces" in series else next(iter(series.values()))
     rows_of_atoms = [np.flatnonzero(ref.step == a["worst_step"])[:1] for a in worst_atoms]
-    order = list(dict.fromkeys([*worst_step_rows(ref, TOP_STEPS).tolist(),
+    order = list(dict.fromkeys([*worst_step_rows(ref.eps, TOP_STEPS).tolist(),
                                 *(int(r[0]) for r in rows_of_atoms if r.size)]))
     order.sort(key=lambda i: -np.nan_to_num(ref.eps[i], nan=-np.inf))
     rows = []

@@ -12,13 +12,11 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ...core.outputs import pretty_unit
+from ...core.quantities import QUANTITY
 from ...monitoring.thresholds import DOMINANT_RATIO, DOMINANT_SHARE
 from .criteria import channel_words
 from .numbers import fmt, fmt_fraction, percent
 
-EPS_NAMES = {"energy": "energy ε per atom", "forces": "forces ε per atom",
-             "stress": "stress ε"}
-SIZE_NAMES = {"energy": "|E| per atom", "forces": "|F|", "stress": "|σ|"}
 
 
 class Link(NamedTuple):
@@ -114,12 +112,12 @@ def eps_table(s) -> Table:
     rows = []
     for q, e in s.eps.items():
         unit = pretty_unit(e.unit)
-        rows.append([EPS_NAMES[q], unit, *(fmt(getattr(e.abs, k)) for k in
+        rows.append([QUANTITY[q].eps_label, unit, *(fmt(getattr(e.abs, k)) for k in
                                            ("median", "p95", "max")),
                      *(fmt(getattr(e.rel, k)) for k in ("median", "p95", "max")),
                      fmt(e.rms.median), f"{fmt(e.floor)} {unit}"])
         if e.abs_gpa is not None:
-            rows.append([EPS_NAMES[q], "GPa", *(fmt(getattr(e.abs_gpa, k)) for k in
+            rows.append([QUANTITY[q].eps_label, "GPa", *(fmt(getattr(e.abs_gpa, k)) for k in
                                                 ("median", "p95", "max")),
                          "", "", "", "", ""])
     header = ["output", "unit", "ε median", "ε p95", "ε max", "relative median",
@@ -168,7 +166,7 @@ def worst_steps_table(s) -> Table:
                      "yes" if r["full_orbit"] else "no", cell])
         ids.append(f"step-{r['step']}")
     units = {q: pretty_unit(s.eps[q].unit) for q in quantities}
-    header = ["step", "time (ps)", *(f"{EPS_NAMES[q]} ({units[q]})" for q in quantities),
+    header = ["step", "time (ps)", *(f"{QUANTITY[q].eps_label} ({units[q]})" for q in quantities),
               "full orbit", "worst atom"]
     return Table("Worst steps (the top 5 by forces ε per atom, and each worst atom's worst "
                  "step)", header, rows, ids)
@@ -217,7 +215,7 @@ def compare_table(summaries: list, labels: list[str]) -> Table:
     quantities = list(dict.fromkeys(q for s in summaries for q in s.eps))
     for q in quantities:
         unit = next(pretty_unit(s.eps[q].unit) for s in summaries if q in s.eps)
-        rows.append(row(f"{EPS_NAMES[q]} p95 ({unit})",
+        rows.append(row(f"{QUANTITY[q].eps_label} p95 ({unit})",
                         lambda s: fmt(s.eps[q].abs.p95) if q in s.eps else "–"))
         rows.append(row(f"{q} relative ε p95", lambda s: fmt(s.eps[q].rel.p95)
                         if q in s.eps else "–"))
