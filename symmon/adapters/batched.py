@@ -9,11 +9,12 @@ the copy's frame (``F Q^T``, ``Q sigma Q^T``).
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
 from .catalogue import GRADIENT_OUTPUTS, OutputCatalogue
+from .memory import ChunkPlanner, check_chunk_size  # noqa: F401 (re-exported)
 from .orbit_systems import OrbitSystems, output_values
 
 #: ``run(systems, requests) -> {model name: TensorMap}``
@@ -35,20 +36,21 @@ def atomistic_model_runner(model) -> Runner:
     return run
 
 
-def check_chunk_size(chunk_size) -> None:
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-
-
 class BatchedEvaluator:
-    """Evaluate outputs on ``K`` rotated copies, ``chunk_size`` copies per call."""
+    """Evaluate outputs on ``K`` rotated copies, as many per call as ``planner`` says
+    (:class:`~symmon.adapters.memory.ChunkPlanner`: an explicit ``chunk_size``, else from
+    the memory one copy takes; out-of-memory halves the chunk)."""
 
     def __init__(self, systems: OrbitSystems, catalogue: OutputCatalogue, run: Runner,
-                 chunk_size: int):
-        check_chunk_size(chunk_size)
+                 planner: ChunkPlanner):
         self.systems, self.catalogue, self.run = systems, catalogue, run
-        self.chunk_size = chunk_size
+        self.planner = planner
         self._requests: Dict[tuple, Dict] = {}
+
+    @property
+    def chunk_size(self) -> Optional[int]:
+        """The explicit chunk size (``None``: planned from memory)."""
+        return self.planner.chunk_size
 
     def requests(self, names: Sequence[str]) -> Dict:
         """The model's requests for ``names``, built once per set of names."""
@@ -63,14 +65,26 @@ class BatchedEvaluator:
         on the CPU; those in ``on_device`` stay on the model's device, in its dtype."""
         system = self.systems.system(atoms)
         volume = abs(atoms.cell.volume)
-        chunks: Dict[str, List[torch.Tensor]] = {name: [] for name in names}
-        for start in range(0, len(matrices), self.chunk_size):
-            block = torch.as_tensor(matrices[start:start + self.chunk_size],
-                                    dtype=self.systems.dtype, device=self.systems.device)
-            for name, value in self._chunk(system, block, names, len(atoms), volume).items():
-                chunks[name].append(value.detach() if name in on_device
-                                    else value.detach().to("cpu", torch.float64))
-        return {name: torch.cat(values) for name, values in chunks.items()}
+
+        def forward(start, stop):
+            block = torch.as_tensor(matrices[start:stop], dtype=self.systems.dtype,
+                                    device=self.systems.device)
+            return {name: value.detach() if name in on_device
+                    else value.detach().to("cpu", torch.float64)
+                    for name, value in self._chunk(system, block, names, len(atoms),
+                                                   volume).items()}
+
+        chunks = self.planner.run(len(matrices), len(atoms), forward,
+                                  size=self.memory_size(system, len(atoms)))
+        return {name: torch.cat([chunk[name] for chunk in chunks]) for name in names}
+
+    def memory_size(self, system, n_atoms: int) -> int:
+        """What one copy's memory is proportional to (the planner's
+        ``memory_scales_with``): atoms, or the pairs of the model's neighbour lists."""
+        if self.planner.memory_scales_with == "pairs":
+            return sum(len(system.get_neighbor_list(options).samples)
+                       for options in system.known_neighbor_lists()) or n_atoms
+        return n_atoms
 
     def _chunk(self, system, matrices, names, n_atoms, volume):
         direct = [name for name in names if name not in GRADIENT_OUTPUTS]

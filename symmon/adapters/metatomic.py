@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from .base import OrbitModel, check_species, validate_atoms, validate_matrices
-from .batched import BatchedEvaluator, atomistic_model_runner, check_chunk_size
+from .batched import BatchedEvaluator, atomistic_model_runner
+from .memory import ChunkPlanner
 from .catalogue import OutputCatalogue
 from .model_file import loading_model_file
 from .orbit_systems import OrbitSystems, per_copy_values  # noqa: F401 (re-exported)
@@ -82,7 +83,8 @@ class MetatomicOrbitModel(OrbitModel):
         ``metatomic_ase.MetatomicCalculator``
     :param device: torch device (default: the first of the model's supported devices
         that is available, CUDA first when the model lists it)
-    :param chunk_size: copies per forward call (default 32 on CPU, 256 on GPUs)
+    :param chunk_size: copies per forward call (default: planned from the memory one
+        copy takes, :class:`~symmon.adapters.memory.ChunkPlanner`)
     :param wrapper: ``(calculator, attribute)`` when ``model`` is the
         ``MetatomicCalculator`` held by another calculator: on the first call the
         wrapper's energy is checked equal to the model's
@@ -100,9 +102,8 @@ class MetatomicOrbitModel(OrbitModel):
         self.dtype = _DTYPES[self.capabilities.dtype]
         self.device = torch.device(pick_device(self.capabilities.supported_devices, device))
         self.model.to(self.device)
-        if chunk_size is None:  # small batches are fastest on CPU, large ones on GPUs
-            chunk_size = 32 if self.device.type == "cpu" else 256
-        check_chunk_size(chunk_size)
+        #: copies per forward call, from the memory they take (or ``chunk_size``)
+        self.planner = ChunkPlanner(self.device, chunk_size)
         self.atomic_types = sorted(int(t) for t in self.capabilities.atomic_types)
         self.label = model_label(self.model, self.model_path)
         self.catalogue = OutputCatalogue(self.capabilities.outputs, self.label)
@@ -117,7 +118,8 @@ class MetatomicOrbitModel(OrbitModel):
         else:
             self.path = "batched: chunks of rotated copies through AtomisticModel.forward"
             self.evaluator = BatchedEvaluator(self.systems, self.catalogue,
-                                              atomistic_model_runner(self.model), chunk_size)
+                                              atomistic_model_runner(self.model),
+                                              self.planner)
         self.chunk_size = chunk_size
         self.wrapper = wrapper
         #: outputs :meth:`evaluate` leaves on the model's device (for a consumer that

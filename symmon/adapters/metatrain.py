@@ -29,7 +29,8 @@ import torch
 
 from ..core.outputs import canonical_name, output
 from .base import OrbitModel, check_species, validate_atoms, validate_matrices
-from .batched import BatchedEvaluator, check_chunk_size
+from .batched import BatchedEvaluator
+from .memory import ChunkPlanner
 from .catalogue import OutputCatalogue
 from .hooks import (CaptureResult, ForwardHooks, edge_index, hooked_bases,
                     split_module_output)
@@ -70,12 +71,14 @@ class MetatrainOrbitModel(OrbitModel):
 
     :param model: checkpoint path (``.ckpt``) or an eager metatrain model
     :param device: torch device (default: CUDA when available, else CPU)
-    :param chunk_size: copies per forward call
+    :param chunk_size: copies per forward call (default: planned from the memory one
+        copy takes, :class:`~symmon.adapters.memory.ChunkPlanner`)
     :param dtype: floating point type of the evaluation (default float64)
     :param weights: ``"epoch"`` or ``"best"`` weights of a checkpoint
     """
 
-    def __init__(self, model, *, device: Optional[str] = None, chunk_size: int = 32,
+    def __init__(self, model, *, device: Optional[str] = None,
+                 chunk_size: Optional[int] = None,
                  dtype=torch.float64, weights: str = "epoch", length_unit: str = "angstrom"):
         from vesin.metatomic import neighbor_lists_for_model
 
@@ -84,7 +87,7 @@ class MetatrainOrbitModel(OrbitModel):
         self.device, self.dtype = torch.device(device), dtype
         self.model, self.info, self.model_path = _eager_model(model, weights, dtype,
                                                               self.device)
-        check_chunk_size(chunk_size)
+        self.planner = ChunkPlanner(self.device, chunk_size)
         self.chunk_size = chunk_size
         self.atomic_types = sorted(int(t) for t in getattr(self.model, "atomic_types", []))
         self.label = (f"checkpoint {os.path.basename(self.model_path)!r}" if self.model_path
@@ -102,7 +105,7 @@ class MetatrainOrbitModel(OrbitModel):
         self.evaluator = BatchedEvaluator(self.systems, self.catalogue,
                                           lambda systems, requests: self.model(systems,
                                                                                requests),
-                                          chunk_size)
+                                          self.planner)
         self.path = "batched: chunks of rotated copies through the eager module"
         self.modules = ModuleNames(self.model, self.target_names)
         self.is_pet = self.modules.is_pet
@@ -216,24 +219,33 @@ class MetatrainOrbitModel(OrbitModel):
         chunks: Dict[str, List[torch.Tensor]] = {n: [] for n in wanted}
         edges = None
         with torch.no_grad(), ForwardHooks(self.model, list(hooked), self.is_pet) as hooks:
-            for start in range(0, len(matrices), self.chunk_size):
-                block = torch.as_tensor(matrices[start:start + self.chunk_size],
-                                        dtype=self.dtype, device=self.device)
+            def forward(start, stop):
+                block = torch.as_tensor(matrices[start:stop], dtype=self.dtype,
+                                        device=self.device)
                 k = block.shape[0]
                 hooks.clear()
                 raw = self.model(self.systems.copies(system, block), requests)
-                for name in wanted:
-                    chunks[name].append(output_values(raw[name].block(), name, k, n_atoms)
-                                        .to("cpu", torch.float64))
-                edges = _same_edges(edges, edge_index(hooks.batch, k, n_atoms))
+                values = {name: output_values(raw[name].block(), name, k, n_atoms)
+                          .to("cpu", torch.float64) for name in wanted}
+                entries = {}
                 for base, suffixes in hooked.items():
-                    for entry, (value, kind) in split_module_output(
-                            base, suffixes, hooks.calls.get(base, []), hooks.batch, k,
-                            n_atoms, self.is_pet).items():
-                        collected.setdefault(entry, []).append(value)
-                        kinds[entry] = kind
+                    entries.update(split_module_output(base, suffixes,
+                                                       hooks.calls.get(base, []),
+                                                       hooks.batch, k, n_atoms, self.is_pet))
+                chunk_edges = edge_index(hooks.batch, k, n_atoms)
+                hooks.clear()
                 if progress is not None:
                     progress(k)
+                return values, entries, chunk_edges
+
+            for values, entries, chunk_edges in self.planner.run(len(matrices), n_atoms,
+                                                                 forward):
+                for name in wanted:
+                    chunks[name].append(values[name])
+                edges = _same_edges(edges, chunk_edges)
+                for entry, (value, kind) in entries.items():
+                    collected.setdefault(entry, []).append(value)
+                    kinds[entry] = kind
         return collected, kinds, {n: torch.cat(v) for n, v in chunks.items()}, edges
 
     def _add_features(self, result, names, collected, kinds, values, n_atoms) -> None:

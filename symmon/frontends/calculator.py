@@ -112,7 +112,8 @@ class SymmetryMonitor(BaseCalculator):
     :param log: HDF5 log path (``None``: keep diagnostics in ``results`` only)
     :param readout: purified readout file (``symmon purify``) for ``mode="purified"``
     :param chunk_size: transformed copies per batched forward call (metatomic models;
-        default 32 on CPU, 256 on GPUs)
+        default: as many as the device's free memory holds, measured on the first calls,
+        :mod:`symmon.adapters.memory`)
     :param device: torch device of a metatomic model
     :param options: the monitor's settings, see
         :class:`symmon.monitoring.options.MonitorOptions` (``every``, ``random_rotations``,

@@ -274,7 +274,8 @@ def add_eval_arguments(parser) -> None:
     parser.add_argument("--index", default=":", help="ASE index of the structures to use")
     parser.add_argument("--device", default=None, help="torch device (default: the model's)")
     parser.add_argument("--chunk-size", type=int, default=None,
-                        help="transformed copies per forward call")
+                        help="transformed copies per forward call (default: planned "
+                        "from the memory one copy takes)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
 from ..adapters.base import validate_atoms
+from ..adapters.memory import OrbitOutOfMemory
 from ..core.metrics import orbit_average
 from ..core.orbit_values import NonFiniteOrbit
 from ..core.outputs import output, without_net_force
@@ -124,6 +125,9 @@ class Monitor:
         self.clock = StepClock()
         self.averaging = options.mode == "average"
         self.n_violations = 0
+        #: steps whose orbit did not fit in memory (not monitored, the plain prediction)
+        self.n_not_monitored = 0
+        self._orbit_failed = False
         self.last_values: Dict[str, object] = {}
         #: the values of the last monitored step committed to the log, with its ``step``
         self.last_monitored: Dict[str, object] = {}
@@ -228,14 +232,32 @@ class Monitor:
     def _evaluate(self, atoms, result: StepResult) -> None:
         """The base predictions and the planned stacks of copies (one batched call)."""
         plan = result.plan
-        result.base, result.stacks = self.source.evaluate(
-            atoms, result.quantities, self._frames(plan), base=self._needs_base(plan),
-            features=self.features)
+        try:
+            result.base, result.stacks = self.source.evaluate(
+                atoms, result.quantities, self._frames(plan), base=self._needs_base(plan),
+                features=self.features)
+        except OrbitOutOfMemory as error:  # the plain call's prediction, not monitored
+            self._not_monitored(atoms, result, error)
         self._purify(result.stacks)
         if result.stacks:  # the grid's orbit is checked by the engine (NonFiniteOrbit)
             self._check_finite(atoms, result.step, [
                 v for name, stack in result.stacks.items() if name != "grid"
                 for v in stack.values()])
+
+    def _not_monitored(self, atoms, result: StepResult, error: OrbitOutOfMemory) -> None:
+        """A step whose orbit does not fit in memory: the base calculator's own
+        prediction, returned as is (not averaged or purified), and no diagnostics."""
+        self.n_not_monitored += 1
+        instead = {"average": " (instead of the O(3) average)",
+                   "purified": " (instead of the purified prediction)"}.get(self.mode, "")
+        self._say_once("out_of_memory", f"step {result.step} is not monitored: {error}; the "
+                       f"base calculator's own prediction is returned{instead}, and later "
+                       "steps whose orbit does not fit are counted in n_not_monitored",
+                       stacklevel=5)
+        result.plan = replace(result.plan, grid=None, spectrum=None, frame=None,
+                              scheduled=False, calibrating=False)
+        result.base, result.stacks = self.source.plain(atoms, result.quantities), {}
+        self._orbit_failed = True
 
     def _measure(self, atoms, result: StepResult) -> None:
         """ε, intervals and spectra of the grid's orbit (one sentence if not finite)."""
@@ -371,6 +393,9 @@ class Monitor:
             values[quantity] = corrected
 
     def _returned(self, atoms, quantities, base, plan: StepPlan, stacks):
+        if self._orbit_failed:  # not monitored for lack of memory: the plain call's
+            self._orbit_failed = False
+            return base.predictions
         if self.averaging:
             grid = self.schedule.choose_average_grid(quantities)
             orbit = stacks.get("grid" if plan.grid is grid else "average")

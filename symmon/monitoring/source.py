@@ -36,6 +36,7 @@ from ase.calculators.calculator import all_changes
 
 from ..adapters.ase import ASEOrbitModel
 from ..adapters.dispatch import held_metatomic_calculator
+from ..adapters.memory import OrbitOutOfMemory, is_out_of_memory
 from ..adapters.metatomic import MetatomicOrbitModel, metatomic_calculator_class
 from ..core.outputs import voigt_to_matrix, without_net_force
 from ..core.quantities import QUANTITY, QUANTITY_NAMES
@@ -223,6 +224,10 @@ class ModelSource:
             plain.raw_forces = raw_forces
         return plain, values
 
+    def plain(self, atoms, quantities) -> BaseValues:
+        """The base calculator's own call (no orbit)."""
+        return self._plain(atoms, quantities)
+
     def _plain(self, atoms, quantities) -> BaseValues:
         predictions = self.predictions(atoms, quantities)
         conservative = "forces" in predictions and not self.nc_forces
@@ -268,13 +273,30 @@ class ModelSource:
         return values["orbit"]
 
     def _raw_orbit(self, atoms, matrices, quantities, features) -> Dict[str, torch.Tensor]:
+        """:class:`OrbitOutOfMemory` (one sentence) where the orbit does not fit in memory,
+        whatever the adapter (the batched ones halve their chunks first)."""
         names = self.orbit_names(quantities)
-        # the monitor validates the atoms (Monitor._validate): the adapter need not again
-        raw = self.orbit_model.evaluate(atoms, matrices, list(names.values()) + list(features),
-                                        checked=True)
-        values = {q: raw[names[q]] for q in quantities}
-        values.update({name: raw[name] for name in features})
-        return values
+        try:  # the monitor validates the atoms (Monitor._validate): the adapter need not
+            raw = self.orbit_model.evaluate(atoms, matrices,
+                                            list(names.values()) + list(features),
+                                            checked=True)
+        except OrbitOutOfMemory:
+            raise
+        except Exception as error:  # noqa: BLE001 - allocation failures only
+            if not is_out_of_memory(error):
+                raise
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        else:
+            values = {q: raw[names[q]] for q in quantities}
+            values.update({name: raw[name] for name in features})
+            return values
+        import gc
+
+        gc.collect()  # the failed call's tensors, held by the exception's frames until now
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise OrbitOutOfMemory(f"the orbit of this structure ({len(atoms)} atoms, "
+                               f"{len(matrices)} copies) does not fit in memory ({reason})")
 
     def _remove_mean(self, stacks: Dict[str, Dict[str, torch.Tensor]]) -> None:
         if not self.nc_forces:

@@ -19,8 +19,9 @@ def _common(parser, output: str) -> None:
                         "'best' (what mtt export uses)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if "
                         "available, else cpu); evaluation is float64")
-    parser.add_argument("--chunk-size", type=int, default=32,
-                        help="transformed copies per forward call (default 32)")
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help="transformed copies per forward call (default: planned from "
+                        "the memory one copy takes)")
     parser.add_argument("--max-memory-gb", type=float, default=2.0,
                         help="memory for the captured features of one structure; modules "
                         "are evaluated in groups to stay below (default 2)")

@@ -87,7 +87,7 @@ def resolve_label_keys(energy_key, forces_key, stress_key, options, search) -> D
 # --------------------------------------------------------------------------------------
 def analyze_layers(model: str, structures: str, output: str = "layers.h5", *,
                    modules=None, l_max: int = 4, degree=None, weights: str = "epoch",
-                   device=None, chunk_size: int = 32, max_memory_gb: float = 2.0,
+                   device=None, chunk_size: Optional[int] = None, max_memory_gb: float = 2.0,
                    index: str = ":", label_keys=None, overwrite: bool = False,
                    figure: bool = True, progress: bool = True) -> Dict:
     """Spectra of one checkpoint's modules; writes ``output`` and ``<stem>.png``."""
@@ -178,7 +178,7 @@ def _epoch_inside(path: str) -> int:
 
 def analyze_checkpoints(inputs: Sequence[str], structures: str, output: str = "training.h5",
                         *, modules=None, l_max: int = 4, degree=None, weights: str = "epoch",
-                        device=None, chunk_size: int = 32, max_memory_gb: float = 2.0,
+                        device=None, chunk_size: Optional[int] = None, max_memory_gb: float = 2.0,
                         index: str = ":", label_keys=None, every: int = 1,
                         overwrite: bool = False, figures: bool = True,
                         progress: bool = True, log=print) -> Dict:
