@@ -27,7 +27,7 @@ import numpy as np
 from ase.calculators.calculator import (BaseCalculator, PropertyNotImplementedError,
                                         all_changes)
 
-from ..adapters.metatomic_ase import metatomic_calculator  # noqa: F401 (public name)
+from ..adapters.metatomic import metatomic_calculator  # noqa: F401 (re-exported)
 from ..core.outputs import matrix_to_voigt
 from ..monitoring.build import build_monitor
 from ..monitoring.monitor import Monitor
@@ -54,8 +54,9 @@ class StressNotAvailable(PropertyNotImplementedError, ValueError):
 
 def make_monitor(base, log=None, *, readout=None, device=None, chunk_size=None,
                  extra_specs=None, warm_up=True, **options) -> Monitor:
-    """A :class:`Monitor` of ``base`` (ASE calculator or ``.pt`` path), options checked
-    (a misspelt keyword is named with the closest valid one)."""
+    """A :class:`Monitor` of ``base`` (an ASE calculator, or a model, model file or
+    entry point its family has a calculator for), options checked (a misspelt keyword
+    is named with the closest valid one)."""
     check_option_names(options, also=FRONT_END_KEYWORDS)
     return build_monitor(base, log, readout=readout, device=device, chunk_size=chunk_size,
                          extra_specs=extra_specs, warm_up=warm_up,
@@ -65,14 +66,16 @@ def make_monitor(base, log=None, *, readout=None, device=None, chunk_size=None,
 class SymmetryMonitor(BaseCalculator):
     """An ASE calculator that wraps ``base`` and logs its O(3) symmetry diagnostics.
 
-    :param base: ASE calculator to wrap (a ``metatomic_ase.MetatomicCalculator``, or a
-        calculator holding one, gets the fast batched path), or a metatomic ``.pt`` path
+    :param base: ASE calculator to wrap (a calculator of a batched family --
+        ``MetatomicCalculator``, ``ORBCalculator``... -- or one holding it, gets the
+        fast batched path), a model object of such a family, a model file (``.pt``) or
+        a Python entry point ``"module:function"`` (docs/compatibility.md)
     :param log: HDF5 log path (``None``: keep diagnostics in ``results`` only)
     :param readout: purified readout file (``symmon purify``) for ``mode="purified"``
-    :param chunk_size: transformed copies per batched forward call (metatomic models;
+    :param chunk_size: transformed copies per batched forward call (batched families;
         default: as many as the device's free memory holds, measured on the first calls,
         :mod:`symmon.adapters.memory`)
-    :param device: torch device of a metatomic model
+    :param device: torch device of the model
     :param options: the monitor's settings, see
         :class:`symmon.monitoring.options.MonitorOptions` (``every``, ``random_rotations``,
         ``full_every``, ``degree``, ``l_max``, ``mode``, ``average_degree``,
