@@ -297,7 +297,7 @@ def label_keys_for(args, structures) -> Dict[str, str]:
 
 def run_eval(args) -> int:
     """``symmon eval``: one process, or every rank of ``torchrun ... symmon eval``."""
-    from ..adapters import make_orbit_model
+    from ..adapters.registry import orbit_model_for
     from ..adapters.labels import read_structures
     from ..core.grids import quadrature_grid
     from ..io.files import file_sha256
@@ -313,7 +313,7 @@ def run_eval(args) -> int:
         options = {"device": ranks.device if ranks.distributed else args.device}
         if args.chunk_size is not None:
             options["chunk_size"] = args.chunk_size
-        orbit_model = make_orbit_model(args.model, **options)
+        orbit_model = orbit_model_for(args.model, **options)
         settings = {"model_sha256": file_sha256(args.model), "degree": args.degree,
                     "structures_sha256": file_sha256(args.structures),
                     "index": args.index, "label_keys": keys}

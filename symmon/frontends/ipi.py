@@ -74,19 +74,19 @@ def set_threads(threads: Optional[int]) -> None:
 
 def make_base_calculator(model: str, non_conservative: bool = False,
                          device: Optional[str] = None):
-    """``"emt"`` -> ASE's EMT; a path -> ``metatomic_ase.MetatomicCalculator``."""
+    """``"emt"`` -> ASE's EMT; a model file or entry point -> its family's calculator
+    (a metatomic ``.pt`` -> ``MetatomicCalculator``)."""
     if str(model).lower() == "emt":
         from ase.calculators.emt import EMT
 
         return EMT()
-    from .calculator import metatomic_calculator
+    from ..adapters.registry import calculator_for
 
     try:
-        return metatomic_calculator(model, device=device,
-                                    non_conservative=bool(non_conservative))
+        return calculator_for(model, device=device, non_conservative=bool(non_conservative))
     except FileNotFoundError as error:
-        raise FileNotFoundError(f"{error} (use a metatomic .pt file, or 'emt' for "
-                                "ASE's EMT)") from None
+        raise FileNotFoundError(f"{error} (use a model file, a Python entry point "
+                                "'module:function', or 'emt' for ASE's EMT)") from None
 
 
 def shard_log_path(log: str, shard) -> str:

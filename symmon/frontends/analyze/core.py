@@ -187,7 +187,7 @@ def analyze_model(orbit_model, structures: Sequence, *, modules: Optional[Sequen
                   progress: Optional[Callable[[int], None]] = None) -> LayerAnalysis:
     """Character spectra of hooked modules and output metrics over ``structures``.
 
-    :param orbit_model: a :class:`~symmon.adapters.metatrain.MetatrainOrbitModel`
+    :param orbit_model: an adapter with layer hooks (``has_layer_hooks``: a metatrain checkpoint)
     :param structures: ``ase.Atoms`` objects
     :param modules: module names / fnmatch patterns (default: the model's default set)
     :param l_max: largest ``l`` resolved; the power beyond it is the ``residual``

@@ -91,15 +91,16 @@ def analyze_layers(model: str, structures: str, output: str = "layers.h5", *,
                    index: str = ":", label_keys=None, overwrite: bool = False,
                    figure: bool = True, progress: bool = True) -> Dict:
     """Spectra of one checkpoint's modules; writes ``output`` and ``<stem>.png``."""
-    from ...adapters.metatrain import MetatrainOrbitModel
+    from ...adapters.registry import orbit_model_for
 
     if os.path.exists(output) and not overwrite:
         raise FileExistsError(f"{output!r} exists; pass --overwrite to replace it")
     atoms_list = read_structures(structures, index)
     with Ranks.from_environment(rank_device(device)) as ranks:
-        orbit_model = MetatrainOrbitModel(model, device=torch_device(ranks.device if
-                                          ranks.distributed else device),
-                                          chunk_size=chunk_size, weights=weights)
+        orbit_model = orbit_model_for(model, device=torch_device(ranks.device if
+                                      ranks.distributed else device),
+                                      chunk_size=chunk_size, weights=weights,
+                                      needs=("layer_hooks",))
         grid, names = analysis_grid(l_max, degree), orbit_model.resolve_modules(modules)
         parts = PartialResults(output, ranks, _settings(model, structures, index, l_max,
                                                         grid, names, weights, label_keys))
@@ -247,7 +248,7 @@ def _analyze_epochs(todo, atoms_list, output, ranks, *, modules, l_max, degree, 
     """Every (checkpoint, structure) of ``todo``, each rank its share (kept in
     ``output.parts/`` as it finishes); rank 0 writes each epoch's group from the records
     of all ranks, in structure order."""
-    from ...adapters.metatrain import MetatrainOrbitModel
+    from ...adapters.registry import orbit_model_for
 
     grid = analysis_grid(l_max, degree)
     items = [(epoch, i) for epoch, _ in todo for i in range(len(atoms_list))]
@@ -257,9 +258,9 @@ def _analyze_epochs(todo, atoms_list, output, ranks, *, modules, l_max, degree, 
     loaded = (None, None, None)
     for epoch, i in parts.mine(items):
         if loaded[0] != epoch:  # items are epoch-major: each rank loads each model once
-            model = MetatrainOrbitModel(paths[epoch], device=torch_device(
+            model = orbit_model_for(paths[epoch], device=torch_device(
                 ranks.device if ranks.distributed else device), chunk_size=chunk_size,
-                weights=weights)
+                weights=weights, needs=("layer_hooks",))
             loaded = (epoch, model, model.resolve_modules(modules))
         parts.add((epoch, i), analyze_structure(loaded[1], atoms_list[i], loaded[2], grid,
                                                 l_max, label_keys, max_memory_gb))
