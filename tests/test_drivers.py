@@ -262,7 +262,7 @@ def test_wrapped_metatomic_calculator_takes_the_batched_path(tiny_pet_calculator
                              random_rotations=2)
     copy = atoms.copy()
     copy.calc = offset
-    with pytest.warns(UserWarning, match="differ from the inner model's"):
+    with pytest.warns(UserWarning, match="predictions differ from those of the calculator"):
         copy.get_potential_energy()
     assert offset.monitor.source.path.startswith("per-copy")
 

@@ -87,5 +87,20 @@ def test_notes_once_flagged_steps_named_and_net_force_of_direct_forces(direct_fo
                         r"step ([\d, ]+)", text)
     if flagged:  # which steps, and the quantity that made each one a problem
         assert int(flagged.group(1)) == len(flagged.group(2).split(","))
-        assert re.search(r"\((energy|forces|stress) at \d", text)
+        assert re.search(r"\((all by (energy|forces|stress)|(energy|forces|stress) at \d)",
+                         text)
     assert "SymmetryMonitor(base, mode=\"average\")" in text or "VERDICT: OK" in text
+
+
+def test_the_flagged_note_names_the_steps_and_the_quantities():
+    from types import SimpleNamespace
+
+    from symmon.frontends.report.criteria import Flagged, _notes
+
+    run = SimpleNamespace(full_orbit_steps=1)
+    one = _notes(run, Flagged(2, [3, 7], {"forces": [3, 7], "energy": []}))
+    assert one == ["The monitor flagged 2 step(s) as problem during the run: step 3, 7 "
+                   "(all by forces)."]
+    many = _notes(run, Flagged(8, list(range(8)), {"forces": [0, 1], "stress": list(range(8))}))
+    assert "step 0, 1, 2, 3, 4 and 3 more (forces at 0, 1; stress at 0, 1, 2, 3, 4 and 3 " \
+           "more)." in many[0]

@@ -28,8 +28,8 @@ from symmon.io.run_index import read_index  # noqa: E402
 from symmon.monitoring.policy import SymmetryViolationWarning  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from torchsim_models import (anisotropic_lennard_jones, fixed_shifts,  # noqa: E402
-                             lennard_jones, nickel_copper_crystals, rare_gas_clusters,
+from torchsim_models import (anisotropic_lennard_jones, field_on_krypton,  # noqa: E402
+                             fixed_shifts, lennard_jones, nickel_copper_crystals, rare_gas_clusters,
                              rare_gas_crystals, tiny_pet)
 
 #: two proper rotations and two improper elements
@@ -321,3 +321,41 @@ def test_sigkill_leaves_readable_logs(tmp_path):
         with read_log(system["path"]) as reader:
             assert reader.steps("forces_eps").tolist()[:5] == [0, 1, 2, 3, 4]
     assert json.loads((log / "index.json").read_text())["format"] == "symmon-run"
+
+
+# -- report and export of a run directory --------------------------------------------------
+@QUIET
+def test_report_and_export_of_a_run_directory(tmp_path, capsys):
+    """One verdict per system (the verdict of its own log's report), counts, worst
+    first, the figure; export writes the worst systems' worst steps."""
+    from ase.io import read
+
+    from symmon.frontends.cli import main
+    from symmon.frontends.report.summary import summarize
+
+    monitored = TorchSimMonitor(field_on_krypton(), log=tmp_path / "run", every=2,
+                                random_rotations=2)
+    ts.integrate(rare_gas_clusters(), monitored, integrator=ts.nvt_langevin, n_steps=6,
+                 temperature=30.0, timestep=0.002)
+    monitored.close()
+    assert main(["report", str(tmp_path / "run"), "--format", "json",
+                 "-o", str(tmp_path / "run.json")]) == 0
+    report = json.loads((tmp_path / "run.json").read_text())
+    levels = {s["formula"]: s["level"] for s in report["systems"]}
+    assert levels["Ar3"] == levels["Ne4"] == "ok"
+    assert levels["Kr5"] != "ok" and levels["Ar3Kr3"] != "ok"
+    assert report["counts"]["ok"] == 2 and report["level"] == levels["Kr5"]
+    assert {s["formula"] for s in report["systems"][:2]} == {"Kr5", "Ar3Kr3"}  # worst first
+    for system in report["systems"]:  # the verdict of the system's own report
+        own = summarize(system["log"]).verdict
+        assert (system["level"], system["headline"]) == (own.level, own.headline)
+    assert main(["report", str(tmp_path / "run")]) == 0
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "data:image/png;base64" in page and "Systems, worst first" in page
+    assert main(["export", str(tmp_path / "run"), "-o", str(tmp_path / "worst.xyz"),
+                 "--worst", "2"]) == 0
+    frames = read(tmp_path / "worst.xyz", ":")
+    assert [f.info["symmon_system_rank"] for f in frames] == [1, 2]
+    assert {f.get_chemical_formula() for f in frames} == {"Kr5", "Ar3Kr3"}
+    assert frames[0].info["symmon_forces_eps_rms"] >= frames[1].info["symmon_forces_eps_rms"]
+    assert "worst system(s)" in capsys.readouterr().out

@@ -145,3 +145,28 @@ def anisotropic_lennard_jones(strain=(1.0, 1.04, 0.97)):
                     "stress": self.d @ out["stress"] @ self.d}
 
     return Anisotropic()
+
+
+def field_on_krypton(strength=0.2):
+    """Lennard-Jones plus a uniform field on krypton atoms only (``E += -g u . x_i``
+    for each Kr, molecules): exactly symmetric for systems without Kr, not for the others
+    -- a batch with systems of every grade."""
+    from torch_sim.models.interface import ModelInterface
+
+    class KryptonField(ModelInterface):
+        def __init__(self):
+            super().__init__()
+            self.inner = lennard_jones(stress=False)
+            self._device, self._dtype = self.inner.device, self.inner.dtype
+            self._compute_forces, self._compute_stress = True, False
+            self.field = strength * torch.tensor([0.6, 0.0, 0.8], dtype=torch.float64)
+
+        def forward(self, state, **kwargs):
+            out = self.inner(state)
+            krypton = (state.atomic_numbers == 36).to(torch.float64)[:, None]
+            work = (krypton * state.positions @ self.field)
+            energy = out["energy"] - torch.zeros_like(out["energy"]).index_add(
+                0, state.system_idx, work)
+            return {"energy": energy, "forces": out["forces"] + krypton * self.field}
+
+    return KryptonField()

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..core.outputs import matrix_to_voigt, pretty_unit
 from ..io.log import LogFormatError, LogReader, read_log
+from ..io.run_index import is_run_directory
 from ..io.structures import write_chemiscope, write_extxyz
 from ..core.quantities import QUANTITY
 from ..monitoring.schema import NAMES
@@ -308,7 +309,8 @@ def _step_info(reader: LogReader, step: int, time: float, values) -> Dict[str, o
 
 
 def add_export_arguments(parser) -> None:
-    parser.add_argument("logs", nargs="+", help="log file(s); several shards are merged")
+    parser.add_argument("logs", nargs="+", help="log file(s); several shards are merged; or "
+                        "a batched run's directory (TorchSimMonitor): its worst systems")
     parser.add_argument("-o", "--output", required=True,
                         help="output: .extxyz/.xyz (structures) or .json/.json.gz (chemiscope)")
     parser.add_argument("--format", choices=FORMATS, default=None,
@@ -357,6 +359,14 @@ def run_export(paths, output: str, *, fmt: Optional[str] = None, worst: Optional
     if fmt == "chemiscope" and worst is None and steps is None:
         all_steps = True
     paths = [os.fspath(paths)] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if len(paths) == 1 and is_run_directory(paths[0]):  # a batched run (TorchSimMonitor)
+        if steps is not None or all_steps:
+            raise ValueError(f"{paths[0]} is a batched run's directory: export its worst "
+                             "systems with --worst N, or one system's steps from its log "
+                             "(symmon export DIR/system-XXXX.h5 --steps ...)")
+        from .export_systems import run_export_systems
+
+        return run_export_systems(paths[0], output, fmt=fmt, worst=worst, quantity=quantity)
     with _open(paths) as reader:
         try:
             keys, rank = select_steps(reader, worst=worst, steps=steps, all_steps=all_steps,

@@ -23,7 +23,8 @@ def _threshold(text: str):
 
 def add_report_arguments(parser) -> None:
     parser.add_argument("logs", nargs="+",
-                        help="log file(s): shards of one run, or runs with --compare")
+                        help="log file(s): shards of one run, or runs with --compare; or "
+                        "a batched run's directory (TorchSimMonitor): one verdict per system")
     parser.add_argument("-o", "--output", default=None,
                         help="output file (default: LOG.html / stdout for json and text)")
     parser.add_argument("--format", choices=FORMATS, default="html")

@@ -250,6 +250,22 @@ class Flagged:
                 "by_quantity": {q: list(v) for q, v in self.by_quantity.items()}}
 
 
+@dataclass(frozen=True)
+class Reason:
+    """One ranked reason: its level, the statement (every number from the Grade) and the
+    details (statistic, rules, spike, flagged steps, channel); ``str``: the sentence."""
+
+    level: str
+    statement: str
+    details: str = ""
+
+    def __str__(self) -> str:
+        if not self.level:
+            return self.statement
+        return f"{self.level}: {self.statement}" + (f" {self.details}" if self.details
+                                                     else "") + "."
+
+
 @dataclass
 class Verdict:
     level: str
@@ -262,7 +278,7 @@ class Verdict:
 
     def to_json(self) -> dict:
         return {"level": self.level, "headline": self.headline,
-                "reasons": list(self.reasons), "action": str(self.action),
+                "reasons": [str(r) for r in self.reasons], "action": str(self.action),
                 "what_to_do": self.action.to_json(), "notes": list(self.notes),
                 "judged": self.judged, "checks": [c.to_json() for c in self.checks]}
 
@@ -293,9 +309,10 @@ def verdict(checks: list[Check], run, contamination: Mapping | None = None,
     action = action_for(level, run, cost)
     averaged_all = averaged_from is not None and averaged_from <= run.first_step
     if averaged_all:
-        reasons.insert(0, "The run returned O(3)-averaged predictions (quadrature degree "
-                       f"{run.metadata.get('average_degree', '?')}): exactly symmetric up "
-                       "to quadrature error. The ε below was measured on the base model.")
+        reasons.insert(0, Reason("", "The run returned O(3)-averaged predictions "
+                                 f"(quadrature degree {run.metadata.get('average_degree', '?')}"
+                                 "): exactly symmetric up to quadrature error. The ε below "
+                                 "was measured on the base model."))
         headline = f"returned predictions O(3)-averaged; base model {headline}"
         action = Action("No action needed for this run's results; the base model alone "
                         f"would be '{level}', so keep mode='average' for it.")
@@ -309,26 +326,25 @@ def verdict(checks: list[Check], run, contamination: Mapping | None = None,
                    "average" if averaged_all else mode, checks)
 
 
-def _reason(c: Check, contamination) -> str:
+def _reason(c: Check, contamination) -> Reason:
     g = c.grade
-    text = f"{c.level}: {statement(g)} (95th percentiles over {c.n} " \
-        f"step{'s' if c.n != 1 else ''}"
+    details = f"(95th percentiles over {c.n} step{'s' if c.n != 1 else ''}"
     if g.rules:
-        text += f"; {', '.join(rule_words(g, r) for r in g.rules)}"
-    text += ")"
+        details += f"; {', '.join(rule_words(g, r) for r in g.rules)}"
+    details += ")"
     if c.level != "ok" and g.level == "ok":
-        text += (f"; a spike of {number(c.max)} {pretty_unit(c.unit)} at step "
-                 f"{c.max_step} grades '{c.level_max}'")
+        details += (f"; a spike of {number(c.max)} {pretty_unit(c.unit)} at step "
+                    f"{c.max_step} grades '{c.level_max}'")
     if c.first_step_flagged is not None and c.level != "ok":
-        text += (f"; {percent(c.fraction_steps_flagged)} % of steps above the "
-                 f"caution limits, first at step {c.first_step_flagged}")
+        details += (f"; {percent(c.fraction_steps_flagged)} % of steps above the "
+                    f"caution limits, first at step {c.first_step_flagged}")
     if c.level != "ok" and contamination is not None and contamination.top:
         top = contamination.top[0]
         of = "the traceless stress" if contamination.traceless else ""
-        text += (f"; the breaking sits mostly in {channel_words(top['irrep'], of)} "
-                 f"({percent(top['mean_power'])} % of "
-                 f"{'its' if of else POWER_OF[c.quantity]} power on full-orbit steps)")
-    return text + "."
+        details += (f"; the breaking sits mostly in {channel_words(top['irrep'], of)} "
+                    f"({percent(top['mean_power'])} % of "
+                    f"{'its' if of else POWER_OF[c.quantity]} power on full-orbit steps)")
+    return Reason(c.level, statement(g), details)
 
 
 #: fewer monitored steps than this get a note that the verdict rests on too few
@@ -344,10 +360,14 @@ def _notes(run, flagged: Flagged | None) -> list[str]:
         steps = ", ".join(str(s) for s in flagged.steps[:LISTED_STEPS])
         more = f" and {flagged.count - LISTED_STEPS} more" if flagged.count > LISTED_STEPS \
             else ""
-        why = "; ".join(f"{q} at {_step_list(v)}" for q, v in flagged.by_quantity.items()
-                        if v)
+        by = {q: v for q, v in flagged.by_quantity.items() if v}
+        if len(by) == 1 and next(iter(by.values())) == list(flagged.steps):
+            why = f" (all by {next(iter(by))})"
+        else:
+            why = " (" + "; ".join(f"{q} at {_step_list(v)}" for q, v in by.items()) + ")" \
+                if by else ""
         notes.append(f"The monitor flagged {flagged.count} step(s) as problem during the "
-                     f"run: step {steps}{more}" + (f" ({why})." if why else "."))
+                     f"run: step {steps}{more}{why}.")
     return notes
 
 
@@ -361,9 +381,8 @@ ACTION_TEXT = {
     "ok": "No action needed: symmetry breaking is small against the error it is judged by.",
     "caution": "Compare the observables you care about with a run that returns exactly "
                "symmetric (O(3)-averaged) predictions before relying on them:",
-    "problem": "Do not use these results as they are. Rerun with O(3)-averaged "
-               "predictions (exactly symmetric), or retrain the model with rotational "
-               "augmentation:",
+    "problem": "Do not use these results as they are; rerun with exactly symmetric "
+               "(O(3)-averaged) predictions:",
 }
 
 
@@ -378,5 +397,7 @@ def action_for(level: str, run, cost=None) -> Action:
     if run.metadata.get("mode") != "purified":
         alternatives.append('mode="purified" with a readout from `symmon purify` (no '
                             'extra model calls; metatomic models with features)')
+    if level == "problem":
+        alternatives.append("or retrain the model with rotational augmentation")
     return Action(ACTION_TEXT[level], code, None if cost is None else cost.words(),
                   alternatives)

@@ -117,7 +117,9 @@ white-space:nowrap} tr:target{background:#fff3b0}
 figure{margin:14px 0} figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.88em;color:#555} .small{font-size:.85em;color:#666}
 pre.code{background:#fff;border:1px solid #ccc;border-radius:4px;padding:6px 10px;
-margin:6px 0;overflow-x:auto;font-size:.95em}
+margin:6px 0;white-space:pre-wrap;overflow-wrap:anywhere;font-size:.95em}
+.verdict li{margin-bottom:4px}.lv-problem{color:#c0392b}.lv-caution{color:#a86a00}
+.lv-ok{color:#2e8b57}
 @media (max-width:700px){body{padding:10px}.scroll table{min-width:660px}}
 """
 
@@ -141,7 +143,7 @@ def render_html(summary, figures: Mapping[str, object] | None = None) -> str:
 
 
 def _html_verdict(v, label: str | None) -> str:
-    items = "".join(f"<li>{html.escape(r)}</li>" for r in v.reasons)
+    items = "".join(_html_reason(r) for r in v.reasons)
     notes = "".join(f"<div class='small'>{html.escape(n)}</div>" for n in v.notes)
     who = f" ({html.escape(label)})" if label else ""
     action = v.action
@@ -155,6 +157,16 @@ def _html_verdict(v, label: str | None) -> str:
             html.escape(a) for a in action.alternatives) + ".</div>")
     return (f"<div class='verdict {v.level}'><h2>Verdict{who}: {v.level.upper()} — "
             f"{html.escape(v.headline)}</h2><ol>{items}</ol>{todo}{notes}</div>")
+
+
+def _html_reason(reason) -> str:
+    """``level: statement`` in full, its details below in small print."""
+    if not reason.level:
+        return f"<li>{html.escape(reason.statement)}</li>"
+    details = f"<br><span class='small'>{html.escape(reason.details)}</span>" \
+        if reason.details else ""
+    return (f"<li><b class='lv-{reason.level}'>{reason.level}</b>: "
+            f"{html.escape(reason.statement)}{details}</li>")
 
 
 def _html_table(table: Table) -> str:

@@ -7,6 +7,7 @@ import os
 import sys
 from contextlib import ExitStack
 
+from ...io.run_index import is_run_directory
 from .criteria import load_model_error, resolve_thresholds
 from .render import FORMATS, Comparison, render_html, render_json, render_text, summary_line
 from .series import read_run
@@ -19,7 +20,8 @@ def run_report(paths, output: str | None = None, fmt: str = "html",
     """Summarise log(s) ``paths`` and write the report; returns the exit code 0.
 
     Several ``paths`` are shards of one run, or with ``compare=True`` separate runs
-    shown side by side.  ``fmt`` is ``"html"`` (default output ``<first log stem>.html``
+    shown side by side; one batched run's directory (``TorchSimMonitor``) gives one
+    verdict per system (:mod:`.systems`).  ``fmt`` is ``"html"`` (default output ``<first log stem>.html``
     next to the log), ``"json"`` or ``"text"`` (default: stdout).  ``png_dir`` also
     saves every figure as PNG.  ``thresholds``: see
     :func:`~.criteria.resolve_thresholds`; ``model_error``: the path of a ``symmon eval
@@ -34,6 +36,10 @@ def run_report(paths, output: str | None = None, fmt: str = "html",
     overrides = resolve_thresholds(thresholds)
     if isinstance(model_error, (str, os.PathLike)):
         model_error = _model_error_file(model_error)
+    if len(paths) == 1 and not compare and is_run_directory(paths[0]):  # TorchSimMonitor
+        from .systems import run_systems_report
+
+        return run_systems_report(paths[0], output, fmt, png_dir, thresholds, model_error)
     groups = [[p] for p in paths] if compare else [paths]
     labels = _labels(groups)
     need_figures = fmt == "html" or png_dir is not None
