@@ -408,6 +408,22 @@ def test_figures_have_units_one_legend_and_their_own_limits(logs):
                                                    s["run"]["time_end_ps"]))
 
 
+def test_the_heatmap_colours_target_and_wrong_channels_apart(logs):
+    """Target rows (★) in one colour map (blue, linear), the other rows in another
+    (yellow-red, log, white below 1e-6): on-target power never reads as breaking."""
+    with LogReader(logs["broken"]) as log:
+        _, figures = summary_and_figures(log)
+    forces = figures["spectra"].axes[1]
+    on, off = [m for m in forces.collections if isinstance(m, QuadMesh)]
+    assert on.get_cmap().name == "Blues" and off.get_cmap().name.startswith("YlOrRd")
+    labels = [t.get_text() for t in forces.get_yticklabels()]
+    on_rows = ~np.ma.getmaskarray(on.get_array()).all(axis=1)
+    off_rows = ~np.ma.getmaskarray(off.get_array()).all(axis=1)
+    assert [labels[i] for i in np.flatnonzero(on_rows)] == ["(1,+1) ★"]
+    assert not (on_rows & off_rows).any() and (on_rows | off_rows).all()
+    assert off.norm.vmin == report_figures.OFF_TARGET_FLOOR
+
+
 def test_small_numbers_and_rounding_noise_are_printed_honestly():
     assert fmt(1.234e-7) == "1.23e-07" and fmt(0.0612) == "0.0612" and fmt(None) == "–"
     assert fmt(0.0) == "0" and fmt(3) == "3"
