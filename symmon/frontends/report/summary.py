@@ -25,7 +25,7 @@ TOP_ATOMS = 5
 METADATA_KEYS = ("model_file", "model_sha256", "base_calculator", "mode", "every",
                  "overhead", "full_every", "random_rotations", "degree", "l_max", "seed",
                  "thresholds", "on_violation", "average_degree", "forces_source",
-                 "orbit_path", "symmon_version")
+                 "symmon_version")
 
 
 # ------------------------------------------------------------------ typed pieces
