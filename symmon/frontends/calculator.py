@@ -28,14 +28,13 @@ from ase.calculators.calculator import (BaseCalculator, PropertyNotImplementedEr
                                         all_changes)
 
 from ..adapters.metatomic import metatomic_calculator  # noqa: F401 (re-exported)
-from ..adapters.registry import calculator_for
 from ..core.outputs import matrix_to_voigt
+from ..monitoring.build import build_monitor
 from ..monitoring.monitor import Monitor
 from ..monitoring.options import (MODES, VIOLATION_ACTIONS, MonitorOptions,  # noqa: F401
                                   check_option_names)
 from ..monitoring.policy import SymmetryViolation, SymmetryViolationWarning  # noqa: F401
 from ..monitoring.schema import OBSERVABLES, RESULTS
-from ..monitoring.source import ModelSource
 from ..monitoring.steps import same_values
 
 #: scalar diagnostics in ``results`` (NaN on steps where they were not computed): the
@@ -56,26 +55,12 @@ class StressNotAvailable(PropertyNotImplementedError, ValueError):
 def make_monitor(base, log=None, *, readout=None, device=None, chunk_size=None,
                  extra_specs=None, warm_up=True, **options) -> Monitor:
     """A :class:`Monitor` of ``base`` (an ASE calculator, or a model, model file or
-    entry point its family has a calculator for), options checked."""
+    entry point its family has a calculator for), options checked (a misspelt keyword
+    is named with the closest valid one)."""
     check_option_names(options, also=FRONT_END_KEYWORDS)
-    options = MonitorOptions(**options)
-    base = calculator_for(base, device=device)
-    source = ModelSource(base, device=device, chunk_size=chunk_size)
-    if options.mode == "purified":
-        readout = _load_readout(readout, source)
-    return Monitor(source, options, log=log, readout=readout if options.mode == "purified"
-                   else None, extra_specs=extra_specs, warm_up=warm_up)
-
-
-def _load_readout(readout, source):
-    if readout is None:
-        raise ValueError("mode='purified' needs readout=<file written by symmon purify>")
-    if not source.orbit_model.has_features:
-        raise ValueError("mode='purified' needs a metatomic model (its last-layer "
-                         f"features); the base calculator is {type(source.base).__name__}")
-    from ..io.readout import load_readout
-
-    return load_readout(readout, source.orbit_model)
+    return build_monitor(base, log, readout=readout, device=device, chunk_size=chunk_size,
+                         extra_specs=extra_specs, warm_up=warm_up,
+                         options=MonitorOptions(**options))
 
 
 class SymmetryMonitor(BaseCalculator):
