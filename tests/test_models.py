@@ -22,6 +22,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 from analytic import cluster  # noqa: E402
 from analytic_models import make_analytic_model  # noqa: E402
+import structures  # noqa: E402
 
 import symmon  # noqa: E402
 from symmon import quadrature_grid, random_grid  # noqa: E402
@@ -295,10 +296,7 @@ def test_chunking_does_not_change_results(model64):
 # 4. the ASE adapter
 # --------------------------------------------------------------------------------------
 def cu_ni():
-    atoms = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 1, 1)
-    atoms.numbers[[1, 6]] = 28
-    atoms.rattle(0.1, seed=4)
-    return atoms
+    return structures.cu_ni(nickel=(1, 6), rattle=0.1, seed=4)
 
 
 class LabFrameEMT(EMT):

@@ -25,6 +25,7 @@ from matplotlib.collections import QuadMesh
 from matplotlib.lines import Line2D
 
 from broken import LabFrameEMT
+from structures import cu_ni
 from symmon import SymmetryMonitor
 from symmon.core.irreps import irrep_labels, irreps_up_to
 from symmon.frontends.cli import main
@@ -57,10 +58,7 @@ STRONGLY_BROKEN = {"lab_force": (0.0, 0.0, 0.3), "lab_stress": 0.01}
 
 
 def cu_ni_cell():
-    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((1, 1, 2))
-    atoms.numbers[[1, 4, 6]] = 28
-    atoms.rattle(0.05, seed=1)
-    return atoms
+    return cu_ni(repeat=(1, 1, 2), nickel=(1, 4, 6))
 
 
 def monitored_md(calc, path, steps=4, full_every=3, **options):
