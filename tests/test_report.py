@@ -122,7 +122,12 @@ def test_emt_is_ok_and_the_broken_control_is_a_problem(logs):
     # reasons ranked by severity, one action
     ranks = [LEVELS.index(c["level"]) for c in v["checks"]]
     assert ranks == sorted(ranks, reverse=True) and ranks[0] == 2
-    assert v["reasons"][0].startswith("problem: forces") and 'SymmetryMonitor(base, mode="average")' in v["action"]
+    assert v["reasons"][0].startswith("problem: forces")
+    assert 'SymmetryMonitor(base, mode="average")' in v["action"]
+    assert 'mode="random_frame"' in v["action"] and "purify" not in v["action"]  # EMT
+    cost = broken["cost_of_average"]
+    assert cost["calls_per_step"] == 168 and cost["ms_per_call"] > 0
+    assert f"{cost['calls_per_step']} model calls per step" in v["what_to_do"]["cost"]
     # the constant lab-frame force lives in the scalar channel (0,+1) of the forces
     assert broken["contamination"]["forces"]["top_irreps"][0]["irrep"] == "(0,+1)"
     assert "a part that stays fixed in the lab frame (0,+1)" in v["reasons"][0]
