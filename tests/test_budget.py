@@ -190,3 +190,20 @@ def test_the_monitor_times_its_calculations_and_logs_the_strides(tmp_path, monke
     # the first step's 4 s are charged and expected of the next: 8 s / (0.2 * 1 s)
     assert 39 <= strides[1] <= 42
     assert np.all((strides[2:] >= 19) & (strides[2:] <= 22))  # 4 s / (0.2 * 1 s)
+
+
+def test_long_one_time_work_says_what_it_does_and_how_long(capsys):
+    """A calibration step expected to take more than LONG_WORK_S prints one line on
+    stderr first (what, how many evaluations, about how long); ordinary steps print
+    nothing."""
+    # random steps: 6 copies for 0.6 s of extra -> 0.1 s a copy; calibration: 64 copies
+    monitored, _ = run_schedule({"every": 5, "calibrate_every": 3}, 40, 1.0,
+                                lambda step: 0.6)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) >= 2  # steps 10 and 20 at least
+    assert lines[0] == ("symmon: step 10: calibrating the error bars on 32 rotation pairs "
+                        "(early in a run, then every calibrate_every monitored steps): 64 "
+                        "model evaluations, about 6 s")
+    run_schedule({"every": 5}, 9, 1.0, lambda step: 0.6)  # no calibration before step 10
+    run_schedule({"every": 5, "calibration_rotations": 16}, 20, 1.0, lambda step: 0.3)
+    assert capsys.readouterr().err == ""  # 32 copies of 0.05 s: not long

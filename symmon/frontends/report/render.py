@@ -74,7 +74,7 @@ def render_text(summary) -> str:
         if v.action.code:
             lines += [f"      {v.action.code}"]
             lines += [f"      cost: {v.action.cost}"] if v.action.cost else []
-        lines += [f"    cheaper: {a}" for a in v.action.alternatives]
+        lines += [f"    other option: {a}" for a in v.action.alternatives]
         lines += [f"  note: {n}" for n in v.notes]
     for table in _all_tables(summary):
         lines += ["", table.title, *_text_table(table.header, table.rows)]
@@ -144,7 +144,7 @@ def render_html(summary, figures: Mapping[str, object] | None = None) -> str:
 
 def _html_verdict(v, label: str | None) -> str:
     items = "".join(_html_reason(r) for r in v.reasons)
-    notes = "".join(f"<div class='small'>{html.escape(n)}</div>" for n in v.notes)
+    notes = "".join(f"<div class='small'><b>Note:</b> {html.escape(n)}</div>" for n in v.notes)
     who = f" ({html.escape(label)})" if label else ""
     action = v.action
     todo = f"<div class='action'>What to do: {html.escape(action.text)}</div>"
@@ -153,7 +153,7 @@ def _html_verdict(v, label: str | None) -> str:
         if action.cost:
             todo += f"<div class='small'>Cost: {html.escape(action.cost)}.</div>"
     if action.alternatives:
-        todo += ("<div class='small'>Cheaper: " + "; ".join(
+        todo += ("<div class='small'>Other options: " + "; ".join(
             html.escape(a) for a in action.alternatives) + ".</div>")
     return (f"<div class='verdict {v.level}'><h2>Verdict{who}: {v.level.upper()} — "
             f"{html.escape(v.headline)}</h2><ol>{items}</ol>{todo}{notes}</div>")
