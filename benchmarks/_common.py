@@ -128,7 +128,7 @@ def spread(values: Sequence[float]) -> str:
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A Markdown table (pasted as is into docs/performance.md)."""
+    """A Markdown table (as kept in benchmarks/results/)."""
     def fmt(x):
         if isinstance(x, float):
             if x != x:

@@ -117,7 +117,9 @@ def start_of_run(args, model, path):
 
     from symmon import equivariance_error, random_grid
     from symmon.core.intervals import INTERVAL_METHODS
-    from symmon.monitoring.diagnose import NORMALISED_EPS, diagnose, per_atom_factor
+    from symmon.core.quantities import QUANTITY
+    from symmon.monitoring.diagnose import diagnose
+    from symmon.monitoring.schema import NAMES
     from symmon.monitoring.options import MonitorOptions
     from symmon.monitoring.schedule import Schedule
 
@@ -142,7 +144,7 @@ def start_of_run(args, model, path):
                 error = equivariance_error(truth_orbit[q], grid, KINDS[q])
                 low, high = error.interval_68
                 truth_se = max(truth_se, (high ** 2 - low ** 2) / 2 / error.eps_sq)
-                truth[q] = error.eps * per_atom_factor(q, n_atoms)
+                truth[q] = error.eps * QUANTITY[q].per_atom_factor(n_atoms)
             # the monitor's plan of this step for each seed, and on random steps more
             # orbits of the same size scored against the same references (the law of
             # the step's own orbit, sampled more often)
@@ -173,7 +175,7 @@ def start_of_run(args, model, path):
                 if step % args.score_every and not plan.calibrating:
                     continue
                 for q in OUTPUTS:
-                    name = NORMALISED_EPS[q]
+                    name = NAMES[q].eps
                     method = INTERVAL_METHODS[values[f"{q}_interval_method"]]
                     phase = ("data only (before the first calibration)"
                              if method == "student_t_log_pairs" else "calibrated")

@@ -23,7 +23,7 @@ sides (no ASE cache check on either); direct forces and stress (``non_conservati
 unless ``--conservative``.
 
     python -m benchmarks.floor                                  # tiny PET, CPU
-    python -m benchmarks.floor --device cuda --big --out floor_h200.md   # PET-MAD-sized
+    python -m benchmarks.floor --device cuda --big --out benchmarks/results/floor_h200.md   # PET-MAD-sized
 """
 
 from __future__ import annotations

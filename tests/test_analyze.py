@@ -120,7 +120,7 @@ def layers(run):
                  "-o", output, "--no-progress"])
     assert code == 0
     with h5py.File(output, "r") as f:
-        from symmon.frontends.analyze.io import read_analysis
+        from symmon.io.analysis import read_analysis
 
         return read_analysis(f), output
 
@@ -339,7 +339,7 @@ def _assert_same_analysis(a, b):
 
 
 def test_layers_two_ranks_equal_one_process(run, layers, tmp_path):
-    from symmon.frontends.analyze.io import read_analysis
+    from symmon.io.analysis import read_analysis
 
     _torchrun_cli(["layers", run["checkpoints"][-1], run["structures"], "--l-max",
                    str(L_MAX), "-o", "two.h5"], tmp_path)

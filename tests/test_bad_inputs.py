@@ -119,7 +119,9 @@ def test_port_and_timeout_are_checked_by_the_api():
     (["--port", "31415", "--unix", "x"], "either --unix or --host/--port"),
     (["--port", "31415", "--threads", "-1"], "threads must be an integer >= 0"),
     (["--port", "31415", "--seed", "-1"], "seed must be an integer >= 0"),
-    (["--port", "31415", "--threshold", "0.05"], "expected QUANTITY=LIMIT"),
+    (["--port", "31415", "--threshold", "forces:0.05"], "expected QUANTITY=VALUE"),
+    (["--port", "31415", "--threshold", "forces=0.05", "--log-mode", "append",
+      "--overwrite"], "--overwrite contradicts --log-mode append"),
 ])
 def test_bad_ipi_arguments_are_one_line(argv, words, capsys):
     assert main(["ipi", "--model", "emt", "--structure", STRUCTURES, "--connect-wait", "0",
@@ -476,7 +478,9 @@ def test_silent_server_on_the_command_line_exits_3(silent_server, capsys):
     code = main(["ipi", "--model", "emt", "--structure", STRUCTURES, "--port",
                  str(silent_server.port), "--timeout", "1", "--connect-wait", "5"])
     assert code == 3
-    assert "no message from the i-PI server for 1 s" in one_error_line(capsys, "ipi")
+    started, error = capsys.readouterr().err.strip().splitlines()
+    assert started.startswith("symmon ipi: connected") and "waits up to 1 s" in started
+    assert error.startswith("symmon ipi: error: no message from the i-PI server for 1 s")
 
 
 def test_two_parameter_sets_of_one_ase_calculator_are_not_shards(tmp_path, capsys):

@@ -28,7 +28,7 @@ from model_variants import build_variants  # noqa: E402
 
 from symmon import random_grid  # noqa: E402
 from symmon.adapters import (ASEOrbitModel, MetatomicOrbitModel, feature_output,  # noqa: E402
-                             make_orbit_model)
+                             orbit_model_for)
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -228,24 +228,32 @@ class Holder(Calculator):
 def test_wrapped_metatomic_calculator_is_batched(variants):
     variant = variants["nc_plural"]
     atoms = periodic()
-    orbit = make_orbit_model(Holder(calculator(variant)))
-    assert isinstance(orbit, MetatomicOrbitModel) and "Holder.calculator" in orbit.path
+    orbit = orbit_model_for(Holder(calculator(variant)))
+    assert orbit.family == "metatomic" and orbit.calculator is None  # not checked yet
     got = orbit.evaluate(atoms, ELEMENTS, ["energy", "non_conservative_forces"])
+    assert orbit.batched and "Holder.calculator" in orbit.path
+    assert isinstance(orbit.current, MetatomicOrbitModel)
     expected = reference(variant, atoms, ["energy", "non_conservative_forces"])
     for key, value in expected.items():
         np.testing.assert_allclose(got[key].numpy(), value, rtol=0, atol=1e-10 * max(
             1, np.abs(value).max()))
 
-    shifted = make_orbit_model(Holder(calculator(variant), shift=0.01))
-    with pytest.raises(ValueError, match=r"Holder returns an energy \+0.01 eV away"):
-        shifted.evaluate(atoms, ELEMENTS, ["energy"])
+    # the one wrapper rule: a wrapper that adds something is evaluated itself, per copy
+    shifted = orbit_model_for(Holder(calculator(variant), shift=0.01))
+    with pytest.warns(UserWarning, match="Holder holds a MetatomicCalculator in .calculator "
+                      "but its predictions differ"):
+        got = shifted.evaluate(atoms, ELEMENTS[:1], ["energy"])
+    assert isinstance(shifted.current, ASEOrbitModel) and not shifted.batched
+    assert shifted.path.startswith("per-copy")
+    np.testing.assert_allclose(float(got["energy"][0]), reference(
+        variant, atoms, ["energy"])["energy"][0] + 0.01, rtol=0, atol=1e-9)
 
 
 def test_symmetrized_calculator_is_not_looked_through(variants):
     from metatomic_ase import SymmetrizedCalculator
 
     averaged = SymmetrizedCalculator(calculator(variants["energy_only"]), l_max=1)
-    orbit = make_orbit_model(averaged)
+    orbit = orbit_model_for(averaged)
     assert isinstance(orbit, ASEOrbitModel) and "SymmetrizedCalculator" in orbit.path
 
 

@@ -9,7 +9,7 @@ a calculator wrapping a MetatomicCalculator (bundled tiny PET).
 import numpy as np
 import pytest
 from ase import units
-from ase.build import bulk, molecule
+from ase.build import molecule
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.calculators.emt import EMT
 from ase.calculators.mixing import SumCalculator
@@ -25,15 +25,9 @@ from symmon.frontends.demo import bundled_model_path, demo_structure
 from symmon.io.log import read_log
 
 from broken import LabFrameEMT
+from structures import cu_ni
 
 STEPS = 3
-
-
-def cu_ni(repeat=(2, 1, 1), rattle=0.05):
-    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(repeat)
-    atoms.numbers[[1, 4]] = 28
-    atoms.rattle(rattle, seed=1)
-    return atoms
 
 
 DRIVERS = {
@@ -262,7 +256,7 @@ def test_wrapped_metatomic_calculator_takes_the_batched_path(tiny_pet_calculator
                              random_rotations=2)
     copy = atoms.copy()
     copy.calc = offset
-    with pytest.warns(UserWarning, match="differ from the inner model's"):
+    with pytest.warns(UserWarning, match="predictions differ from those of the calculator"):
         copy.get_potential_energy()
     assert offset.monitor.source.path.startswith("per-copy")
 

@@ -7,7 +7,6 @@ import chemiscope
 import numpy as np
 import pytest
 from ase import units
-from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.md.langevin import Langevin
 
@@ -17,17 +16,11 @@ from symmon.frontends.export import worst_atoms, worst_steps
 from symmon.io.log import LogWriter, ObservableSpec, read_log
 
 from broken import LabFrameEMT
+from structures import cu_ni
 
 #: extxyz per-atom columns are written with 8 decimals (ASE's "%16.8f")
 COLUMN_ATOL = 5.1e-9
 N_STEPS = 5
-
-
-def cu_ni():
-    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 1, 1))
-    atoms.numbers[[1, 4]] = 28
-    atoms.rattle(0.05, seed=1)
-    return atoms
 
 
 def monitored_md(path, base, between_steps=None):

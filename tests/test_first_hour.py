@@ -45,6 +45,7 @@ def test_readme_says_what_it_shows():
     readme = _read("README.md")
     assert re.search(r'last_monitored\["forces_eps"\]\)\s+# one number', readme)
     assert "any ASE calculator" in readme and "MACECalculator" in readme
+    assert "base = ORBCalculator(" in readme
     pinned = re.search(r"torch==([\d.]+)", readme).group(1)
     allowed = re.search(r'"torch(>=[\d.]+,<[\d.]+)"', _read("pyproject.toml")).group(1)
     assert f"torch{allowed}" in readme          # the range a user may keep, as declared
@@ -90,6 +91,7 @@ def test_notes_once_flagged_steps_named_and_net_force_of_direct_forces(direct_fo
         assert re.search(r"\((all by (energy|forces|stress)|(energy|forces|stress) at \d)",
                          text)
     assert "SymmetryMonitor(base, mode=\"average\")" in text or "VERDICT: OK" in text
+    assert "symmon purify" in text or "VERDICT: OK" in text   # a metatomic model
 
 
 def test_the_flagged_note_names_the_steps_and_the_quantities():

@@ -352,3 +352,22 @@ def test_warm_up_happens_at_construction():
     monitor.get_potential_energy(ase.io.read(os.path.join(DATA, "tiny_structures.xyz"), "6"))
     assert monitor.metadata()["first_step_s"] > 0
     assert SymmetryMonitor(LabFrameEMT()).monitor.warm_up_s == 0
+
+
+@pytest.mark.parametrize("kind", ["direct", "conservative"])
+def test_orb_path_returns_the_base_calculators_values_dtype_included(kind):
+    """Orb's calculator returns float32 arrays: the monitor hands on its very values,
+    dtype and shape included, on monitored (batched orbit) and unmonitored steps."""
+    from families import copper, tiny_orb_calculator
+
+    atoms = copper(repeat=(1, 1, 2))
+    base = tiny_orb_calculator(kind)
+    monitor = SymmetryMonitor(base, every=2, random_rotations=2, l_max=1, warm_up=False)
+    assert monitor.monitor.source.path.startswith("batched")
+    for step in range(3):
+        atoms.positions[0, 0] += 0.01
+        monitor.calculate(atoms, ["energy", "forces", "stress"], ["positions"])
+        assert np.isfinite(monitor.results["forces_eps"]) == (step % 2 == 0)
+        for name in ("energy", "forces", "stress"):
+            assert_identical(monitor.results[name], base.results[name])
+        assert monitor.results["forces"].dtype == np.float32

@@ -12,11 +12,11 @@ import h5py
 import numpy as np
 import pytest
 from ase import units
-from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.md.verlet import VelocityVerlet
 from MDAnalysis.coordinates.H5MD import H5MDReader
 
+import structures
 from symmon.frontends.calculator import SymmetryMonitor
 from symmon.frontends.ipi import MonitoredEvaluator, shard_log_path
 from symmon.io.log import read_log, recover_log
@@ -25,10 +25,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 
 def cu_ni():
-    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
-    atoms.numbers[1] = 28
-    atoms.rattle(0.05, seed=3)
-    return atoms
+    return structures.cu_ni(repeat=(1, 1, 1), nickel=(1,), seed=3)
 
 
 def run_md(path, steps, **options):

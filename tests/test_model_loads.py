@@ -17,8 +17,8 @@ def _count_loads(monkeypatch):
     return calls
 
 
-def test_metatomic_calculator_and_make_orbit_model_load_the_file_once(monkeypatch):
-    from symmon.adapters import make_orbit_model
+def test_metatomic_calculator_and_orbit_model_for_load_the_file_once(monkeypatch):
+    from symmon.adapters import orbit_model_for
     from symmon.frontends.calculator import metatomic_calculator
 
     path = bundled_model_path()
@@ -29,5 +29,5 @@ def test_metatomic_calculator_and_make_orbit_model_load_the_file_once(monkeypatc
     assert calculator.todict()["model"] == path
     assert calculator.parameters["non_conservative"] is True  # the tiny PET has direct stress
     calls.clear()
-    orbit_model = make_orbit_model(path)
+    orbit_model = orbit_model_for(path)
     assert len(calls) == 1 and orbit_model.model_path == path

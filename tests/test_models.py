@@ -22,11 +22,12 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 from analytic import cluster  # noqa: E402
 from analytic_models import make_analytic_model  # noqa: E402
+import structures  # noqa: E402
 
 import symmon  # noqa: E402
 from symmon import quadrature_grid, random_grid  # noqa: E402
 from symmon.adapters import (ASEOrbitModel, MetatomicOrbitModel, OrbitModel,  # noqa: E402
-                           make_orbit_model, output_kind)
+                           orbit_model_for, output_kind)
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -295,10 +296,7 @@ def test_chunking_does_not_change_results(model64):
 # 4. the ASE adapter
 # --------------------------------------------------------------------------------------
 def cu_ni():
-    atoms = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 1, 1)
-    atoms.numbers[[1, 6]] = 28
-    atoms.rattle(0.1, seed=4)
-    return atoms
+    return structures.cu_ni(nickel=(1, 6), rattle=0.1, seed=4)
 
 
 class LabFrameEMT(EMT):
@@ -347,33 +345,33 @@ def test_ase_adapter_matches_direct_calls():
 
 
 # --------------------------------------------------------------------------------------
-# 5. make_orbit_model dispatch
+# 5. orbit_model_for dispatch
 # --------------------------------------------------------------------------------------
-def test_make_orbit_model_dispatch(model64, tmp_path):
+def test_orbit_model_for_dispatch(model64, tmp_path):
     from metatomic_ase import MetatomicCalculator
 
     atoms = molecule()
     matrices = some_elements()
-    direct = make_orbit_model(model64)
+    direct = orbit_model_for(model64)
     assert isinstance(direct, MetatomicOrbitModel)
     expected = direct.evaluate(atoms, matrices, ["energy", "non_conservative_forces"])
 
     path = tmp_path / "analytic.pt"
     model64.save(str(path))
     for source in (path, str(path), MetatomicCalculator(model64, neighbor_skin=0.0)):
-        orbit = make_orbit_model(source)
+        orbit = orbit_model_for(source)
         assert isinstance(orbit, MetatomicOrbitModel)
         got = orbit.evaluate(atoms, matrices, ["energy", "non_conservative_forces"])
         for name in expected:
             torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-12)
 
-    assert make_orbit_model(direct) is direct
-    emt = make_orbit_model(EMT())
+    assert orbit_model_for(direct) is direct
+    emt = orbit_model_for(EMT())
     assert isinstance(emt, ASEOrbitModel) and isinstance(emt, OrbitModel)
     with pytest.raises(TypeError, match="cannot evaluate"):
-        make_orbit_model(object())
+        orbit_model_for(object())
     with pytest.raises(TypeError, match="cannot evaluate"):
-        make_orbit_model(42)
+        orbit_model_for(42)
 
 
 # --------------------------------------------------------------------------------------
@@ -422,7 +420,7 @@ def test_bad_inputs(model64, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         MetatomicOrbitModel(missing)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        make_orbit_model(str(missing))
+        orbit_model_for(str(missing))
     for bad in (0, -3, 2.5):
         with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
             MetatomicOrbitModel(model64, chunk_size=bad)

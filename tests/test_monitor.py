@@ -19,15 +19,9 @@ from symmon.adapters import ASEOrbitModel
 from symmon.frontends.calculator import SymmetryMonitor, SymmetryViolation, SymmetryViolationWarning
 
 from broken import LabFrameEMT
+from structures import cu_ni
 
 HERE = os.path.dirname(__file__)
-
-
-def cu_ni(seed=1):
-    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 1, 1))
-    atoms.numbers[[1, 4]] = 28
-    atoms.rattle(0.05, seed=seed)
-    return atoms
 
 
 def run_md(monitor, atoms, steps=6, seed=0):

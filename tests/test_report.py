@@ -25,6 +25,7 @@ from matplotlib.collections import QuadMesh
 from matplotlib.lines import Line2D
 
 from broken import LabFrameEMT
+from structures import cu_ni
 from symmon import SymmetryMonitor
 from symmon.core.irreps import irrep_labels, irreps_up_to
 from symmon.frontends.cli import main
@@ -57,10 +58,7 @@ STRONGLY_BROKEN = {"lab_force": (0.0, 0.0, 0.3), "lab_stress": 0.01}
 
 
 def cu_ni_cell():
-    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((1, 1, 2))
-    atoms.numbers[[1, 4, 6]] = 28
-    atoms.rattle(0.05, seed=1)
-    return atoms
+    return cu_ni(repeat=(1, 1, 2), nickel=(1, 4, 6))
 
 
 def monitored_md(calc, path, steps=4, full_every=3, **options):
@@ -124,7 +122,12 @@ def test_emt_is_ok_and_the_broken_control_is_a_problem(logs):
     # reasons ranked by severity, one action
     ranks = [LEVELS.index(c["level"]) for c in v["checks"]]
     assert ranks == sorted(ranks, reverse=True) and ranks[0] == 2
-    assert v["reasons"][0].startswith("problem: forces") and 'SymmetryMonitor(base, mode="average")' in v["action"]
+    assert v["reasons"][0].startswith("problem: forces")
+    assert 'SymmetryMonitor(base, mode="average")' in v["action"]
+    assert 'mode="random_frame"' in v["action"] and "purify" not in v["action"]  # EMT
+    cost = broken["cost_of_average"]
+    assert cost["calls_per_step"] == 168 and cost["ms_per_call"] > 0
+    assert f"{cost['calls_per_step']} model calls per step" in v["what_to_do"]["cost"]
     # the constant lab-frame force lives in the scalar channel (0,+1) of the forces
     assert broken["contamination"]["forces"]["top_irreps"][0]["irrep"] == "(0,+1)"
     assert "a part that stays fixed in the lab frame (0,+1)" in v["reasons"][0]
@@ -408,6 +411,22 @@ def test_figures_have_units_one_legend_and_their_own_limits(logs):
     spectra_ax = figures["spectra"].axes[0]
     assert spectra_ax.get_xlim() == pytest.approx((s["run"]["time_start_ps"],
                                                    s["run"]["time_end_ps"]))
+
+
+def test_the_heatmap_colours_target_and_wrong_channels_apart(logs):
+    """Target rows (★) in one colour map (blue, linear), the other rows in another
+    (yellow-red, log, white below 1e-6): on-target power never reads as breaking."""
+    with LogReader(logs["broken"]) as log:
+        _, figures = summary_and_figures(log)
+    forces = figures["spectra"].axes[1]
+    on, off = [m for m in forces.collections if isinstance(m, QuadMesh)]
+    assert on.get_cmap().name == "Blues" and off.get_cmap().name.startswith("YlOrRd")
+    labels = [t.get_text() for t in forces.get_yticklabels()]
+    on_rows = ~np.ma.getmaskarray(on.get_array()).all(axis=1)
+    off_rows = ~np.ma.getmaskarray(off.get_array()).all(axis=1)
+    assert [labels[i] for i in np.flatnonzero(on_rows)] == ["(1,+1) ★"]
+    assert not (on_rows & off_rows).any() and (on_rows | off_rows).all()
+    assert off.norm.vmin == report_figures.OFF_TARGET_FLOOR
 
 
 def test_small_numbers_and_rounding_noise_are_printed_honestly():

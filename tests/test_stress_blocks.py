@@ -2,16 +2,15 @@
 the whole tensor's targets (0,+1)+(2,+1) hid it)."""
 
 import numpy as np
-from ase.build import bulk
 from ase.calculators.emt import EMT
 
 from broken import LabFrameEMT
+from structures import cu_ni
 from symmon import SymmetryMonitor
 
 
 def test_non_rotating_traceless_stress_is_contamination():
-    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 1, 1))
-    atoms.rattle(0.05, seed=2)
+    atoms = cu_ni(nickel=(), seed=2)
     a = 0.01  # eV/Å^3: the stress gets a * e_z e_z^T in the lab frame
     monitor = SymmetryMonitor(LabFrameEMT(lab_force=(0.0, 0.0, 0.0), lab_stress=a),
                               every=1, full_every=1, l_max=2)
@@ -31,8 +30,7 @@ def test_non_rotating_traceless_stress_is_contamination():
 
 
 def test_equivariant_stress_is_clean():
-    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 1, 1))
-    atoms.rattle(0.05, seed=2)
+    atoms = cu_ni(nickel=(), seed=2)
     monitor = SymmetryMonitor(EMT(), every=1, full_every=1, l_max=2)
     atoms.calc = monitor
     atoms.get_forces()

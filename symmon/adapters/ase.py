@@ -1,4 +1,8 @@
-"""Adapter for any ASE calculator: one calculation per transformed copy."""
+"""Adapter for any ASE calculator: one calculation per transformed copy.
+
+The registry's fallback (:func:`~symmon.adapters.registry.orbit_model_for`): exact for
+any calculator, as slow as K calculations.
+"""
 
 from __future__ import annotations
 
@@ -14,20 +18,34 @@ from .base import (OrbitModel, transformed_atoms, validate_atoms, validate_matri
 ASE_OUTPUTS = ("energy", "energies", "forces", "stress")
 
 
+def ase_predictions(calculator, atoms, names: Sequence[str]) -> Dict[str, np.ndarray]:
+    """``names`` from an ASE calculator, float64 (stress as 3x3)."""
+    if hasattr(calculator, "get_properties"):  # one state check, one calculation
+        raw = calculator.get_properties(list(names), atoms)
+    else:
+        raw = {name: calculator.get_property(name, atoms) for name in names}
+    values = {name: np.array(raw[name], dtype=np.float64) for name in names}
+    if "stress" in values:
+        values["stress"] = voigt_to_matrix(values["stress"])
+    return values
+
+
 class ASEOrbitModel(OrbitModel):
     """Evaluate an ASE calculator on transformed copies (a Python loop over copies).
 
     ``energy``, ``forces``, ``stress`` and per-atom ``energies`` are offered when the
-    calculator lists them in ``implemented_properties``.
+    calculator lists them in ``implemented_properties``. Its calculator is not one
+    whose call a batched copy could replace (:attr:`calculator` is ``None``):
+    :attr:`ase_calculator` is the calculator it calls.
     """
 
     def __init__(self, calculator):
-        self.calculator = calculator
+        self.ase_calculator = calculator
         self.path = f"one ASE calculation per copy ({type(calculator).__name__})"
 
     @property
     def available_outputs(self) -> Sequence[str]:
-        implemented = set(getattr(self.calculator, "implemented_properties", ()))
+        implemented = set(getattr(self.ase_calculator, "implemented_properties", ()))
         return tuple(name for name in ASE_OUTPUTS if name in implemented)
 
     def evaluate(self, atoms, matrices, outputs: Sequence[str], *,
@@ -39,7 +57,7 @@ class ASEOrbitModel(OrbitModel):
         for matrix in matrices:
             copy = transformed_atoms(atoms, matrix)
             for name in outputs:
-                value = self.calculator.get_property(name, copy)
+                value = self.ase_calculator.get_property(name, copy)
                 if name == "stress":
                     value = voigt_to_matrix(np.asarray(value))
                 results[name].append(np.array(value, dtype=np.float64))

@@ -116,7 +116,47 @@ def transformed_atoms(atoms, matrix: np.ndarray):
 
 
 class OrbitModel(ABC):
-    """Evaluate one model on many O(3)-transformed copies of a structure."""
+    """Evaluate one model on many O(3)-transformed copies of a structure.
+
+    The per-family facts the layers above read (never the family's name):
+
+    * :attr:`family`: the registry entry that built it (:mod:`.registry`);
+    * :attr:`calculator`: the ASE calculator whose predictions the orbit reproduces
+      exactly (its unrotated copy may replace that calculator's call: "folding"), or
+      ``None``;
+    * :attr:`batched`: the copies go through few forward calls (else one call each);
+    * :attr:`direct`: quantities that calculator returns from direct
+      (non-conservative) heads, and :attr:`removes_net_force`: whether it returns
+      direct forces less their mean while the model's output keeps it (metatomic);
+    * :attr:`dtype`, :attr:`device`: where and in what precision the model computes;
+    * :attr:`has_features` (last-layer features, :meth:`feature_output`) and
+      :attr:`has_layer_hooks` (``capture`` of internal modules);
+    * :meth:`warm_up_atoms`: a small structure whose first calls compile the model's
+      code paths (``None``: nothing to warm up);
+    * :attr:`memory_scales_with`: what one copy's memory in a forward call is
+      proportional to, ``"atoms"`` or ``"pairs"`` (neighbour pairs, graph edges): the
+      chunk planner (:mod:`.memory`) scales measured costs by it.
+    """
+
+    family: str = "ase"
+    calculator = None
+    batched: bool = False
+    direct: frozenset = frozenset()
+    removes_net_force: bool = False
+    dtype = torch.float64
+    device = torch.device("cpu")
+    has_features: bool = False
+    has_layer_hooks: bool = False
+    memory_scales_with: str = "atoms"
+    path: str = ""
+
+    def warm_up_atoms(self):
+        """A structure to warm the model up on (``None``: no warm-up needed)."""
+        return None
+
+    def prepare(self, atoms) -> None:
+        """Settle what depends on the first structure (a wrapper's check) before the
+        facts above are read for it; :meth:`evaluate` does it too."""
 
     @property
     @abstractmethod

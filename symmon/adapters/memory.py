@@ -101,8 +101,10 @@ class ChunkPlanner:
         self.per_copy: Dict[int, float] = {}
         #: size -> largest chunk known to fit (after an out-of-memory at twice that)
         self.fits: Dict[int, int] = {}
-        #: the chunk of the last forward call, and how many out-of-memory retries so far
+        #: the chunk of the last forward call, the largest so far, and how many
+        #: out-of-memory retries so far
         self.last_chunk: Optional[int] = None
+        self.largest = 0
         self.retries = 0
 
     # -- planning ------------------------------------------------------------------
@@ -158,7 +160,7 @@ class ChunkPlanner:
         start = 0
         while start < n_copies:
             k = self.plan(n_copies - start, n_atoms, size)
-            self.last_chunk = k
+            self.last_chunk, self.largest = k, max(self.largest, k)
             failed = None
             try:
                 results.append(self._measured(forward, start, start + k, size))

@@ -32,6 +32,7 @@ from .catalogue import OutputCatalogue
 from .model_file import loading_model_file
 from .orbit_systems import OrbitSystems, per_copy_values  # noqa: F401 (re-exported)
 from .per_copy import CalculatorLoop
+from .registry import Family, register
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -85,17 +86,28 @@ class MetatomicOrbitModel(OrbitModel):
         that is available, CUDA first when the model lists it)
     :param chunk_size: copies per forward call (default: planned from the memory one
         copy takes, :class:`~symmon.adapters.memory.ChunkPlanner`)
-    :param wrapper: ``(calculator, attribute)`` when ``model`` is the
-        ``MetatomicCalculator`` held by another calculator: on the first call the
-        wrapper's energy is checked equal to the model's
     :ivar path: which evaluation path is used, and why
+
+    Built from a ``MetatomicCalculator``, that calculator is :attr:`calculator` (its
+    predictions are the unrotated copy's: the monitor folds it into the orbit) and its
+    ``non_conservative`` parameter says which quantities are :attr:`direct`; it returns
+    direct forces less their mean (:attr:`removes_net_force`).
     """
 
+    family = "metatomic"
+    batched = True
+    removes_net_force = True
+    has_features = True
+
     def __init__(self, model, *, device: Optional[str] = None,
-                 chunk_size: Optional[int] = None, extensions_directory=None,
-                 wrapper: Optional[Tuple[object, str]] = None):
+                 chunk_size: Optional[int] = None, extensions_directory=None):
         from metatomic.torch import pick_device
 
+        if isinstance(model, metatomic_calculator_class()):
+            self.calculator = model
+            non_conservative = model.parameters.get("non_conservative", False)
+            self.direct = frozenset(q for q in ("forces", "stress")
+                                    if non_conservative in (True, q))
         self.model = load_metatomic_model(model, extensions_directory)
         self.model_path = _model_file(model)
         self.capabilities = self.model.capabilities()
@@ -121,13 +133,11 @@ class MetatomicOrbitModel(OrbitModel):
                                               atomistic_model_runner(self.model),
                                               self.planner)
         self.chunk_size = chunk_size
-        self.wrapper = wrapper
         #: outputs :meth:`evaluate` leaves on the model's device (for a consumer that
         #: uses them there: the monitor's purified readout corrects with its features)
         self.device_outputs: Tuple[str, ...] = ()
-        if wrapper is not None:
-            self.path += (f" (the MetatomicCalculator held in "
-                          f"{type(wrapper[0]).__name__}.{wrapper[1]})")
+        if inputs:
+            self.batched = False
 
     def _neighbor_calculators(self):
         from vesin.metatomic import neighbor_lists_for_model
@@ -154,6 +164,18 @@ class MetatomicOrbitModel(OrbitModel):
     def cutoff(self) -> float:
         return float(self.capabilities.interaction_range)
 
+    def warm_up_atoms(self):
+        """A periodic dimer of the model's first species, 2 Å apart (half the cutoff
+        if shorter), in a box of twice the cutoff plus margins: TorchScript optimises
+        each code path on its first calls."""
+        from ase import Atoms
+
+        species = self.atomic_types[0]
+        distance = min(2.0, 0.5 * self.cutoff) or 1.0
+        box = 2 * self.cutoff + 2 * distance + 1.0
+        return Atoms(numbers=[species, species], positions=[[0, 0, 0], [0, 0, distance]],
+                     cell=np.eye(3) * box, pbc=True)
+
     def system(self, atoms):
         """The structure's System with every neighbour list the model requests."""
         return self.systems.system(atoms)
@@ -168,27 +190,73 @@ class MetatomicOrbitModel(OrbitModel):
         validate_atoms(atoms, outputs, overlaps=not checked, cell=not checked)
         check_species(atoms, self.atomic_types, self.label)
         matrices = validate_matrices(matrices)
-        if self.wrapper is not None:
-            self._check_wrapper(atoms)
         on_device = [name for name in outputs if name in self.device_outputs]
         if on_device and isinstance(self.evaluator, BatchedEvaluator):
             return self.evaluator.evaluate(atoms, matrices, outputs, on_device)
         return self.evaluator.evaluate(atoms, matrices, outputs)
 
-    def _check_wrapper(self, atoms) -> None:
-        """Refuse a wrapper whose energy is not its inner model's (checked once)."""
-        calculator, attribute = self.wrapper
-        if not self.catalogue.has_energy():
-            self.wrapper = None
-            return
-        theirs = float(calculator.get_property("energy", atoms.copy()))
-        ours = float(self.evaluator.evaluate(atoms, np.eye(3)[None], ["energy"])["energy"][0])
-        tolerance = (1e-5 if self.dtype == torch.float32 else 1e-9) * max(1.0, abs(ours))
-        if abs(theirs - ours) > tolerance:
-            name = type(calculator).__name__
-            raise ValueError(
-                f"{name} returns an energy {theirs - ours:+.6g} eV away from the "
-                f"MetatomicCalculator it holds in .{attribute}: it adds something, which "
-                f"the batched path would not monitor; give symmon {name}.{attribute} "
-                f"itself, or ASEOrbitModel({name}) to monitor it copy by copy")
-        self.wrapper = None
+
+def metatomic_calculator(path, *, device: Optional[str] = None, non_conservative=False):
+    """``MetatomicCalculator`` for a ``.pt`` file, with exact neighbour lists (no skin).
+
+    ``non_conservative=True`` on a model with direct forces but no direct stress head
+    means direct forces only (``"forces"``), as it does for a molecule. The file is
+    loaded once: the calculator gets the loaded model, and its ``parameters["model"]``
+    names the file as if it had loaded it itself (``todict``, the log's model hash)."""
+    from metatomic.torch import load_atomistic_model
+    from metatomic_ase import MetatomicCalculator
+
+    if not isinstance(path, (str, bytes, os.PathLike)):  # an AtomisticModel
+        return MetatomicCalculator(path, device=device, neighbor_skin=0.0,
+                                   non_conservative=_direct_heads(path, non_conservative))
+    with loading_model_file(path) as checked:
+        model = load_atomistic_model(checked)
+        calculator = MetatomicCalculator(model, device=device, neighbor_skin=0.0,
+                                         non_conservative=_direct_heads(model,
+                                                                        non_conservative))
+    calculator.parameters["model"] = checked
+    return calculator
+
+
+def _direct_heads(model, non_conservative):
+    """``"forces"`` for ``True`` on a model that declares no direct stress."""
+    from ..core.outputs import spellings
+
+    declared = model.capabilities().outputs.keys()
+    if non_conservative is True and not any(name in declared for name in
+                                            spellings("non_conservative_stress")):
+        return "forces"
+    return non_conservative
+
+
+def _is_atomistic_model(obj) -> bool:
+    return hasattr(obj, "capabilities") and hasattr(obj, "requested_neighbor_lists") \
+        and hasattr(obj, "metadata")
+
+
+def _recognises(obj) -> bool:
+    return _is_atomistic_model(obj) or isinstance(obj, metatomic_calculator_class())
+
+
+def _is_symmetrized(calculator) -> bool:
+    """metatomic-ase's ``SymmetrizedCalculator`` returns an average, not its inner
+    model's values: never looked through."""
+    try:
+        from metatomic_ase import SymmetrizedCalculator
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(calculator, SymmetrizedCalculator)
+
+
+def _opens(path: str) -> bool:
+    """Every file but a checkpoint: an exported model, or one refused with a sentence."""
+    return not path.endswith(".ckpt")
+
+
+def _build(model, *, device=None, chunk_size=None, extensions_directory=None, **_):
+    return MetatomicOrbitModel(model, device=device, chunk_size=chunk_size,
+                               extensions_directory=extensions_directory)
+
+
+register(Family("metatomic", _recognises, _build, opens=_opens,
+                calculator=metatomic_calculator, opaque=_is_symmetrized))

@@ -37,6 +37,7 @@ from .hooks import (CaptureResult, ForwardHooks, edge_index, hooked_bases,
 from .metatrain_checkpoint import checkpoint_epoch, load_metatrain_checkpoint
 from .orbit_systems import OrbitSystems, output_values
 from .pet_modules import OUTPUT_PREFIX, ModuleNames, default_pet_modules, split_suffix
+from .registry import Family, register
 
 __all__ = ["CaptureResult", "MetatrainOrbitModel", "default_pet_modules",
            "load_metatrain_checkpoint", "checkpoint_epoch", "OUTPUT_PREFIX"]
@@ -76,6 +77,10 @@ class MetatrainOrbitModel(OrbitModel):
     :param dtype: floating point type of the evaluation (default float64)
     :param weights: ``"epoch"`` or ``"best"`` weights of a checkpoint
     """
+
+    family = "metatrain"
+    batched = True
+    has_layer_hooks = True
 
     def __init__(self, model, *, device: Optional[str] = None,
                  chunk_size: Optional[int] = None,
@@ -284,3 +289,25 @@ def _same_edges(edges, chunk_edges):
     if not np.array_equal(edges, chunk_edges):
         raise RuntimeError("the model's edges changed between copies")
     return edges
+
+
+def _recognises(obj) -> bool:
+    """An eager metatrain model (a ``torch.nn.Module`` of a metatrain architecture)."""
+    return isinstance(obj, torch.nn.Module) and type(obj).__module__.startswith("metatrain.")
+
+
+def _calculator(path, **_):
+    """A checkpoint has no ASE calculator: the sentence with the export command."""
+    from .model_file import _not_exported
+
+    raise ValueError(_not_exported(os.fspath(path), "a metatrain checkpoint"))
+
+
+def _build(model, *, device=None, chunk_size=None, dtype=torch.float64, weights="epoch",
+           **_):
+    return MetatrainOrbitModel(model, device=device, chunk_size=chunk_size,
+                               dtype=dtype, weights=weights)
+
+
+register(Family("metatrain", _recognises, _build,
+                opens=lambda path: path.endswith(".ckpt"), calculator=_calculator))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import atexit
 import functools
-import os
 import weakref
 from typing import Optional
 
@@ -28,14 +27,14 @@ import numpy as np
 from ase.calculators.calculator import (BaseCalculator, PropertyNotImplementedError,
                                         all_changes)
 
-from ..adapters.model_file import loading_model_file
-from ..core.outputs import matrix_to_voigt, spellings
+from ..adapters.metatomic import metatomic_calculator  # noqa: F401 (re-exported)
+from ..core.outputs import matrix_to_voigt
+from ..monitoring.build import build_monitor
 from ..monitoring.monitor import Monitor
 from ..monitoring.options import (MODES, VIOLATION_ACTIONS, MonitorOptions,  # noqa: F401
                                   check_option_names)
 from ..monitoring.policy import SymmetryViolation, SymmetryViolationWarning  # noqa: F401
 from ..monitoring.schema import OBSERVABLES, RESULTS
-from ..monitoring.source import ModelSource
 from ..monitoring.steps import same_values
 
 #: scalar diagnostics in ``results`` (NaN on steps where they were not computed): the
@@ -53,68 +52,30 @@ class StressNotAvailable(PropertyNotImplementedError, ValueError):
     """Stress of a structure that is not periodic in three directions."""
 
 
-def metatomic_calculator(path, *, device: Optional[str] = None, non_conservative=False):
-    """``MetatomicCalculator`` for a ``.pt`` file, with exact neighbour lists (no skin).
-
-    ``non_conservative=True`` on a model with direct forces but no direct stress head
-    means direct forces only (``"forces"``), as it does for a molecule. The file is
-    loaded once: the calculator gets the loaded model, and its ``parameters["model"]``
-    names the file as if it had loaded it itself (``todict``, the log's model hash)."""
-    from metatomic.torch import load_atomistic_model
-    from metatomic_ase import MetatomicCalculator
-
-    with loading_model_file(path) as checked:
-        model = load_atomistic_model(checked)
-        if non_conservative is True and not _has_direct_stress(model):
-            non_conservative = "forces"
-        calculator = MetatomicCalculator(model, device=device,
-                                         non_conservative=non_conservative, neighbor_skin=0.0)
-    calculator.parameters["model"] = checked
-    return calculator
-
-
-def _has_direct_stress(model) -> bool:
-    """Whether the loaded ``AtomisticModel`` declares a direct (non-conservative) stress."""
-    declared = model.capabilities().outputs.keys()
-    return any(name in declared for name in spellings("non_conservative_stress"))
-
-
 def make_monitor(base, log=None, *, readout=None, device=None, chunk_size=None,
                  extra_specs=None, warm_up=True, **options) -> Monitor:
-    """A :class:`Monitor` of ``base`` (ASE calculator or ``.pt`` path), options checked."""
+    """A :class:`Monitor` of ``base`` (an ASE calculator, or a model, model file or
+    entry point its family has a calculator for), options checked (a misspelt keyword
+    is named with the closest valid one)."""
     check_option_names(options, also=FRONT_END_KEYWORDS)
-    options = MonitorOptions(**options)
-    if isinstance(base, (str, os.PathLike)):
-        base = metatomic_calculator(base, device=device)
-    source = ModelSource(base, device=device, chunk_size=chunk_size)
-    if options.mode == "purified":
-        readout = _load_readout(readout, source)
-    return Monitor(source, options, log=log, readout=readout if options.mode == "purified"
-                   else None, extra_specs=extra_specs, warm_up=warm_up)
-
-
-def _load_readout(readout, source):
-    if readout is None:
-        raise ValueError("mode='purified' needs readout=<file written by symmon purify>")
-    if source.inner is None:
-        raise ValueError("mode='purified' needs a metatomic model (its last-layer "
-                         f"features); the base calculator is {type(source.base).__name__}")
-    from ..io.readout import load_readout
-
-    return load_readout(readout, source.orbit_model)
+    return build_monitor(base, log, readout=readout, device=device, chunk_size=chunk_size,
+                         extra_specs=extra_specs, warm_up=warm_up,
+                         options=MonitorOptions(**options))
 
 
 class SymmetryMonitor(BaseCalculator):
     """An ASE calculator that wraps ``base`` and logs its O(3) symmetry diagnostics.
 
-    :param base: ASE calculator to wrap (a ``metatomic_ase.MetatomicCalculator``, or a
-        calculator holding one, gets the fast batched path), or a metatomic ``.pt`` path
+    :param base: ASE calculator to wrap (a calculator of a batched family --
+        ``MetatomicCalculator``, ``ORBCalculator``... -- or one holding it, gets the
+        fast batched path), a model object of such a family, a model file (``.pt``) or
+        a Python entry point ``"module:function"`` (docs/compatibility.md)
     :param log: HDF5 log path (``None``: keep diagnostics in ``results`` only)
     :param readout: purified readout file (``symmon purify``) for ``mode="purified"``
-    :param chunk_size: transformed copies per batched forward call (metatomic models;
+    :param chunk_size: transformed copies per batched forward call (batched families;
         default: as many as the device's free memory holds, measured on the first calls,
         :mod:`symmon.adapters.memory`)
-    :param device: torch device of a metatomic model
+    :param device: torch device of the model
     :param options: the monitor's settings, see
         :class:`symmon.monitoring.options.MonitorOptions` (``every``, ``random_rotations``,
         ``full_every``, ``degree``, ``l_max``, ``mode``, ``average_degree``,

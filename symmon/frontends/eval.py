@@ -63,9 +63,9 @@ def choose_outputs(orbit_model, periodic: bool = True) -> Dict[str, str]:
     return chosen
 
 
-def _per_structure(quantity: str, squared: float, n_atoms: int) -> float:
-    """A squared distance (summed over components and atoms) in the quantity's convention."""
-    return math.sqrt(squared) * QUANTITY[quantity].per_atom_factor(n_atoms)
+def _per_structure(quantity: str, distance: float, n_atoms: int) -> float:
+    """A distance (summed over components and atoms) in the quantity's convention."""
+    return distance * QUANTITY[quantity].per_atom_factor(n_atoms)
 
 
 @dataclass
@@ -89,10 +89,9 @@ class StructureResult:
 def evaluate_structure(orbit_model, atoms, grid, outputs: Dict[str, str],
                        label_keys: Dict[str, str], index: int = 0) -> StructureResult:
     """ε, error and error of the averaged prediction of every quantity on one structure."""
-    import torch
-
     from ..adapters.labels import read_label
-    from ..core.metrics import equivariance_error, orbit_average
+    from ..core.accuracy import label_error
+    from ..core.metrics import equivariance_error
 
     matrices = np.concatenate([grid.matrices, np.eye(3)[None]])  # last copy: lab frame
     values = orbit_model.evaluate(atoms, matrices, list(outputs.values()))
@@ -103,17 +102,17 @@ def evaluate_structure(orbit_model, atoms, grid, outputs: Dict[str, str],
             value = without_net_force(value)
         orbit, lab_frame = value[:len(grid)], value[len(grid)]
         kind = output(name).kind
-        eps_sq = equivariance_error(orbit, grid, kind).eps_sq
-        item = QuantityResult(_per_structure(quantity, max(eps_sq, 0.0), len(atoms)),
-                              weight=len(atoms) if quantity == "forces" else 1)
+        error = equivariance_error(orbit, grid, kind)
+        item = QuantityResult(_per_structure(quantity, math.sqrt(max(error.eps_sq, 0.0)),
+                                             len(atoms)),
+                              weight=len(atoms) if QUANTITY[quantity].per_atom else 1)
         key = label_keys.get(quantity)
         label = read_label(atoms, key, quantity) if key else None
         if label is not None:
-            label = torch.as_tensor(label, dtype=torch.float64).reshape(lab_frame.shape)
-            averaged = orbit_average(orbit, grid, kind)
-            for attribute, prediction in (("error", lab_frame), ("error_averaged", averaged)):
-                squared = float(((prediction.cpu() - label) ** 2).sum())
-                setattr(item, attribute, _per_structure(quantity, squared, len(atoms)))
+            deviation = label_error(lab_frame, error.mean, label)
+            item.error = _per_structure(quantity, deviation.distance, len(atoms))
+            item.error_averaged = _per_structure(quantity, deviation.distance_averaged,
+                                                 len(atoms))
         result.quantities[quantity] = item
     return result
 
@@ -297,7 +296,7 @@ def label_keys_for(args, structures) -> Dict[str, str]:
 
 def run_eval(args) -> int:
     """``symmon eval``: one process, or every rank of ``torchrun ... symmon eval``."""
-    from ..adapters import make_orbit_model
+    from ..adapters.registry import orbit_model_for
     from ..adapters.labels import read_structures
     from ..core.grids import quadrature_grid
     from ..io.files import file_sha256
@@ -313,7 +312,7 @@ def run_eval(args) -> int:
         options = {"device": ranks.device if ranks.distributed else args.device}
         if args.chunk_size is not None:
             options["chunk_size"] = args.chunk_size
-        orbit_model = make_orbit_model(args.model, **options)
+        orbit_model = orbit_model_for(args.model, **options)
         settings = {"model_sha256": file_sha256(args.model), "degree": args.degree,
                     "structures_sha256": file_sha256(args.structures),
                     "index": args.index, "label_keys": keys}

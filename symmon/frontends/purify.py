@@ -64,7 +64,7 @@ def sweep_structures(orbit_model, structures, target: str, grid: O3Grid,
                      intercept: Optional[bool] = None, progress: bool = True) -> PurificationSweep:
     """One pass over ``structures``: LLF and outputs on the orbit, normal equations.
 
-    :param orbit_model: a :class:`~symmon.adapters.MetatomicOrbitModel`
+    :param orbit_model: an adapter with last-layer features (``has_features``)
     :param target: ``energy``, ``non_conservative_forces`` or ``non_conservative_stress``
     :param labels_key: key of reference labels (eV, eV/Å, eV/Å^3; stress as 3x3 or 6
         Voigt values; see :mod:`symmon.adapters.labels`); ``None``: the model's own
@@ -164,7 +164,7 @@ def add_purify_arguments(parser) -> None:
 
 
 def run_purify(args) -> int:
-    from ..adapters import MetatomicOrbitModel
+    from ..adapters.registry import orbit_model_for
     from ..adapters.labels import read_structures
     from ..core.grids import quadrature_grid
 
@@ -172,8 +172,9 @@ def run_purify(args) -> int:
 
     structures = read_structures(args.structures)
     with Ranks.from_environment(rank_device(args.device)) as ranks:
-        orbit_model = MetatomicOrbitModel(args.model, device=ranks.device if
-                                          ranks.distributed else args.device)
+        orbit_model = orbit_model_for(args.model, device=ranks.device if
+                                      ranks.distributed else args.device,
+                                      needs=("features",))
         settings = {"model_sha256": file_sha256(args.model), "target": args.target,
                     "structures_sha256": file_sha256(args.structures),
                     "degree": args.degree, "labels": args.labels,

@@ -216,6 +216,7 @@ class MonitorOptions:
     :param trajectory: also log every unmonitored step (frame, the model's energy,
         forces and stress, net force/torque, calls), so the log is the whole trajectory;
         by default only monitored steps are logged (an unmonitored step then costs no I/O)
+    :param metadata: extra JSON-ready items stored in the log's metadata
     """
 
     every: Union[int, str] = "auto"

@@ -48,9 +48,8 @@ class Recorder:
     The log is flushed after every ``flush_every`` monitored records, after
     :data:`FLUSH_STEPS` records of any kind, and at the first record written
     :data:`FLUSH_SECONDS` after the last flush: a flush writes every observable's
-    buffers (~5 ms on a CPU for ~70 observables), so at 10 records per flush it was the
-    largest host cost of monitoring every step. A killed run (SIGKILL) loses at most the
-    unflushed records: ``flush_every`` monitored steps or ~10 s of the run.
+    buffers, the largest host cost of a log if done often. A killed run (SIGKILL)
+    loses at most the unflushed records: ``flush_every`` monitored steps or ~10 s.
 
     Every value's name must be a row of :data:`.schema.OBSERVABLES` or one of
     ``extra_names`` (a front-end's own observables): an undeclared one is refused

@@ -1,14 +1,12 @@
 """What the monitor evaluates: the base calculator's predictions and its orbit adapter.
 
-The base is any ASE calculator. Its orbit (the transformed copies) goes through
-
-* the batched metatomic adapter when the base is a ``MetatomicCalculator``, or wraps one
-  (an attribute holding a ``MetatomicCalculator``) *and* returns that inner calculator's
-  predictions unchanged -- checked on the first structure, so a wrapper that adds terms
-  (dispersion, a reference energy) is never silently replaced by its inner model;
-* otherwise the generic per-copy loop (``ASEOrbitModel``), which is exact for any
-  calculator. Which path, and why, is in :attr:`ModelSource.path`; a wrapper whose
-  inner model cannot be used is reported once with a warning.
+The base is any ASE calculator; its orbit (the transformed copies) goes through the
+adapter the registry gives it (:func:`~symmon.adapters.registry.orbit_model_for`: a
+family's batched adapter, a wrapper looked through, or one ASE calculation per copy).
+This module knows no family: it reads the adapter's facts (:class:`~symmon.adapters.
+base.OrbitModel`): which calculator's predictions the orbit reproduces, which quantities
+that calculator returns from direct heads, whether it removes their net force, its
+dtype, its warm-up structure. Which path, and why, is in :attr:`ModelSource.path`.
 
 Monitored quantities follow the base: ``energy`` always, ``forces`` and ``stress`` when
 the base implements them, stress only for 3D-periodic cells.
@@ -38,10 +36,9 @@ import numpy as np
 import torch
 from ase.calculators.calculator import all_changes
 
-from ..adapters.ase import ASEOrbitModel
-from ..adapters.dispatch import held_metatomic_calculator
+from ..adapters.ase import ase_predictions  # noqa: F401 (re-exported)
 from ..adapters.memory import OrbitOutOfMemory, is_out_of_memory
-from ..adapters.metatomic import MetatomicOrbitModel, metatomic_calculator_class
+from ..adapters.registry import orbit_model_for
 from ..core.outputs import voigt_to_matrix, without_net_force
 from ..core.quantities import QUANTITY, QUANTITY_NAMES
 
@@ -53,33 +50,6 @@ _PERIODIC = np.ones(3, dtype=bool).tobytes()
 #: largest max|folded - base| / max(max|base|, tiny) accepted, per model dtype
 WARM_UP_CALLS = 3  # the profiling executor optimises after its first calls
 FOLD_TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
-
-
-def find_metatomic(base) -> Tuple[Optional[object], str]:
-    """The ``MetatomicCalculator`` behind ``base`` (itself or an attribute), and how found."""
-    if isinstance(base, metatomic_calculator_class()):
-        return base, "the base is a MetatomicCalculator"
-    held = held_metatomic_calculator(base)
-    if held is not None:
-        return held[1], f"{type(base).__name__}.{held[0]} is a MetatomicCalculator"
-    return None, (f"{type(base).__name__} holds no MetatomicCalculator: one ASE calculation "
-                  "per transformed copy")
-
-
-def ase_predictions(calculator, atoms, names: Sequence[str]) -> Dict[str, np.ndarray]:
-    """``names`` from an ASE calculator, float64 (stress as 3x3)."""
-    if hasattr(calculator, "get_properties"):  # one state check, one calculation
-        raw = calculator.get_properties(list(names), atoms)
-    else:
-        raw = {name: calculator.get_property(name, atoms) for name in names}
-    values = {name: np.array(raw[name], dtype=np.float64) for name in names}
-    if "stress" in values:
-        values["stress"] = voigt_to_matrix(values["stress"])
-    return values
-
-
-def _same_predictions(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> bool:
-    return all(np.allclose(a[name], b[name], rtol=1e-6, atol=1e-8) for name in a)
 
 
 def relative_difference(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> float:
@@ -106,8 +76,8 @@ class ModelSource:
     """The base calculator, the adapter that evaluates its orbit, and what it returns.
 
     :param base: an ASE calculator (``get_property``/``get_properties``)
-    :param device: torch device of a metatomic model
-    :param chunk_size: transformed copies per batched forward call (metatomic models)
+    :param device: torch device of the model (families that run on torch)
+    :param chunk_size: transformed copies per batched forward call
     """
 
     def __init__(self, base, *, device: Optional[str] = None,
@@ -122,30 +92,28 @@ class ModelSource:
             raise ValueError(f"{type(base).__name__} does not implement 'energy' "
                              f"(implemented_properties: {sorted(implemented)}): symmon "
                              "monitors energies, forces and stress")
-        self._device, self._chunk_size = device, chunk_size
-        self.inner, reason = find_metatomic(base)
-        self._inner_checked = self.inner is None or self.inner is base
-        self.nc_forces = self.nc_stress = False
+        self.orbit_model = orbit_model_for(base, device=device, chunk_size=chunk_size)
         self._fold, self._fold_checked = True, False
-        if self.inner is None:
-            self.orbit_model, self.path = ASEOrbitModel(base), f"per-copy ASE loop ({reason})"
-        else:
-            self._use_batched(reason)
 
-    def _use_batched(self, reason: str) -> None:
-        non_conservative = self.inner.parameters.get("non_conservative", False)
-        self.nc_forces = non_conservative in (True, "forces")
-        self.nc_stress = non_conservative in (True, "stress")
-        self.orbit_model = MetatomicOrbitModel(self.inner, device=self._device,
-                                               chunk_size=self._chunk_size)
-        self.path = f"batched metatomic model ({reason})"
+    # -- the adapter's facts -----------------------------------------------------------
+    @property
+    def path(self) -> str:
+        """How the orbit is evaluated, and why (the adapter's own words)."""
+        return self.orbit_model.path
 
-    def _fall_back(self, why: str) -> None:
-        message = (f"{type(self.base).__name__} wraps a MetatomicCalculator but {why}: "
-                   "its orbit is evaluated with one ASE calculation per copy (slower, exact)")
-        warnings.warn(message, UserWarning, stacklevel=4)
-        self.inner, self.nc_forces, self.nc_stress = None, False, False
-        self.orbit_model, self.path = ASEOrbitModel(self.base), f"per-copy ASE loop ({why})"
+    @property
+    def inner(self):
+        """The calculator whose predictions the orbit reproduces (the base, or one a
+        wrapper holds and returns), ``None`` where the orbit is per-copy ASE calls."""
+        return self.orbit_model.calculator
+
+    @property
+    def nc_forces(self) -> bool:
+        return "forces" in self.orbit_model.direct
+
+    @property
+    def nc_stress(self) -> bool:
+        return "stress" in self.orbit_model.direct
 
     # -- what is monitored -------------------------------------------------------------
     def quantities(self, atoms) -> Tuple[str, ...]:
@@ -174,14 +142,14 @@ class ModelSource:
     def keep_on_device(self, features: Sequence[str]) -> None:
         """Feature outputs the batched path returns on the model's device (the purified
         readout is applied there; elsewhere every value is on the CPU)."""
-        if isinstance(self.orbit_model, MetatomicOrbitModel):
+        if hasattr(self.orbit_model, "device_outputs"):
             self.orbit_model.device_outputs = tuple(features)
 
     # -- evaluation --------------------------------------------------------------------
     @property
     def folds(self) -> bool:
         """True when the unrotated structure rides in the orbit's batched forward call."""
-        return self.inner is not None and self._inner_checked and self._fold
+        return self._fold and self.orbit_model.batched and self.inner is not None
 
     def predictions(self, atoms, quantities: Sequence[str]) -> Dict[str, np.ndarray]:
         """The base calculator's own predictions, float64 (stress as 3x3)."""
@@ -191,7 +159,8 @@ class ModelSource:
         """The base calculator's own call: (float64 predictions, stress as 3x3; its
         ``results`` of the ASE properties, untouched)."""
         names = list(quantities)
-        if self.inner is self.base:  # one calculation, no cache checks (the caller has one)
+        if self.inner is self.base and hasattr(self.base, "calculate"):
+            # one calculation, no cache checks (the caller has one)
             self.base.calculate(atoms, names, all_changes)
             raw = self.base.results
         elif hasattr(self.base, "get_properties"):  # one state check, one calculation
@@ -204,15 +173,7 @@ class ModelSource:
         values = {name: voigt_to_matrix(np.asarray(raw[name], dtype=np.float64))
                   if name == "stress" else np.array(raw[name], dtype=np.float64)
                   for name in names}
-        if not self._inner_checked:
-            self._check_inner(atoms, values)
         return values, results
-
-    def _check_inner(self, atoms, values) -> None:
-        """A wrapper's batched path is used only if it returns its inner model's values."""
-        self._inner_checked = True
-        if not _same_predictions(values, ase_predictions(self.inner, atoms.copy(), list(values))):
-            self._fall_back("its predictions differ from the inner model's")
 
     def evaluate(self, atoms, quantities: Sequence[str], frames: Mapping[str, np.ndarray],
                  *, base: bool = True, features: Sequence[str] = ()
@@ -220,6 +181,7 @@ class ModelSource:
         """The base predictions (``base=True``) and the values on each stack of elements
         in ``frames`` (name -> ``(K, 3, 3)``), from one batched call where the base is a
         metatomic model: the unrotated structure is then the stack ``"identity"``."""
+        self.orbit_model.prepare(atoms)
         if not frames and not features:
             return (self._plain(atoms, quantities) if base else None), {}
         # the unrotated copy in the batch: the first check, and raw direct forces
@@ -318,7 +280,7 @@ class ModelSource:
                                f"{len(matrices)} copies) does not fit in memory ({reason})")
 
     def _remove_mean(self, stacks: Dict[str, Dict[str, torch.Tensor]]) -> None:
-        if not self.nc_forces:
+        if not (self.nc_forces and self.orbit_model.removes_net_force):
             return
         for values in stacks.values():
             if "forces" in values:
@@ -326,24 +288,18 @@ class ModelSource:
 
     # -- warm-up -----------------------------------------------------------------------
     def warm_up(self, n_copies: int, features: Sequence[str] = ()) -> float:
-        """Run the base call and a batched call of ``n_copies`` twice on a periodic dimer
-        of the model's first species (TorchScript compiles on the first calls of each
-        path); returns the seconds it took (0 without a metatomic model)."""
-        if self.inner is None:
+        """Run the base call and a batched call of ``n_copies`` three times on the
+        adapter's warm-up structure (TorchScript compiles on the first calls of each
+        path); returns the seconds it took (0 where the adapter needs none)."""
+        atoms = self.orbit_model.warm_up_atoms()
+        if atoms is None or self.inner is None:
             return 0.0
-        from ase import Atoms
-
         start = time.perf_counter()
-        species = self.orbit_model.atomic_types[0]
-        distance = min(2.0, 0.5 * self.orbit_model.cutoff) or 1.0
-        box = 2 * self.orbit_model.cutoff + 2 * distance + 1.0
-        dimer = Atoms(numbers=[species, species], positions=[[0, 0, 0], [0, 0, distance]],
-                      cell=np.eye(3) * box, pbc=True)
-        quantities = self.quantities(dimer)
+        quantities = self.quantities(atoms)
         matrices = np.repeat(IDENTITY, max(1, n_copies), axis=0)
         for _ in range(WARM_UP_CALLS):
-            dimer.positions[1, 2] += 0.01
-            ase_predictions(self.inner, dimer, quantities)
-            self.orbit(dimer, matrices, quantities, features)
+            atoms.positions[1, 2] += 0.01
+            ase_predictions(self.inner, atoms, quantities)
+            self.orbit(atoms, matrices, quantities, features)
         self.inner.reset()
         return time.perf_counter() - start

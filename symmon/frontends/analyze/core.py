@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ...adapters.labels import label_quantity, read_labels
+from ...core.accuracy import label_error
 from ...core.metrics import character_spectrum, equivariance_error
 from ...core.outputs import output
 from ...core.grids import O3Grid, quadrature_grid
@@ -187,7 +188,7 @@ def analyze_model(orbit_model, structures: Sequence, *, modules: Optional[Sequen
                   progress: Optional[Callable[[int], None]] = None) -> LayerAnalysis:
     """Character spectra of hooked modules and output metrics over ``structures``.
 
-    :param orbit_model: a :class:`~symmon.adapters.metatrain.MetatrainOrbitModel`
+    :param orbit_model: an adapter with layer hooks (``has_layer_hooks``: a metatrain checkpoint)
     :param structures: ``ase.Atoms`` objects
     :param modules: module names / fnmatch patterns (default: the model's default set)
     :param l_max: largest ``l`` resolved; the power beyond it is the ``residual``
@@ -290,11 +291,9 @@ def _output_metrics(kind, values, grid, n_grid, label) -> Dict:
     error = equivariance_error(orbit, grid, kind)
     metrics = {"kind": kind, "eps": error.eps, "relative": error.relative, "rms": error.rms}
     if label is not None:
-        lab_frame = values[n_grid].cpu().numpy()
-        symmetrized = error.mean  # the orbit average, already computed
-        label = np.asarray(label, dtype=np.float64).reshape(lab_frame.shape)
-        metrics["squared"] = ((lab_frame - label) ** 2).reshape(-1)
-        metrics["squared_sym"] = ((symmetrized - label) ** 2).reshape(-1)
+        deviation = label_error(values[n_grid], error.mean, label)
+        metrics["squared"] = deviation.squared.reshape(-1)
+        metrics["squared_sym"] = deviation.squared_averaged.reshape(-1)
     return metrics
 
 

@@ -10,13 +10,13 @@ import shutil
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import h5py
 import numpy as np
 
 from ...adapters.labels import read_structures
 from ..ranks import PartialResults, Ranks, evaluate_items, rank_device
 from .core import analysis_grid, analyze_structure, combine, torch_device
-from .io import read_analysis, write_analysis
+from ...io.analysis import (complete_epochs, prepare_training_file, read_epochs,
+                            read_layers_file, write_epoch, write_layers_file)
 from .plots import figures_dir, plot_layers, plot_module_epochs, plot_output_metrics, \
     safe_filename
 
@@ -91,15 +91,16 @@ def analyze_layers(model: str, structures: str, output: str = "layers.h5", *,
                    index: str = ":", label_keys=None, overwrite: bool = False,
                    figure: bool = True, progress: bool = True) -> Dict:
     """Spectra of one checkpoint's modules; writes ``output`` and ``<stem>.png``."""
-    from ...adapters.metatrain import MetatrainOrbitModel
+    from ...adapters.registry import orbit_model_for
 
     if os.path.exists(output) and not overwrite:
         raise FileExistsError(f"{output!r} exists; pass --overwrite to replace it")
     atoms_list = read_structures(structures, index)
     with Ranks.from_environment(rank_device(device)) as ranks:
-        orbit_model = MetatrainOrbitModel(model, device=torch_device(ranks.device if
-                                          ranks.distributed else device),
-                                          chunk_size=chunk_size, weights=weights)
+        orbit_model = orbit_model_for(model, device=torch_device(ranks.device if
+                                      ranks.distributed else device),
+                                      chunk_size=chunk_size, weights=weights,
+                                      needs=("layer_hooks",))
         grid, names = analysis_grid(l_max, degree), orbit_model.resolve_modules(modules)
         parts = PartialResults(output, ranks, _settings(model, structures, index, l_max,
                                                         grid, names, weights, label_keys))
@@ -109,30 +110,21 @@ def analyze_layers(model: str, structures: str, output: str = "layers.h5", *,
             parts, progress=progress, desc="symmon", unit="structure")
         if ranks.is_main:
             analysis = combine(list(values.values()), l_max, grid)
-            _write_layers(output, analysis, model, structures, weights, label_keys,
-                          orbit_model.info.get("epoch"))
+            epoch = orbit_model.info.get("epoch")
+            write_layers_file(output, analysis, model=os.path.abspath(model),
+                              structures=os.path.abspath(structures), weights=weights,
+                              epoch=-1 if epoch is None else int(epoch),
+                              label_keys=json.dumps(label_keys or {}))
         parts.clear()
     if not ranks.is_main:
         return {}
-    with h5py.File(output, "r") as f:
-        result = read_analysis(f)
+    result = read_layers_file(output)
     if figure:
         result["figure"] = plot_layers(
             result, os.path.splitext(output)[0] + ".png",
             title=f"{os.path.basename(model)} (epoch {orbit_model.info.get('epoch')}, "
             f"{weights} weights), {len(atoms_list)} structures")
     return result
-
-
-def _write_layers(output, analysis, model, structures, weights, label_keys, epoch) -> None:
-    tmp = output + ".tmp"
-    with h5py.File(tmp, "w") as f:
-        f.attrs.update(kind="symmon-layers", model=os.path.abspath(model),
-                       structures=os.path.abspath(structures), weights=weights,
-                       epoch=-1 if epoch is None else int(epoch),
-                       label_keys=json.dumps(label_keys or {}))
-        write_analysis(f, analysis)
-    os.replace(tmp, output)
 
 
 def _settings(model, structures, index, l_max, grid, names, weights, label_keys) -> dict:
@@ -191,7 +183,8 @@ def analyze_checkpoints(inputs: Sequence[str], structures: str, output: str = "t
                         index: str = ":", label_keys=None, every: int = 1,
                         overwrite: bool = False, figures: bool = True,
                         progress: bool = True, log=print) -> Dict:
-    """Layer spectra, eps and RMSE of every checkpoint; resumable (see :mod:`.io`)."""
+    """Layer spectra, eps and RMSE of every checkpoint; resumable (see
+    :mod:`symmon.io.analysis`)."""
 
     checkpoints = find_checkpoints(inputs)
     if every > 1:
@@ -206,7 +199,7 @@ def analyze_checkpoints(inputs: Sequence[str], structures: str, output: str = "t
         if ranks.is_main:
             _prepare_training_file(output, settings, overwrite)
         ranks.barrier()
-        done = _complete_epochs(output)
+        done = complete_epochs(output)
         todo = [(e, p) for e, p in checkpoints if e not in done]
         skipped = len(checkpoints) - len(todo)
         if skipped and ranks.is_main:
@@ -231,15 +224,7 @@ def _prepare_training_file(output: str, settings: str, overwrite: bool) -> None:
     if overwrite and os.path.exists(output):
         os.remove(output)
         shutil.rmtree(output + ".parts", ignore_errors=True)
-    with h5py.File(output, "a") as f:
-        if "settings" in f.attrs and f.attrs["settings"] != settings:
-            raise ValueError(f"{output!r} was written with other settings "
-                             f"({f.attrs['settings']}); use another -o or --overwrite")
-        f.attrs.update(kind="symmon-checkpoints", settings=settings)
-        root = f.require_group("checkpoints")
-        for name in list(root):
-            if not root[name].attrs.get("complete", False):
-                del root[name]  # interrupted: redo
+    prepare_training_file(output, settings)
 
 
 def _analyze_epochs(todo, atoms_list, output, ranks, *, modules, l_max, degree, weights,
@@ -247,7 +232,7 @@ def _analyze_epochs(todo, atoms_list, output, ranks, *, modules, l_max, degree, 
     """Every (checkpoint, structure) of ``todo``, each rank its share (kept in
     ``output.parts/`` as it finishes); rank 0 writes each epoch's group from the records
     of all ranks, in structure order."""
-    from ...adapters.metatrain import MetatrainOrbitModel
+    from ...adapters.registry import orbit_model_for
 
     grid = analysis_grid(l_max, degree)
     items = [(epoch, i) for epoch, _ in todo for i in range(len(atoms_list))]
@@ -257,9 +242,9 @@ def _analyze_epochs(todo, atoms_list, output, ranks, *, modules, l_max, degree, 
     loaded = (None, None, None)
     for epoch, i in parts.mine(items):
         if loaded[0] != epoch:  # items are epoch-major: each rank loads each model once
-            model = MetatrainOrbitModel(paths[epoch], device=torch_device(
+            model = orbit_model_for(paths[epoch], device=torch_device(
                 ranks.device if ranks.distributed else device), chunk_size=chunk_size,
-                weights=weights)
+                weights=weights, needs=("layer_hooks",))
             loaded = (epoch, model, model.resolve_modules(modules))
         parts.add((epoch, i), analyze_structure(loaded[1], atoms_list[i], loaded[2], grid,
                                                 l_max, label_keys, max_memory_gb))
@@ -270,18 +255,8 @@ def _analyze_epochs(todo, atoms_list, output, ranks, *, modules, l_max, degree, 
         for epoch, path in todo:
             analysis = combine([parts.load((epoch, i)) for i in range(len(atoms_list))],
                                l_max, grid)
-            with h5py.File(output, "a") as f:
-                group = f["checkpoints"].create_group(f"epoch_{epoch:06d}")
-                group.attrs.update(epoch=epoch, path=os.path.abspath(path), weights=weights)
-                write_analysis(group, analysis)
-                group.attrs["complete"] = True
+            write_epoch(output, epoch, analysis, path=os.path.abspath(path), weights=weights)
     parts.clear()
-
-
-def _complete_epochs(output: str) -> set:
-    with h5py.File(output, "r") as f:
-        return {int(g.attrs["epoch"]) for g in f["checkpoints"].values()
-                if g.attrs.get("complete", False)}
 
 
 def read_training(output: str) -> Dict:
@@ -290,10 +265,7 @@ def read_training(output: str) -> Dict:
 
     A module missing at some epoch has NaN rows there.
     """
-    with h5py.File(output, "r") as f:
-        groups = sorted((int(g.attrs["epoch"]), g) for g in f["checkpoints"].values()
-                        if g.attrs.get("complete", False))
-        analyses = [(epoch, read_analysis(group)) for epoch, group in groups]
+    analyses = read_epochs(output)
     epochs = [e for e, _ in analyses]
     result = {"epochs": epochs, "columns": analyses[0][1]["columns"] if analyses else [],
               "spectra": {}, "mean": {}, "outputs": {}, "per_epoch": dict(analyses)}

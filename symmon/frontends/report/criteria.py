@@ -233,7 +233,8 @@ class Action:
         parts = [self.text]
         if self.code:
             parts.append(self.code + (f"  # {self.cost}" if self.cost else ""))
-        parts += [f"Cheaper: {a}" for a in self.alternatives]
+        if self.alternatives:
+            parts.append("Other options: " + "; ".join(self.alternatives) + ".")
         return " ".join(parts) if not self.code else "\n".join(parts)
 
 
@@ -394,10 +395,17 @@ def action_for(level: str, run, cost=None) -> Action:
     code = 'atoms.calc = SymmetryMonitor(base, mode="average")'
     alternatives = ['mode="random_frame" (one model call per step in a random O(3) frame: '
                     'symmetric on average, not step by step)']
-    if run.metadata.get("mode") != "purified":
+    if run.metadata.get("mode") != "purified" and _metatomic(run.metadata):
         alternatives.append('mode="purified" with a readout from `symmon purify` (no '
-                            'extra model calls; metatomic models with features)')
+                            'extra model calls; needs the model\'s last-layer features)')
     if level == "problem":
-        alternatives.append("or retrain the model with rotational augmentation")
+        alternatives.append("retrain the model with rotational augmentation")
     return Action(ACTION_TEXT[level], code, None if cost is None else cost.words(),
                   alternatives)
+
+
+def _metatomic(metadata) -> bool:
+    """Whether the run's model is a metatomic model file (``symmon purify MODEL.pt`` can
+    fit it a purified readout)."""
+    return metadata.get("base_calculator") == "MetatomicCalculator" or \
+        str(metadata.get("model_file") or "").endswith(".pt")

@@ -14,6 +14,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Mapping
 
+import matplotlib
 import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
@@ -43,8 +44,10 @@ CAPTIONS = {
     "spectra": "Where each output's power sits, by channel (l,σ), on full-orbit steps. "
                "Blue rows (★) are the channels an exactly equivariant output occupies: "
                "they hold nearly all the power. Other rows are channels it leaves empty, "
-               "white to red on a log scale: white (below 1e-8) is rounding noise, red is "
-               "power in a wrong channel, i.e. symmetry breaking; the contamination table "
+               "on a log scale of their share of the power: a share p is a part about √p "
+               "the output's size (1e-4: 1 %, 1e-2: 10 %). White (below 1e-6, 0.1 %) is "
+               "rounding noise or negligible; yellow is small; orange to red is a part "
+               "of the output that breaks symmetry and matters. The contamination table "
                "gives their mean.",
     "per_atom": "Force ε of each atom (median and 5-95 % range over sampled steps, left) "
                 "and per element (right).",
@@ -52,7 +55,7 @@ CAPTIONS = {
                     "diagonal mean symmetry breaking exceeds the model error.",
 }
 
-OFF_TARGET_FLOOR = 1e-8      # off-target shares below this are drawn white (noise)
+OFF_TARGET_FLOOR = 1e-6      # off-target shares below this are drawn white (0.1 % in size)
 
 
 @dataclass(frozen=True)
@@ -302,8 +305,10 @@ def _fig_spectra(runs) -> Figure | None:
     axes[-1, 0].set_xlabel(_x_label(use_time))
     axes[-1, 0].set_xlim(*_run_span(runs, use_time))
     on, off = meshes
-    fig.colorbar(off, ax=axes[:, 0].tolist(), shrink=0.9, pad=0.01,
-                 label="share of power in a wrong channel (breaking)")
+    bar = fig.colorbar(off, ax=axes[:, 0].tolist(), shrink=0.9, pad=0.01, extend="min",
+                       label="share of power in a wrong channel (its size ≈ √share)")
+    ticks = [1e-6, 1e-4, 1e-2, 1.0]
+    bar.set_ticks(ticks, labels=[f"{t:.0e} ({percent(math.sqrt(t))} %)" for t in ticks])
     fig.colorbar(on, ax=axes[:, 0].tolist(), shrink=0.9, pad=0.01,
                  label="share in the target channels ★")
     fig.suptitle("Where each output's power sits (channels (l,σ), full-orbit steps)",
@@ -321,8 +326,8 @@ def _run_span(runs, use_time) -> tuple[float, float]:
 
 
 def _plot_spectrum(ax, run, q, use_time):
-    """Target rows in blue (linear share, 0..1), the others white to red (log share,
-    :data:`OFF_TARGET_FLOOR`..1); returns both meshes."""
+    """Target rows in blue (linear share, 0..1), the others yellow to red (log share,
+    :data:`OFF_TARGET_FLOOR`..1, white below); returns both meshes."""
     spectrum = run.data.spectra[q]
     matrix = np.vstack([spectrum.values.T, spectrum.residual[None, :]])
     x = spectrum.time if use_time else spectrum.step.astype(float)
@@ -330,12 +335,13 @@ def _plot_spectrum(ax, run, q, use_time):
     targets = set(spectrum.targets)
     is_target = np.array([ir in targets for ir in spectrum.irreps] + [False])
     values = np.nan_to_num(matrix, nan=0.0)
-    on = np.ma.masked_where(~is_target[:, None] | np.zeros_like(values, bool), values)
-    off = np.ma.masked_where(is_target[:, None] | np.zeros_like(values, bool),
-                             np.clip(values, OFF_TARGET_FLOOR, 1))
+    on = np.ma.masked_where(~np.broadcast_to(is_target[:, None], values.shape), values)
+    rows = np.broadcast_to(is_target[:, None], values.shape)
+    off = np.ma.masked_where(rows, np.where(values > 0, np.minimum(values, 1), 1e-300))
     mesh_on = ax.pcolormesh(*edges, np.clip(on, 0, 1), cmap="Blues", vmin=0, vmax=1,
                             shading="flat")
-    mesh_off = ax.pcolormesh(*edges, off, norm=LogNorm(OFF_TARGET_FLOOR, 1), cmap="Reds",
+    cmap = matplotlib.colormaps["YlOrRd"].with_extremes(under="white")
+    mesh_off = ax.pcolormesh(*edges, off, norm=LogNorm(OFF_TARGET_FLOOR, 1), cmap=cmap,
                              shading="flat")
     ticks = [str(ir) + (" ★" if ir in targets else "") for ir in spectrum.irreps]
     ax.set_yticks(np.arange(len(ticks) + 1) + 0.5, ticks + ["l > l_max"], fontsize=7)

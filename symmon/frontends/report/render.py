@@ -74,7 +74,7 @@ def render_text(summary) -> str:
         if v.action.code:
             lines += [f"      {v.action.code}"]
             lines += [f"      cost: {v.action.cost}"] if v.action.cost else []
-        lines += [f"    cheaper: {a}" for a in v.action.alternatives]
+        lines += [f"    other option: {a}" for a in v.action.alternatives]
         lines += [f"  note: {n}" for n in v.notes]
     for table in _all_tables(summary):
         lines += ["", table.title, *_text_table(table.header, table.rows)]
@@ -153,7 +153,7 @@ def _html_verdict(v, label: str | None) -> str:
         if action.cost:
             todo += f"<div class='small'>Cost: {html.escape(action.cost)}.</div>"
     if action.alternatives:
-        todo += ("<div class='small'>Cheaper: " + "; ".join(
+        todo += ("<div class='small'>Other options: " + "; ".join(
             html.escape(a) for a in action.alternatives) + ".</div>")
     return (f"<div class='verdict {v.level}'><h2>Verdict{who}: {v.level.upper()} — "
             f"{html.escape(v.headline)}</h2><ol>{items}</ol>{todo}{notes}</div>")

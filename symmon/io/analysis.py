@@ -1,5 +1,8 @@
 """HDF5 layout of ``symmon layers`` / ``symmon checkpoints`` results (plain h5py).
 
+The analysis itself is computed by :mod:`symmon.frontends.analyze.core`; this module
+only writes and reads it (any object with its attributes, see :func:`write_analysis`).
+
 One analysis (one model, one set of weights) is stored in a group ``G``::
 
     G.attrs: l_max, grid_degree, n_grid, n_structures, columns (irreps..., "residual"),
@@ -24,14 +27,16 @@ interrupted and is redone on the next run).
 
 from __future__ import annotations
 
-from typing import Dict
+import json
+import os
+from typing import Dict, List, Tuple
 
 import h5py
 import numpy as np
 
-from .core import LayerAnalysis
-
-__all__ = ["write_analysis", "read_analysis", "group_name"]
+__all__ = ["write_analysis", "read_analysis", "group_name", "write_layers_file",
+           "prepare_training_file", "complete_epochs", "write_epoch", "read_epochs",
+           "read_layers_file"]
 
 _STR = h5py.string_dtype()
 
@@ -40,7 +45,9 @@ def group_name(name: str) -> str:
     return name.replace("/", "|")
 
 
-def write_analysis(group: h5py.Group, analysis: LayerAnalysis) -> None:
+def write_analysis(group: h5py.Group, analysis) -> None:
+    """Write ``analysis`` (a :class:`~symmon.frontends.analyze.core.LayerAnalysis`:
+    ``l_max``, ``grid``, ``info``, ``labels``, ``modules``, ``outputs``) into ``group``."""
     group.attrs["l_max"] = analysis.l_max
     group.attrs["grid_degree"] = int(analysis.grid.degree)
     group.attrs["n_grid"] = len(analysis.grid)
@@ -90,3 +97,58 @@ def read_analysis(group: h5py.Group) -> Dict:
             "l_max": int(group.attrs["l_max"]),
             "modules": _read_entries(group, "modules", "module_order"),
             "outputs": _read_entries(group, "outputs", "output_order")}
+
+
+# ------------------------------------------------------------------ the two files
+def write_layers_file(output: str, analysis, **attributes) -> None:
+    """``layers.h5``: the analysis at the root with ``attributes``, written to a
+    temporary file first (a killed run leaves no half-written file)."""
+    tmp = output + ".tmp"
+    with h5py.File(tmp, "w") as f:
+        f.attrs.update(kind="symmon-layers", **attributes)
+        write_analysis(f, analysis)
+    os.replace(tmp, output)
+
+
+def prepare_training_file(output: str, settings: str) -> None:
+    """Create ``training.h5`` (or check its ``settings`` and remove the groups of
+    interrupted epochs, which are redone)."""
+    with h5py.File(output, "a") as f:
+        if "settings" in f.attrs and f.attrs["settings"] != settings:
+            raise ValueError(f"{output!r} was written with other settings "
+                             f"({f.attrs['settings']}); use another -o or --overwrite")
+        f.attrs.update(kind="symmon-checkpoints", settings=settings)
+        root = f.require_group("checkpoints")
+        for name in list(root):
+            if not root[name].attrs.get("complete", False):
+                del root[name]  # interrupted: redo
+
+
+def write_epoch(output: str, epoch: int, analysis, **attributes) -> None:
+    """One checkpoint's group, marked ``complete`` last."""
+    with h5py.File(output, "a") as f:
+        group = f["checkpoints"].create_group(f"epoch_{epoch:06d}")
+        group.attrs.update(epoch=epoch, **attributes)
+        write_analysis(group, analysis)
+        group.attrs["complete"] = True
+
+
+def complete_epochs(output: str) -> set:
+    """Epochs whose group was completed."""
+    with h5py.File(output, "r") as f:
+        return {int(g.attrs["epoch"]) for g in f["checkpoints"].values()
+                if g.attrs.get("complete", False)}
+
+
+def read_epochs(output: str) -> List[Tuple[int, Dict]]:
+    """``(epoch, read_analysis(group))`` of every complete epoch, in epoch order."""
+    with h5py.File(output, "r") as f:
+        groups = sorted((int(g.attrs["epoch"]), g) for g in f["checkpoints"].values()
+                        if g.attrs.get("complete", False))
+        return [(epoch, read_analysis(group)) for epoch, group in groups]
+
+
+def read_layers_file(output: str) -> Dict:
+    """The analysis of a ``layers.h5`` file (:func:`read_analysis`)."""
+    with h5py.File(output, "r") as f:
+        return read_analysis(f)

@@ -1,0 +1,199 @@
+"""The adapter registry and the model families beyond metatomic (issue 26).
+
+For every family the batched orbit equals per-copy calls of the family's own ASE
+calculator (1e-5 of the value's scale in float32, 1e-10 in float64), for proper and
+improper elements, periodic and molecule; models are built here with random weights
+(tests/families.py).
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.emt import EMT
+
+from families import (copper, default_dtype, elements, tiny_orb, tiny_orb_calculator,
+                      water_dimer_like)
+from symmon.adapters import ASEOrbitModel, orbit_model_for
+from symmon.adapters import registry
+from symmon.adapters.base import transformed_atoms
+from symmon.core.outputs import voigt_to_matrix
+
+TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
+#: the ORBCalculator result holding each symmon output
+ORB_RESULTS = {"energy": "energy", "forces": "forces", "stress": "stress",
+               "non_conservative_forces": "forces", "non_conservative_stress": "stress",
+               "rotational_grad": "rotational_grad"}
+
+
+def per_copy(calculator, atoms, matrices, names, keys):
+    """``{name: (K, ...)}`` from one call of ``calculator`` per transformed copy."""
+    values = {name: [] for name in names}
+    for matrix in matrices:
+        copy = transformed_atoms(atoms, matrix)
+        calculator.calculate(copy, ["energy"], all_changes)
+        for name in names:
+            value = np.asarray(calculator.results[keys[name]], dtype=np.float64)
+            values[name].append(voigt_to_matrix(value) if "stress" in name else value)
+    return {name: np.stack(v) for name, v in values.items()}
+
+
+def assert_same(got, expected, dtype):
+    for name, value in expected.items():
+        scale = max(1.0, float(np.abs(value).max()))
+        np.testing.assert_allclose(got[name].numpy().reshape(value.shape), value, rtol=0,
+                                   atol=TOLERANCE[dtype] * scale, err_msg=name)
+
+
+# ------------------------------------------------------------------ Orb v3
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("kind", ["direct", "conservative"])
+@pytest.mark.parametrize("structure", ["periodic", "molecule"])
+def test_orb_orbit_equals_per_copy_calculator(kind, dtype, structure):
+    atoms = copper() if structure == "periodic" else water_dimer_like()
+    with default_dtype(dtype):
+        calculator = tiny_orb_calculator(kind, dtype)
+        orbit = orbit_model_for(calculator)
+        assert orbit.family == "orb" and orbit.batched and orbit.calculator is calculator
+        assert orbit.dtype == dtype
+        names = [n for n in orbit.available_outputs
+                 if structure == "periodic" or "stress" not in n]
+        assert set(names) >= ({"energy", "non_conservative_forces"} if kind == "direct"
+                              else {"energy", "forces", "rotational_grad"})
+        assert orbit.direct == ({"forces", "stress"} if kind == "direct" else set())
+        orbit.chunk_size = 3  # two forward calls of the four copies
+        got = orbit.evaluate(atoms, elements(), names)
+        expected = per_copy(calculator, atoms, elements(), names, ORB_RESULTS)
+    assert_same(got, expected, dtype)
+    # the random model is far from equivariant: the check above could fail
+    forces = "forces" if kind == "conservative" else "non_conservative_forces"
+    back = np.einsum("kni,kij->knj", got[forces].numpy(), elements())
+    assert np.abs(back - back[0]).max() > 1e3 * TOLERANCE[dtype] * np.abs(back).max()
+
+
+def test_orb_model_objects_files_and_entry_points(tmp_path):
+    """A regressor, a torch.save'd regressor and an entry point give the same orbit."""
+    atoms, matrices = copper(repeat=(1, 1, 2)), elements()[:2]
+    model = tiny_orb("direct")
+    reference = orbit_model_for(model, device="cpu").evaluate(atoms, matrices, ["energy"])
+    path = tmp_path / "orb_direct.pt"
+    torch.save(model, path)
+    for given in (str(path), "families:tiny_orb_calculator"):
+        orbit = orbit_model_for(given, device="cpu")
+        assert orbit.family == "orb"
+        torch.testing.assert_close(orbit.evaluate(atoms, matrices, ["energy"])["energy"],
+                                   reference["energy"], rtol=0, atol=1e-5)
+    state = tmp_path / "state.pt"
+    torch.save(model.state_dict(), state)
+    with pytest.raises(ValueError, match="holds a dict .* not a model"):
+        orbit_model_for(str(state))
+    with pytest.raises(ValueError, match="names 'nothing', which 'families' does not define"):
+        orbit_model_for("families:nothing")
+
+
+def test_orb_refuses_partial_periodicity_with_one_sentence():
+    atoms = copper(repeat=(1, 1, 1))
+    atoms.pbc = [True, True, False]
+    orbit = orbit_model_for(tiny_orb_calculator("direct"))
+    with pytest.raises(ValueError, match="periodic in all three directions or in none"):
+        orbit.evaluate(atoms, elements()[:1], ["energy"])
+
+
+# ------------------------------------------------------------------ the registry
+class Holder(Calculator):
+    """A calculator holding another (upet's UPETCalculator style), maybe shifting it."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, inner, shift=0.0):
+        super().__init__()
+        self.inner, self.shift = inner, shift
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self.inner.calculate(atoms, ["energy"], system_changes)
+        self.results = {"energy": self.inner.results["energy"] + self.shift,
+                        "forces": self.inner.results["forces"]}
+
+
+def test_one_wrapper_rule_for_every_family():
+    atoms, matrices = copper(repeat=(1, 1, 2)), elements()
+    inner = tiny_orb_calculator("conservative")
+    looked = orbit_model_for(Holder(inner))
+    got = looked.evaluate(atoms, matrices, ["energy", "forces"])
+    assert looked.batched and looked.family == "orb" and "Holder.inner" in looked.path
+    assert looked.calculator is inner  # the monitor folds the unrotated copy into it
+    assert_same(got, per_copy(inner, atoms, matrices, ["energy", "forces"], ORB_RESULTS),
+                torch.float32)
+
+    shifted = orbit_model_for(Holder(inner, shift=0.5))
+    with pytest.warns(UserWarning, match="Holder holds a ORBCalculator in .inner but its "
+                      "predictions differ"):
+        got = shifted.evaluate(atoms, matrices, ["energy"])
+    assert not shifted.batched and shifted.calculator is None
+    assert_same(got, {"energy": per_copy(inner, atoms, matrices, ["energy"],
+                                         ORB_RESULTS)["energy"] + 0.5}, torch.float32)
+
+
+def test_registry_knows_no_family_by_name_above_the_adapters():
+    """monitoring/ and the front-ends go through the registry only."""
+    import pathlib
+
+    import symmon
+
+    root = pathlib.Path(symmon.__file__).parent
+    for folder in ("monitoring", "frontends"):
+        for path in (root / folder).rglob("*.py"):
+            text = path.read_text()
+            for name in ("MetatomicOrbitModel", "MetatrainOrbitModel", "OrbOrbitModel",
+                         "ASEOrbitModel", "adapters.dispatch", "orb_models"):
+                assert name not in text, f"{path.relative_to(root)} names {name}"
+
+
+def test_missing_extra_is_one_sentence(monkeypatch):
+    import importlib
+
+    real = importlib.import_module
+
+    def without_orb(name, *args, **kwargs):
+        if name.startswith("orb_models"):
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib, "import_module", without_orb)
+    with pytest.raises(ImportError, match=r"needs the 'orb_models' package, which is not "
+                       r"installed: pip install 'symmon\[orb\]'"):
+        registry.require("orb_models", "orb", "an Orb model")
+
+
+def test_any_other_calculator_is_evaluated_per_copy():
+    orbit = orbit_model_for(EMT())
+    assert isinstance(orbit, ASEOrbitModel) and not orbit.batched
+    assert orbit.family == "ase" and orbit.calculator is None
+    with pytest.raises(TypeError, match="cannot evaluate object"):
+        orbit_model_for(object())
+    with pytest.raises(ValueError, match="needs last-layer features"):
+        orbit_model_for(EMT(), needs=("features",))
+
+
+# ------------------------------------------------------------------ the monitor
+@pytest.mark.parametrize("kind", ["direct", "conservative"])
+def test_monitor_folds_orb_and_returns_the_calculators_predictions(kind):
+    from symmon import SymmetryMonitor
+
+    atoms = copper(repeat=(1, 1, 2))
+    calculator = tiny_orb_calculator(kind)
+    monitor = SymmetryMonitor(calculator, every=1, random_rotations=2, l_max=1)
+    atoms.calc = monitor
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "the batched model's unrotated copy differs")
+        forces, stress = atoms.get_forces(), atoms.get_stress()
+    source = monitor.monitor.source
+    assert source.folds and source.path.startswith("batched")
+    assert source.nc_forces == (kind == "direct")
+    reference = tiny_orb_calculator(kind)
+    np.testing.assert_allclose(forces, reference.get_forces(atoms.copy()), atol=1e-5)
+    np.testing.assert_allclose(stress, reference.get_stress(atoms.copy()), atol=1e-6)
+    assert monitor.results["forces_eps"] > 1e-3  # random weights: far from equivariant
