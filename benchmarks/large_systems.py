@@ -236,7 +236,7 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--chunk", type=int, default=None, help="explicit chunk_size")
     p.add_argument("--calibration-rotations", type=int, default=32,
-                   help="pairs of the monitors' calibration steps (their first step)")
+                   help="pairs of the monitors' calibration steps")
     p.add_argument("--out", default=None, help="write the table to OUT (.md and .json)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, default=None, help=argparse.SUPPRESS)
@@ -260,7 +260,8 @@ def main(argv=None):
     header = (f"model {'big PET (PET-MAD-sized, random weights)' if args.big else 'tiny PET f32'}"
               f", direct forces/stress, device {args.device}; each (size, variant) in its "
               f"own process; chunk {args.chunk or 'planned'}; calibration step of "
-              f"{args.calibration_rotations} pairs as the monitors' first (warm-up) step")
+              f"{args.calibration_rotations} pairs every 10th monitored step; "
+              f"PYTORCH_CUDA_ALLOC_CONF={os.environ.get('PYTORCH_CUDA_ALLOC_CONF', '(unset)')}")
     text = header + "\n\n" + C.table(COLUMNS, [[row.get(c, "") for c in COLUMNS]
                                                for row in rows])
     errors = [f"{r['atoms']} {r['variant']}: {r['error']}" for r in rows if "error" in r]

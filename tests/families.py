@@ -29,9 +29,16 @@ def default_dtype(dtype):
         torch.set_default_dtype(previous)
 
 
+#: output scale of the tiny Orb's heads: its random forces are ~0.004 eV/Å, far below a
+#: trained model's and below the thresholds' 0.5 eV/Å floor; x100 gives |F| ~ 0.4 eV/Å
+ORB_OUTPUT_SCALE = 100.0
+
+
 def tiny_orb(kind: str = "direct", dtype=torch.float32, seed: int = 0, max_neighbors=20,
-             radius: float = 6.0):
-    """A random-weight Orb v3 regressor (``kind``: ``"direct"`` or ``"conservative"``)."""
+             radius: float = 6.0, scale: float = ORB_OUTPUT_SCALE):
+    """A random-weight Orb v3 regressor (``kind``: ``"direct"`` or ``"conservative"``),
+    its heads' output standard deviations multiplied by ``scale`` (energy, direct forces
+    and stress: the normalisers a trained model sets from its data)."""
     from orb_models.forcefield import pretrained
     from orb_models.forcefield.atomic_system import SystemConfig
 
@@ -40,6 +47,10 @@ def tiny_orb(kind: str = "direct", dtype=torch.float32, seed: int = 0, max_neigh
              "conservative": pretrained.orb_v3_conservative_architecture}[kind]
     model = build(**ORB_TINY, device="cpu",
                   system_config=SystemConfig(radius=radius, max_num_neighbors=max_neighbors))
+    for head in model.heads.values():
+        normalizer = getattr(head, "normalizer", None)
+        if normalizer is not None:
+            normalizer.bn.running_var *= scale ** 2
     return model.to(dtype).eval()
 
 
@@ -69,3 +80,40 @@ def elements(seed: int = 7):
 
     rotations = Rotation.random(2, random_state=seed).as_matrix()
     return np.concatenate([rotations, -rotations[::-1]])
+
+
+#: small MACE hypers: ~24 k parameters, 3 species, two interactions, l <= 2
+MACE_TINY = dict(r_max=4.0, num_bessel=4, num_polynomial_cutoff=5, max_ell=2,
+                 num_interactions=2, correlation=2, avg_num_neighbors=10.0)
+
+
+def tiny_mace(dtype=torch.float64, seed: int = 0):
+    """A random-weight ``ScaleShiftMACE`` for H, C, O, Cu (exactly equivariant)."""
+    from symmon.adapters.mace import import_mace
+
+    import_mace()
+    from e3nn import o3
+    from mace import modules
+
+    torch.manual_seed(seed)
+    block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
+    model = modules.ScaleShiftMACE(
+        **MACE_TINY, interaction_cls=block, interaction_cls_first=block,
+        num_elements=4, hidden_irreps=o3.Irreps("8x0e+8x1o"), MLP_irreps=o3.Irreps("8x0e"),
+        atomic_energies=np.array([-1.0, -2.0, -3.0, -4.0]), atomic_numbers=[1, 6, 8, 29],
+        gate=torch.nn.functional.silu, atomic_inter_scale=1.0, atomic_inter_shift=0.0)
+    return model.to(dtype).eval()
+
+
+def tiny_mace_calculator(dtype=torch.float64):
+    from symmon.adapters.mace import mace_calculator
+
+    return mace_calculator(tiny_mace(dtype))
+
+
+if __name__ == "__main__":  # python tests/families.py: writes tests/data/tiny_mace.model
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "data", "tiny_mace.model")
+    torch.save(tiny_mace(), path)
+    print(f"wrote {path} ({os.path.getsize(path)} bytes)")

@@ -197,3 +197,118 @@ def test_monitor_folds_orb_and_returns_the_calculators_predictions(kind):
     np.testing.assert_allclose(forces, reference.get_forces(atoms.copy()), atol=1e-5)
     np.testing.assert_allclose(stress, reference.get_stress(atoms.copy()), atol=1e-6)
     assert monitor.results["forces_eps"] > 1e-3  # random weights: far from equivariant
+
+
+# ------------------------------------------------------------------ MACE: the control
+def test_mace_files_models_and_calculators_reach_the_mace_family(tmp_path):
+    """The committed tiny MACE (tests/families.py writes it), the model object and its
+    calculator give the same orbit, equal to per-copy MACECalculator calls."""
+    import os
+
+    from families import tiny_mace, tiny_mace_calculator
+
+    atoms, matrices = water_dimer_like(), elements()
+    calculator = tiny_mace_calculator()
+    fixture = os.path.join(os.path.dirname(__file__), "data", "tiny_mace.model")
+    expected = per_copy(calculator, atoms, matrices, ["energy", "forces"],
+                        {"energy": "energy", "forces": "forces"})
+    for given in (calculator, tiny_mace(), fixture):
+        orbit = orbit_model_for(given)
+        assert orbit.family == "mace" and orbit.dtype == torch.float64
+        assert_same(orbit.evaluate(atoms, matrices, ["energy", "forces"]), expected,
+                    torch.float64)
+    back = np.einsum("kni,kij->knj", expected["forces"], matrices)
+    assert np.abs(back - back[0]).max() < 1e-12  # exactly equivariant, at round-off
+
+
+def _md_report(calculator, atoms, path, steps=3):
+    """A short monitored Langevin run and its report summary."""
+    from ase import units
+    from ase.md.langevin import Langevin
+
+    from symmon import SymmetryMonitor
+    from symmon.frontends.report import summarize
+
+    monitor = SymmetryMonitor(calculator, log=str(path), every=1, full_every=2, degree=4,
+                              l_max=2, random_rotations=2)
+    atoms.calc = monitor
+    dynamics = Langevin(atoms, 1 * units.fs, temperature_K=300, friction=0.02,
+                        rng=np.random.default_rng(0))
+    monitor.attach(dynamics)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dynamics.run(steps)
+    monitor.close()
+    return monitor, summarize(str(path)).to_json()
+
+
+def test_md_and_report_per_family(tmp_path):
+    """The equivariant control (MACE) is graded ok with ε at its float64 floor; random
+    Orb v3 models, direct and conservative, are not."""
+    from families import tiny_mace_calculator
+
+    cell = copper(repeat=(1, 1, 2))
+    monitor, summary = _md_report(tiny_mace_calculator(), cell.copy(), tmp_path / "mace.h5")
+    assert summary["verdict"]["level"] == "ok", summary["verdict"]
+    assert monitor.last_monitored["forces_eps"] < 1e-12
+    import h5py
+
+    with h5py.File(tmp_path / "mace.h5", "r") as log:  # every monitored step: round-off
+        for quantity in ("energy", "forces", "stress"):
+            levels = log[f"observables/{quantity}_level/value"][:]
+            relative = log[f"observables/{quantity}_rel_eps/value"][:]
+            assert len(levels) >= 3 and (levels == 0).all(), quantity
+            # ε / orbit RMS: a few tens of float64 ulps (autograd forces: ~30)
+            assert (relative < 1e-13).all(), (quantity, relative)
+        assert (log["observables/energy_at_floor/value"][:] == 1).all()
+    for kind in ("direct", "conservative"):
+        monitor, summary = _md_report(tiny_orb_calculator(kind), cell.copy(),
+                                      tmp_path / f"orb_{kind}.h5")
+        assert monitor.monitor.source.folds  # one batched call per monitored step
+        assert summary["verdict"]["level"] == "problem", (kind, summary["verdict"])
+
+
+# ------------------------------------------------------------------ symmon eval
+def test_eval_takes_entry_points_and_model_files_and_reports_community_numbers(
+        tmp_path, capsys):
+    """``symmon eval`` on an Orb entry point and the committed MACE file: the MLIP Arena
+    and ml-peg numbers equal those computed from per-copy calls of the calculator."""
+    import json
+    import os
+
+    from ase.io import write
+
+    from symmon.core.community import arena_force_test, mlpeg_pairs, proper
+    from symmon.core.grids import quadrature_grid
+    from symmon.frontends.cli import main
+
+    structures = tmp_path / "set.xyz"
+    write(structures, [copper(repeat=(1, 1, 1)), water_dimer_like()])
+    out = tmp_path / "orb.json"
+    assert main(["eval", "families:tiny_orb_calculator", str(structures), "--degree", "4",
+                 "-o", str(out), "--no-progress"]) == 0
+    document = json.loads(out.read_text())
+    assert "MLIP Arena force test" in capsys.readouterr().out
+    assert document["community"]["arena"]["passed"] is False  # random Orb
+    grid = quadrature_grid(4)
+    rotations = grid.matrices[proper(grid.matrices)]
+    calculator = tiny_orb_calculator("direct")
+    for entry, atoms in zip(document["structures"], [copper(repeat=(1, 1, 1)),
+                                                     water_dimer_like()]):
+        copies = per_copy(calculator, atoms, np.concatenate([rotations, np.eye(3)[None]]),
+                          ["energy", "forces"], ORB_RESULTS)
+        forces = copies["forces"] - copies["forces"].mean(axis=1, keepdims=True)
+        arena = arena_force_test(forces[:-1], forces[-1], rotations)
+        peg = mlpeg_pairs(copies["energy"][:-1], forces[:-1], rotations, len(atoms))
+        for key in ("mae", "cosine"):
+            assert entry["community"]["arena"][key] == pytest.approx(arena[key], rel=1e-4)
+        for key in ("energy_mean", "energy_max", "forces_mae"):
+            assert entry["community"]["mlpeg"][key] == pytest.approx(peg[key], rel=1e-3,
+                                                                      abs=1e-6)
+
+    fixture = os.path.join(os.path.dirname(__file__), "data", "tiny_mace.model")
+    assert main(["eval", fixture, str(structures), "--degree", "4", "-o",
+                 str(tmp_path / "mace.json"), "--no-progress"]) == 0
+    mace = json.loads((tmp_path / "mace.json").read_text())["community"]
+    assert mace["arena"]["passed"] and mace["arena"]["max_mae"] < 1e-12
+    assert mace["mlpeg"]["energy_max"] < 1e-13 and mace["mlpeg"]["forces_mae"] < 1e-12

@@ -99,6 +99,30 @@ def test_planner_halves_retries_and_remembers():
     assert calls == [2, 2]
 
 
+def test_one_copy_is_retried_once_with_the_cache_released():
+    planner, calls = ChunkPlanner("cpu", chunk_size=1), []
+
+    def fragmented(start, stop):  # fails on its first call only, as a fragmented cache
+        calls.append(start)
+        if len(calls) == 1:
+            raise RuntimeError("The following operation failed in the TorchScript "
+                               "interpreter.\nRuntimeError: CUDA out of memory. Tried to "
+                               "allocate 8.01 GiB. GPU 0 has a total capacity of 79 GiB")
+        return start
+
+    assert planner.run(2, 10, fragmented) == [0, 1] and calls == [0, 0, 1]
+    def never(start, stop):
+        calls.append(start)
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.01 GiB. GPU 0 "
+                                     "has a total capacity of 79 GiB")
+
+    calls.clear()
+    with pytest.raises(OrbitOutOfMemory, match=r"\(cpu: CUDA out of memory. Tried to "
+                       r"allocate 8.01 GiB\); free memory"):
+        planner.run(2, 10, never)
+    assert calls == [0, 0]  # tried twice, then one sentence
+
+
 # -- the batched adapter -------------------------------------------------------------
 @pytest.mark.parametrize("error", [torch.OutOfMemoryError, MemoryError])
 def test_batched_orbit_after_out_of_memory_equals_unlimited(model, error):

@@ -75,6 +75,19 @@ def is_out_of_memory(error: BaseException) -> bool:
     return False
 
 
+def _reason(error: BaseException) -> str:
+    """The allocator's own sentence ("CUDA out of memory. Tried to allocate 8.01 GiB"),
+    not TorchScript's wrapping of it."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        lowered = line.lower()
+        if "out of memory" in lowered or "allocate" in lowered:
+            line = line.split(". GPU")[0].rstrip(".")
+            return line.split(": ", 1)[1] if line.startswith(("RuntimeError: ",
+                                                               "OutOfMemoryError: ")) else line
+    return lines[0] if lines else type(error).__name__
+
+
 def _gib(n_bytes: float) -> str:
     return f"{n_bytes / 2**30:.3g} GiB"
 
@@ -84,13 +97,15 @@ class ChunkPlanner:
 
     :param device: the model's torch device
     :param chunk_size: explicit copies per call (the largest chunk); ``None``: planned
-    :param memory_scales_with: what one copy's memory is proportional to, as the
-        adapter counts it: ``"atoms"`` (default) or ``"pairs"`` (neighbour pairs); the
-        adapter passes that ``size`` to :meth:`run`
+    :param memory_scales_with: where a model family states it, what one copy's memory
+        is proportional to, as the adapter counts it: ``"atoms"`` or ``"pairs"``
+        (neighbour pairs; the adapter passes that ``size`` to :meth:`run`): a new size
+        is then planned from the measured ones, scaled. ``None`` (default): the first
+        call at a new size starts with a one-copy probe.
     """
 
     def __init__(self, device, chunk_size: Optional[int] = None,
-                 memory_scales_with: str = "atoms"):
+                 memory_scales_with: Optional[str] = None):
         if chunk_size is not None:
             check_chunk_size(chunk_size)
         self.device = torch.device(device)
@@ -117,11 +132,12 @@ class ChunkPlanner:
         return float(free + max(unused, 0))
 
     def estimate(self, size: int) -> Optional[float]:
-        """Bytes of one copy at ``size``: measured there, else scaled linearly from
-        the largest per-unit cost measured (``None`` when nothing was measured)."""
+        """Bytes of one copy at ``size``: measured there, else (where the family states
+        ``memory_scales_with``) scaled linearly from the largest per-unit cost measured;
+        ``None`` when unknown."""
         if size in self.per_copy:
             return self.per_copy[size]
-        if not self.per_copy:
+        if not self.per_copy or self.memory_scales_with is None:
             return None
         return max(b / max(s, 1) for s, b in self.per_copy.items()) * max(size, 1)
 
@@ -157,7 +173,7 @@ class ChunkPlanner:
         what = what or f"one copy of this structure ({n_atoms} atoms)"
         results: List[T] = []
         reserved = torch.cuda.memory_reserved(self.device) if self.cuda else 0
-        start = 0
+        start, failed_at_one = 0, False
         while start < n_copies:
             k = self.plan(n_copies - start, n_atoms, size)
             self.last_chunk, self.largest = k, max(self.largest, k)
@@ -167,14 +183,16 @@ class ChunkPlanner:
             except Exception as error:  # noqa: BLE001 - only allocation failures handled
                 if not is_out_of_memory(error):
                     raise
-                failed = str(error).splitlines()[0] if str(error) else type(error).__name__
+                failed = _reason(error)
             if failed is None:
                 start += k
                 continue
             self.release()  # the chunk's tensors went with the exception's frames
             self.retries += 1
-            if k == 1:
-                raise OrbitOutOfMemory(self._does_not_fit(what, failed)) from None
+            if k == 1:  # once more with the cache released (a fragmented cache fails too)
+                if failed_at_one:
+                    raise OrbitOutOfMemory(self._does_not_fit(what, failed)) from None
+                failed_at_one = True
             self.fits[size] = (k + 1) // 2
         if self.cuda and torch.cuda.memory_reserved(self.device) - reserved > \
                 RELEASE_FRACTION * torch.cuda.get_device_properties(self.device).total_memory:

@@ -51,6 +51,10 @@ def load_metatrain_checkpoint(path, *, weights: str = "epoch", dtype=torch.float
         ``weights``, ``architecture``
     """
     import metatomic.torch  # noqa: F401  (registers the TorchScript classes pickled in it)
+
+    from ..extras import require
+
+    require("metatrain", "metatrain", "a metatrain checkpoint (.ckpt)")
     from metatrain.utils.io import model_from_checkpoint
 
     path = pathlib.Path(os.fspath(path))

@@ -46,6 +46,10 @@ def loading_model_file(path):
     except RuntimeError as error:
         first = next((line.strip() for line in str(error).splitlines() if line.strip()),
                      type(error).__name__)
+        if _is_device_error(first):
+            raise ValueError(f"model file {path!r} loads, but the requested device is not "
+                             f"available on this machine ({first}); pass another device "
+                             "(device='cpu', --device cpu) or run where it exists") from None
         raise ValueError(f"cannot load model file {path!r} ({first}): is it damaged, or "
                          "exported with another metatomic version? re-export it with "
                          "`mtt export`") from None
@@ -55,11 +59,21 @@ def _not_exported(path: str, cause: str) -> str:
     """The sentence for a zip metatomic cannot load as a model."""
     if not _is_torchscript(path):
         exported = os.path.splitext(path)[0] + ".pt"
+        if os.path.abspath(exported) == os.path.abspath(path):  # never overwrite the input
+            exported = os.path.splitext(path)[0] + "-exported.pt"
         return (f"model file {path!r} is a checkpoint, not an exported model ({cause}); "
                 f"export it with `mtt export {path} -o {exported}` and pass {exported!r} "
                 "(`symmon eval` also takes the checkpoint)")
     return (f"model file {path!r} holds no metatomic model ({cause}); export the model "
             "with `mtt export` and pass that .pt file")
+
+
+def _is_device_error(text: str) -> bool:
+    """torch's or metatomic's words for a device this machine does not have."""
+    text = text.lower()
+    return ("device" in text and ("not available" in text or "failed to find" in text)) \
+        or "torch.cuda.is_available() is false" in text or "no cuda gpus" in text \
+        or ("cuda" in text and "not compiled" in text)
 
 
 def _is_torchscript(path: str) -> bool:

@@ -41,6 +41,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..core.outputs import OUTPUTS
+from ..extras import require  # noqa: F401 (families import it from here)
 from .base import OrbitModel
 
 #: modules of :mod:`symmon.adapters` that register a family, in the order they are asked
@@ -114,15 +115,6 @@ def family(name: str) -> Family:
     raise KeyError(f"no model family {name!r}; known: {[f.name for f in families()]}")
 
 
-def require(library: str, extra: str, what: str):
-    """``import library``, or one sentence naming the ``pip install`` that adds it."""
-    try:
-        return importlib.import_module(library)
-    except ImportError:
-        raise ImportError(f"{what} needs the {library!r} package, which is not installed: "
-                          f"pip install 'symmon[{extra}]'") from None
-
-
 def module_of(obj) -> str:
     """The top-level package of ``obj``'s class (recognising without importing it)."""
     return type(obj).__module__.split(".")[0]
@@ -169,8 +161,9 @@ def load_pickled_model(path: str):
     """The model object ``torch.save`` wrote to ``path`` (a file you trust)."""
     import torch
 
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # e3nn 0.4.4 (MACE) torch.loads a slice at import: allowed for its import only
+        with torch.serialization.safe_globals([slice]):
+            obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # noqa: BLE001 - unpickling runs the file's own code
         first = next((line for line in str(error).splitlines() if line.strip()),
                      type(error).__name__)

@@ -37,6 +37,10 @@ def run_demo(log: str = "demo.h5", steps: int = 200, overwrite: bool = False,
              report: str = "demo.html", seed: int = 0, full_every: int = 50) -> str:
     """Run the monitored MD, print a summary, write ``log`` (and ``report``).
     An existing ``log`` is refused at once (before torch loads) unless ``overwrite``."""
+    for name, value, least in (("steps", steps, 1), ("full_every", full_every, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r} "
+                             f"(symmon demo --{name.replace('_', '-')} N)")
     if not overwrite and os.path.exists(log):
         raise FileExistsError(f"{log} exists (an earlier symmon demo): run "
                               f"'symmon demo --overwrite' to replace it, or give another "
@@ -79,10 +83,26 @@ def run_demo(log: str = "demo.h5", steps: int = 200, overwrite: bool = False,
     return log
 
 
+def _at_least(least: int):
+    """argparse type: an integer >= ``least``."""
+    import argparse
+
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < least:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {text!r}")
+        return value
+    return integer
+
+
 def add_demo_arguments(parser) -> None:
     parser.add_argument("--log", default="demo.h5", help="HDF5 log to write (default demo.h5)")
-    parser.add_argument("--steps", type=int, default=200, help="MD steps (default 200)")
-    parser.add_argument("--full-every", type=int, default=50,
+    parser.add_argument("--steps", type=_at_least(1), default=200, metavar="N",
+                        help="MD steps (default 200)")
+    parser.add_argument("--full-every", type=_at_least(0), default=50, metavar="N",
                         help="exact quadrature + spectra every n steps (default 50)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing log")

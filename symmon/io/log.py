@@ -14,7 +14,7 @@ from .h5md import SCHEMA_VERSION, LENGTH_UNIT, TIME_UNIT, LogFormatError, Observ
 from .lock import LogLockedError
 from .reader import Frames, LogReader, read_log
 from .recovery import recover_log
-from .validate import check_log_path
+from .validate import as_log_path, check_log_path
 from .writer import LogWriteError, LogWriter
 
 __all__ = [
@@ -31,4 +31,5 @@ __all__ = [
     "read_log",
     "recover_log",
     "check_log_path",
+    "as_log_path",
 ]

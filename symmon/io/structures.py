@@ -70,7 +70,9 @@ def _property(target: str, values: np.ndarray, text: str, unit: str) -> dict:
 def write_chemiscope(path: str, frames, name: str) -> None:
     """A chemiscope dataset of ``frames`` (see :func:`chemiscope_properties`); the map
     shows forces ε against step, the structures are coloured by per-atom ε."""
-    import chemiscope
+    from ..extras import require
+
+    chemiscope = require("chemiscope", "chemiscope", "a chemiscope dataset")
 
     if not path.endswith((".json", ".json.gz")):
         raise ValueError(f"a chemiscope dataset must end in .json or .json.gz, got {path!r}")

@@ -38,6 +38,17 @@ def check_pbc(pbc) -> tuple[bool, bool, bool]:
     return tuple(bool(x) for x in arr)
 
 
+def as_log_path(path) -> str:
+    """``path`` as a string, refused in one sentence when it is no file path."""
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"log must be a file path (a str or os.PathLike), got "
+                         f"{type(path).__name__} {path!r}; e.g. log='run.h5'")
+    path = os.fspath(path)
+    if not path.strip():
+        raise ValueError("log is an empty path; give a file name, e.g. log='run.h5'")
+    return path
+
+
 def check_log_path(path: str, mode: str) -> None:
     """Raise a clear error now if a log cannot be written at ``path`` in ``mode``."""
     if mode not in ("create", "append", "overwrite"):

@@ -40,7 +40,7 @@ from .header import UNCLEAN_HINT, LogHeader
 from .mismatch import RUN_IDENTITY, listed, metadata_differences, spec_differences
 from .lock import PathLock, temp_path
 from .validate import (
-    check_log_path, check_pbc, check_species, check_specs, check_step_time, check_value,
+    as_log_path, check_log_path, check_pbc, check_species, check_specs, check_step_time, check_value,
     exists_message)
 
 #: metadata keys that must agree for ``mode="append"`` (when metadata is given)
@@ -102,7 +102,7 @@ class LogWriter:
         author: str | None = None,
         handle_signals: bool = False,
     ):
-        self.path = os.fspath(path)
+        self.path = as_log_path(path)
         self.specs = check_specs(observables)
         self.species = check_species(species)
         self.pbc = check_pbc(pbc)
@@ -132,6 +132,8 @@ class LogWriter:
             else:
                 self._file = self._create(mode, metadata_json, author or _login_name())
             self._bind_datasets()
+            found = os.fstat(self._file.id.get_vfd_handle())
+            self._identity = (found.st_dev, found.st_ino)
         except BaseException:
             self._lock.release()
             raise
@@ -174,11 +176,14 @@ class LogWriter:
         self._row_for(step, time, list(checked)).values.update(checked)
 
     def flush(self) -> None:
-        """Write all buffered steps and flush the file (visible to readers, crash-safe)."""
+        """Write all buffered steps and flush the file (visible to readers, crash-safe).
+        A log whose file (or directory) was deleted or replaced since it was opened stops
+        the writer with one sentence (:class:`LogWriteError`): its steps are gone."""
         self._check_usable()
         self._close_row()
         if not self._rows:
             return
+        self._check_still_there()
         self.busy = True
         try:
             self._write_rows(self._rows)
@@ -369,6 +374,31 @@ class LogWriter:
         _detach(self._file)
         self._release()
         raise self._broken from error
+
+    def _check_still_there(self) -> None:
+        """Stop (one sentence) when ``path`` no longer names the file being written."""
+        try:
+            found = os.stat(self.path)
+            why = None if (found.st_dev, found.st_ino) == self._identity else \
+                "the file at its path was replaced by another"
+        except OSError:
+            parent = os.path.dirname(os.path.abspath(self.path))
+            why = f"its directory {parent!r} was deleted" if not os.path.isdir(parent) \
+                else "the file was deleted"
+        if why is None:
+            return
+        lost = f"the {self.rows_on_disk} steps written so far went with it and " \
+            if self.rows_on_disk else ""
+        self._broken = LogWriteError(
+            f"{self.path}: the log is gone while the run was writing it ({why}); "
+            f"{lost}no further step is logged. Log to a directory that stays for the "
+            "whole run, and start again.")
+        self._broken.errno = errno.ENOENT
+        self._rows.clear()
+        self._row = None
+        _detach(self._file)
+        self._release()
+        raise self._broken
 
     def _check_usable(self) -> None:
         if self._broken is not None:

@@ -11,14 +11,13 @@ SIGHUP and SIGINT; in append mode it refuses a log of another model, seed or set
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional
 
 import numpy as np
 
-from ..io.log import LogWriter, check_log_path
+from ..io.log import LogWriter, as_log_path, check_log_path
 from .schema import EVERY_STEP, check_declared
 
 #: records of any kind after which the log is flushed whatever the schedule
@@ -57,7 +56,7 @@ class Recorder:
 
     def __init__(self, path, mode: str, flush_every: int, trajectory: bool = False,
                  extra_names=()):
-        self.path = None if path is None else os.fspath(path)
+        self.path = None if path is None else as_log_path(path)
         self.trajectory = bool(trajectory)
         self.mode, self.flush_every = mode, int(flush_every)
         self.extra_names = frozenset(extra_names)
@@ -78,6 +77,8 @@ class Recorder:
                 pbc=tuple(bool(p) for p in atoms.pbc),
                 metadata=metadata(), mode=self.mode,
                 flush_every=max(self.flush_every, FLUSH_STEPS), handle_signals=True)
+        else:
+            self._check_same_system(atoms, len(record.positions))
         self._writer.append_frame(record.step, record.time_ps, record.positions, record.cell)
         logged = {k: v for k, v in record.values.items() if k in self._writer.specs
                   and (record.monitored or k in EVERY_STEP)}
@@ -87,6 +88,25 @@ class Recorder:
         if (self._unflushed_monitored >= self.flush_every
                 or time.monotonic() - self._flushed_at >= FLUSH_SECONDS):
             self.flush()
+
+    def _check_same_system(self, atoms, n_positions: int) -> None:
+        """A log holds one system: refuse a step whose atoms differ from the log's."""
+        species = self._writer.species
+        if n_positions == len(atoms) == len(species) and np.array_equal(atoms.numbers,
+                                                                         species):
+            return
+        from ase.formula import Formula
+
+        def formula(numbers):
+            from ase.data import chemical_symbols
+            return Formula.from_list([chemical_symbols[z] for z in numbers]).format("hill") \
+                if len(numbers) else "none"
+        raise ValueError(
+            f"the system changed since the log {self.path} was created: it holds "
+            f"{len(species)} atoms ({formula(species)}), this step has {n_positions}"
+            + (f" ({formula(atoms.numbers)})" if len(atoms) == n_positions else "")
+            + "; a log holds one system: monitor the new one with a new SymmetryMonitor "
+            "and another log path")
 
     def flush(self) -> None:
         if self._writer is not None:

@@ -17,7 +17,9 @@ Three questions are asked of every ε, and the worst answer wins:
    error, ε comparable to it (half or more) is a ``caution``, and only ε five times above
    it, which no accurate model can have, is a ``problem`` (:data:`REFERENCE_RATIO_LIMITS`).
 2. **Is ε small compared with the quantity itself?** ``relative = ε / max(RMS, floor)``, the
-   RMS being the orbit RMS of the prediction. 5 % of the signal is ``caution``, 25 %
+   RMS being the orbit RMS of the prediction: :func:`relative_eps`, the one function
+   every relative ε a person reads comes from (the monitor's log and warnings, the
+   report's verdict, tables, histogram and JSON, ``symmon export``). 5 % of the signal is ``caution``, 25 %
    ``problem`` (:data:`RELATIVE_LIMITS`). The floor (:data:`FLOORS`) keeps a vanishing
    quantity (zero pressure, forces at a minimum) from turning a tiny ε into a large
    relative one; it is ten typical errors (:data:`FLOOR_FACTOR`), where 5 % of the

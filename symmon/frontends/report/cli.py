@@ -21,6 +21,16 @@ def _threshold(text: str):
         raise argparse.ArgumentTypeError(f"{text!r}: {value!r} is not a number") from None
 
 
+def _directory(text: str) -> str:
+    """``--png-dir``: a directory, or a path where one can be made (not a file)."""
+    import os
+
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a file; give a directory (made if "
+                                         "missing) for the PNG figures")
+    return text
+
+
 def add_report_arguments(parser) -> None:
     parser.add_argument("logs", nargs="+",
                         help="log file(s): shards of one run, or runs with --compare; or "
@@ -28,7 +38,9 @@ def add_report_arguments(parser) -> None:
     parser.add_argument("-o", "--output", default=None,
                         help="output file (default: LOG.html / stdout for json and text)")
     parser.add_argument("--format", choices=FORMATS, default="html")
-    parser.add_argument("--png-dir", default=None, help="also save the figures as PNG here")
+    parser.add_argument("--png-dir", default=None, type=_directory, metavar="DIRECTORY",
+                        help="also save the figures as PNG in this directory (made if "
+                        "missing)")
     parser.add_argument("--compare", action="store_true",
                         help="the logs are separate runs: show them side by side")
     parser.add_argument("--model-error", default=None, metavar="EVAL.json",

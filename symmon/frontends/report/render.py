@@ -144,7 +144,7 @@ def render_html(summary, figures: Mapping[str, object] | None = None) -> str:
 
 def _html_verdict(v, label: str | None) -> str:
     items = "".join(_html_reason(r) for r in v.reasons)
-    notes = "".join(f"<div class='small'>{html.escape(n)}</div>" for n in v.notes)
+    notes = "".join(f"<div class='small'><b>Note:</b> {html.escape(n)}</div>" for n in v.notes)
     who = f" ({html.escape(label)})" if label else ""
     action = v.action
     todo = f"<div class='action'>What to do: {html.escape(action.text)}</div>"

@@ -30,6 +30,9 @@ def run_report(paths, output: str | None = None, fmt: str = "html",
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    if png_dir is not None and os.path.exists(png_dir) and not os.path.isdir(png_dir):
+        raise ValueError(f"png_dir {os.fspath(png_dir)!r} is a file; give a directory (made "
+                         "if missing) for the PNG figures")
     paths = as_paths(paths)
     if compare and len(paths) < 2:
         raise ValueError("--compare needs at least two logs (one per run)")

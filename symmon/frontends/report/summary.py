@@ -333,7 +333,26 @@ def flagged_steps(data: RunSeries) -> Flagged:
         levels = data.scalar(f"{q}_level", s.step) if f"{q}_level" in data.scalars else None
         if levels is not None:
             by_quantity[q] = sorted(set(s.step[levels == 2].tolist()))
-    return Flagged(len(steps), steps, by_quantity)
+    return Flagged(len(steps), steps, by_quantity, _why(data, steps[0]) if steps else None)
+
+
+def _why(data: RunSeries, step: int) -> str | None:
+    """The problems at ``step`` in the monitor's words (its thresholds and model errors,
+    from the log: :func:`symmon.monitoring.policy.problem_text`)."""
+    from ...monitoring.policy import problem_text
+    from ...monitoring.thresholds import grade
+    from .series import log_thresholds
+
+    overrides = log_thresholds(data.metadata)
+    errors = logged_model_errors(data.metadata)
+    texts = []
+    for q, s in data.quantities.items():
+        rows = np.flatnonzero(s.step == step)
+        if rows.size and np.isfinite(s.eps[rows[0]]):
+            g = grade(q, s.eps[rows[0]], s.rms[rows[0]], errors.get(q), overrides)
+            if g.level == "problem":
+                texts.append(problem_text(g))
+    return "; ".join(texts) or None
 
 
 def run_metadata(meta: Mapping) -> dict:
