@@ -270,6 +270,17 @@ class _SharedSchedule:
     def __getattr__(self, name):
         return getattr(self._schedule, name)
 
+    def plan(self, step: int, averaging: bool) -> StepPlan:
+        """The batch's plan of ``step`` (made once per step and mode: a random grid is
+        drawn for every call of ``Schedule.plan``)."""
+        cache = self._schedule.__dict__.setdefault("_system_plans", {})
+        if step not in cache:
+            cache.clear()
+            cache[step] = {}
+        if averaging not in cache[step]:
+            cache[step][averaging] = self._schedule.plan(step, averaging)
+        return cache[step][averaging]
+
     def charge(self, plan, seconds) -> None:
         pass
 
@@ -539,13 +550,13 @@ class TorchSimMonitor(ModelInterface):
         if monitor.averaging:
             self.schedule.choose_average_grid([q for q in self.outputs
                                                if q != "stress" or pbc])
-        plan = self.schedule.plan(step, monitor.averaging)
+        if isinstance(monitor.schedule, _FirstPlan):
+            monitor.schedule = _SharedSchedule(self.schedule)
+        plan = monitor.schedule.plan(step, monitor.averaging)
         if entering and plan.grid is None and not monitor.averaging:
             grid = random_grid(self.options.random_rotations, step_seed(self.options.seed, step))
             plan = replace(plan, grid=grid, scheduled=True, stride=0)
             monitor.schedule = _FirstPlan(self.schedule, plan)
-        elif isinstance(monitor.schedule, _FirstPlan):
-            monitor.schedule = _SharedSchedule(self.schedule)
         return plan
 
     def _check_fold(self, state, per_system) -> None:
@@ -649,7 +660,7 @@ class _FirstPlan(_SharedSchedule):
 
     def plan(self, step, averaging):
         return self._plan if step == self._plan.step and not averaging \
-            else self._schedule.plan(step, averaging)
+            else super().plan(step, averaging)
 
 
 _UNMONITORED = StepPlan(0, None, None, False)
