@@ -99,9 +99,9 @@ class SystemTracker:
         :class:`~symmon.adapters.torchsim.Batch`, made only when needed)."""
         previous = self._previous
         positions, numbers = state.positions, state.atomic_numbers
-        if (previous is not None and torch.equal(previous[3], counts)
-                and torch.equal(previous[2], numbers) and self._stayed(positions, previous[1],
-                                                                       batch)):
+        if (previous is not None and (previous[3] is counts or torch.equal(previous[3], counts))
+                and (previous[2] is numbers or torch.equal(previous[2], numbers))
+                and self._stayed(positions, previous[1], batch)):
             ids, new, left = previous[0], [], []
             self.changed = False
         else:
@@ -448,7 +448,7 @@ class TorchSimMonitor(ModelInterface):
         clock = self.schedule.clock
         started = clock()
         step = self.batch_step
-        counts = torch.bincount(state.system_idx, minlength=state.cell.shape[0])
+        counts = self._counts(state)
         made = []
 
         def batch() -> Batch:  # float64 copies of the state: only where needed
@@ -471,6 +471,16 @@ class TorchSimMonitor(ModelInterface):
         self._charge(batch_plan, started, output, self._monitored_any)
         self.__dict__["batch_step"] = step + 1  # (not nn.Module.__setattr__: µs)
         return output
+
+    def _counts(self, state) -> torch.Tensor:
+        """Atoms per system (the previous call's, when the state holds the same
+        ``system_idx`` tensor: integrators pass it on unchanged)."""
+        cached = self.__dict__.get("_counts_of")
+        if cached is not None and cached[0] is state.system_idx:
+            return cached[1]
+        counts = torch.bincount(state.system_idx, minlength=state.cell.shape[0])
+        self.__dict__["_counts_of"] = (state.system_idx, counts)
+        return counts
 
     def _charge(self, plan: StepPlan, started: float, output, monitored: bool = False) -> None:
         """Book the batch step's time in the overhead budget (once per batch step)."""
