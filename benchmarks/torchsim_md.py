@@ -135,9 +135,9 @@ def main(argv=None):
     C.setup_torch(args.threads)
     warnings.simplefilter("ignore")
     print(C.machine_info(args.device))
-    import torch_sim
+    from importlib.metadata import version
 
-    print(f"torch-sim-atomistic {getattr(torch_sim, '__version__', '?')}, model {args.model}, "
+    print(f"torch-sim-atomistic {version('torch-sim-atomistic')}, model {args.model}, "
           f"block {args.block} steps x {args.rounds} rounds, warm-up {args.warmup}")
     model = make_model(args.model, args.device)
     header = (f"{'S':>3} {'atoms':>5} {'plain':>9} {'default':>9} {'every':>9} "
