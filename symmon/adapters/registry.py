@@ -328,6 +328,11 @@ class LookThrough(OrbitModel):
     has_features = property(lambda self: self.current.has_features)
     has_layer_hooks = property(lambda self: self.current.has_layer_hooks)
     memory_scales_with = property(lambda self: self.current.memory_scales_with)
+    free_signals = property(lambda self: self.current.free_signals)
+    free_outputs = property(lambda self: self.current.free_outputs)
+
+    def free_values(self, values, n_atoms):
+        return self.current.free_values(values, n_atoms)
 
     def warm_up_atoms(self):
         return self.current.warm_up_atoms()

@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -63,6 +63,9 @@ class BaseValues:
 
     predictions: Dict[str, np.ndarray]
     raw_forces: Optional[np.ndarray]
+    #: the adapter's free signals of this calculation (a conservative Orb's rotational
+    #: gradient), logged every step
+    signals: Dict[str, float] = field(default_factory=dict)
 
 
 class ModelSource:
@@ -168,6 +171,7 @@ class ModelSource:
             frames = {"identity": IDENTITY, **frames}
         raw = self._raw_orbit(atoms, np.concatenate(list(frames.values())), quantities,
                               features)
+        free = {name: raw.pop(name) for name in self.orbit_model.free_outputs}
         values, start = {}, 0
         for name, matrices in frames.items():
             values[name] = {q: v[start:start + len(matrices)] for q, v in raw.items()}
@@ -179,7 +183,9 @@ class ModelSource:
             return None, values
         if fold:
             folded = BaseValues(self.base_predictions(values["identity"], quantities),
-                                raw_forces)
+                                raw_forces, self.orbit_model.free_values(
+                                    {name: v[0].numpy() for name, v in free.items()},
+                                    len(atoms)))
             return self._checked_fold(atoms, quantities, folded), values
         plain = self._plain(atoms, quantities)
         if raw_forces is not None and plain.raw_forces is None:
@@ -193,7 +199,14 @@ class ModelSource:
     def _plain(self, atoms, quantities) -> BaseValues:
         predictions = self.predictions(atoms, quantities)
         conservative = "forces" in predictions and not self.nc_forces
-        return BaseValues(predictions, predictions["forces"] if conservative else None)
+        signals = self.orbit_model.free_values(getattr(self.base, "results", {}), len(atoms)) \
+            if self.orbit_model.free_signals else {}
+        return BaseValues(predictions, predictions["forces"] if conservative else None,
+                          signals)
+
+    def free_specs(self) -> Dict[str, Tuple[str, str]]:
+        """The adapter's free signals: name -> ``(unit, description)``."""
+        return dict(self.orbit_model.free_signals)
 
     def _checked_fold(self, atoms, quantities, folded: BaseValues) -> BaseValues:
         """On the first folded step: the base's own call, compared with the folded copy."""
@@ -208,7 +221,7 @@ class ModelSource:
                           f"{type(self.base).__name__}'s predictions (relative "
                           f"{difference:.2g}): the base is evaluated separately on "
                           "monitored steps (one more model call)", UserWarning, stacklevel=5)
-            return BaseValues(plain.predictions, folded.raw_forces)
+            return BaseValues(plain.predictions, folded.raw_forces, plain.signals)
         return folded
 
     def base_predictions(self, identity: Dict[str, torch.Tensor],
@@ -231,6 +244,8 @@ class ModelSource:
         """Quantities (and feature outputs) on the copies ``x Q^T``, as the base returns
         them: direct forces have their mean removed, as ``MetatomicCalculator`` does."""
         values = {"orbit": self._raw_orbit(atoms, matrices, quantities, features)}
+        for name in self.orbit_model.free_outputs:
+            values["orbit"].pop(name)
         self._remove_mean(values)
         return values["orbit"]
 
@@ -240,7 +255,8 @@ class ModelSource:
         names = self.orbit_names(quantities)
         try:  # the monitor validates the atoms (Monitor._validate): the adapter need not
             raw = self.orbit_model.evaluate(atoms, matrices,
-                                            list(names.values()) + list(features),
+                                            list(names.values()) + list(features)
+                                            + list(self.orbit_model.free_outputs),
                                             checked=True)
         except OrbitOutOfMemory:
             raise
@@ -251,6 +267,7 @@ class ModelSource:
         else:
             values = {q: raw[names[q]] for q in quantities}
             values.update({name: raw[name] for name in features})
+            values.update({name: raw[name] for name in self.orbit_model.free_outputs})
             return values
         import gc
 
