@@ -135,8 +135,7 @@ class OrbitModel(ABC):
       code paths (``None``: nothing to warm up);
     * :attr:`free_signals`: observables the model computes with every call at no
       cost (name -> ``(unit, description)``), read by :meth:`free_values` from the
-      calculator's results or from the unrotated copy's outputs :attr:`free_outputs`
-      (a conservative Orb's rotational gradient);
+      calculator's results (a conservative Orb's rotational gradient);
     * :attr:`memory_scales_with`: what one copy's memory in a forward call is
       proportional to, ``"atoms"`` or ``"pairs"`` (neighbour pairs, graph edges): the
       chunk planner (:mod:`.memory`) scales measured costs by it.
@@ -153,7 +152,6 @@ class OrbitModel(ABC):
     has_layer_hooks: bool = False
     memory_scales_with: str = "atoms"
     free_signals: dict = {}
-    free_outputs: tuple = ()
     path: str = ""
 
     def warm_up_atoms(self):
@@ -161,9 +159,8 @@ class OrbitModel(ABC):
         return None
 
     def free_values(self, values, n_atoms: int) -> dict:
-        """The :attr:`free_signals` of one calculation: ``values`` holds the
-        calculator's results or the unrotated copy's :attr:`free_outputs` (``{}`` when
-        they are not there)."""
+        """The :attr:`free_signals` of one calculation from the calculator's
+        ``results`` (``{}`` when they are not there)."""
         return {}
 
     def prepare(self, atoms) -> None:

@@ -105,7 +105,6 @@ class OrbOrbitModel(OrbitModel):
                 "infinitesimal rotation of the whole structure (per radian), from the "
                 "conservative Orb's rotational_grad; 0 for an invariant energy (every record: "
                 "monitored steps, every step with trajectory=True)")}
-            self.free_outputs = (ROTATIONAL_GRADIENT,)
         self.direct = frozenset() if self.conservative else frozenset(
             q for q in ("forces", "stress") if q in heads)
         kind = "conservative" if self.conservative else "direct"
@@ -120,7 +119,7 @@ class OrbOrbitModel(OrbitModel):
         """``|dE/dθ| / N`` from ``rotational_grad`` (``dE/dG`` with ``R = exp(G - G^T)``):
         ``A = dE/dG`` is antisymmetric, ``A_ij = ε_ijk a_k`` with ``a`` the gradient along
         the rotation vector, so ``|dE/dθ| = |a| = ||A||_F / sqrt(2)``."""
-        gradient = values.get(ROTATIONAL_GRADIENT) if self.free_outputs else None
+        gradient = values.get(ROTATIONAL_GRADIENT) if self.conservative else None
         if gradient is None:
             return {}
         gradient = np.asarray(gradient, dtype=np.float64).reshape(3, 3)

@@ -329,7 +329,6 @@ class LookThrough(OrbitModel):
     has_layer_hooks = property(lambda self: self.current.has_layer_hooks)
     memory_scales_with = property(lambda self: self.current.memory_scales_with)
     free_signals = property(lambda self: self.current.free_signals)
-    free_outputs = property(lambda self: self.current.free_outputs)
 
     def free_values(self, values, n_atoms):
         return self.current.free_values(values, n_atoms)

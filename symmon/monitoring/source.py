@@ -11,14 +11,17 @@ dtype, its warm-up structure. Which path, and why, is in :attr:`ModelSource.path
 Monitored quantities follow the base: ``energy`` always, ``forces`` and ``stress`` when
 the base implements them, stress only for 3D-periodic cells.
 
-On a batched path whose calculator is the base's (or the one a wrapper holds and
-returns), the unrotated structure is *folded* into the orbit: it is the first copy of
-the same forward call (identity prepended to the elements), and its values are the base
-predictions, shaped as the calculator returns them (direct forces without their mean
-where it removes it, stress symmetrised). The first folded step also calls the base
-calculator and compares (a fast path never diverges): a base whose predictions differ
-(other output variants, a neighbour-list skin the model sees, ...) is evaluated
-separately from then on, with one warning.
+The returned predictions are always the base calculator's own, untouched: the very
+values of its ``results`` (dtype and shape included, :attr:`BaseValues.results`), from
+its own call on every step -- a batched forward computes the unrotated copy with other
+float rounding (1e-7 relative in float32), and an MD fed those values drifts from an
+unmonitored one. On the batched path the unrotated structure also rides in the orbit's
+forward call (identity prepended to the elements) where it is needed: on the first
+monitored step, to check that the batched path reproduces the base (a fast path never
+diverges: a base whose predictions differ -- other output variants, a term a subclass
+adds, ... -- is named once with a warning, its ε being that of the model inside), and
+for direct forces, whose raw net force (before the mean the calculator removes) is a
+free signal.
 """
 
 from __future__ import annotations
@@ -58,13 +61,17 @@ def relative_difference(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> f
 @dataclass
 class BaseValues:
     """The base model on the structure as given: ``predictions`` as the base calculator
-    returns them (float64, stress 3x3) and ``raw_forces``, its forces before any mean
-    removal (``None`` where unknown: direct forces of a plain base call)."""
+    returns them (float64, stress 3x3), ``raw_forces``, its forces before any mean
+    removal (``None`` where unknown: direct forces of a plain base call), and
+    ``results``, the base calculator's own values of the ASE properties (``energy``,
+    ``forces``, ``stress`` in Voigt order, ``free_energy`` where it has one), untouched:
+    what a front-end returns (``None`` where the values did not come from its call)."""
 
     predictions: Dict[str, np.ndarray]
     raw_forces: Optional[np.ndarray]
-    #: the adapter's free signals of this calculation (a conservative Orb's rotational
-    #: gradient), logged every step
+    results: Optional[Dict[str, object]] = None
+    #: the adapter's free signals of this call (a conservative Orb's rotational
+    #: gradient), logged with the step
     signals: Dict[str, float] = field(default_factory=dict)
 
 
@@ -148,14 +155,28 @@ class ModelSource:
         return self._fold and self.orbit_model.batched and self.inner is not None
 
     def predictions(self, atoms, quantities: Sequence[str]) -> Dict[str, np.ndarray]:
-        """The base calculator's own predictions, float64 (stress as 3x3), untouched."""
+        """The base calculator's own predictions, float64 (stress as 3x3)."""
+        return self._own_call(atoms, quantities)[0]
+
+    def _own_call(self, atoms, quantities: Sequence[str]):
+        """The base calculator's own call: (float64 predictions, stress as 3x3; its
+        ``results`` of the ASE properties, untouched)."""
+        names = list(quantities)
         if self.inner is self.base and hasattr(self.base, "calculate"):
             # one calculation, no cache checks (the caller has one)
-            self.base.calculate(atoms, list(quantities), all_changes)
-            results = self.base.results
-            return {name: voigt_to_matrix(results[name]) if name == "stress"
-                    else np.array(results[name], dtype=np.float64) for name in quantities}
-        return ase_predictions(self.base, atoms, quantities)
+            self.base.calculate(atoms, names, all_changes)
+            raw = self.base.results
+        elif hasattr(self.base, "get_properties"):  # one state check, one calculation
+            raw = self.base.get_properties(names, atoms)
+        else:
+            raw = {name: self.base.get_property(name, atoms) for name in names}
+        results = {name: raw[name] for name in names}
+        if "free_energy" in raw:
+            results["free_energy"] = raw["free_energy"]
+        values = {name: voigt_to_matrix(np.asarray(raw[name], dtype=np.float64))
+                  if name == "stress" else np.array(raw[name], dtype=np.float64)
+                  for name in names}
+        return values, results
 
     def evaluate(self, atoms, quantities: Sequence[str], frames: Mapping[str, np.ndarray],
                  *, base: bool = True, features: Sequence[str] = ()
@@ -166,12 +187,13 @@ class ModelSource:
         self.orbit_model.prepare(atoms)
         if not frames and not features:
             return (self._plain(atoms, quantities) if base else None), {}
-        fold = base and self.folds
+        # the unrotated copy in the batch: the first check, and raw direct forces
+        fold = base and self.folds and (not self._fold_checked or (
+            self.nc_forces and "forces" in quantities))
         if (fold or not frames) and "identity" not in frames:
             frames = {"identity": IDENTITY, **frames}
         raw = self._raw_orbit(atoms, np.concatenate(list(frames.values())), quantities,
                               features)
-        free = {name: raw.pop(name) for name in self.orbit_model.free_outputs}
         values, start = {}, 0
         for name, matrices in frames.items():
             values[name] = {q: v[start:start + len(matrices)] for q, v in raw.items()}
@@ -181,13 +203,9 @@ class ModelSource:
         self._remove_mean(values)
         if not base:
             return None, values
-        if fold:
-            folded = BaseValues(self.base_predictions(values["identity"], quantities),
-                                raw_forces, self.orbit_model.free_values(
-                                    {name: v[0].numpy() for name, v in free.items()},
-                                    len(atoms)))
-            return self._checked_fold(atoms, quantities, folded), values
         plain = self._plain(atoms, quantities)
+        if fold and not self._fold_checked:
+            self._check_fold(values["identity"], plain, quantities)
         if raw_forces is not None and plain.raw_forces is None:
             plain.raw_forces = raw_forces
         return plain, values
@@ -197,32 +215,29 @@ class ModelSource:
         return self._plain(atoms, quantities)
 
     def _plain(self, atoms, quantities) -> BaseValues:
-        predictions = self.predictions(atoms, quantities)
+        predictions, results = self._own_call(atoms, quantities)
         conservative = "forces" in predictions and not self.nc_forces
         signals = self.orbit_model.free_values(getattr(self.base, "results", {}), len(atoms)) \
             if self.orbit_model.free_signals else {}
         return BaseValues(predictions, predictions["forces"] if conservative else None,
-                          signals)
+                          results, signals)
 
     def free_specs(self) -> Dict[str, Tuple[str, str]]:
         """The adapter's free signals: name -> ``(unit, description)``."""
         return dict(self.orbit_model.free_signals)
 
-    def _checked_fold(self, atoms, quantities, folded: BaseValues) -> BaseValues:
-        """On the first folded step: the base's own call, compared with the folded copy."""
-        if self._fold_checked:
-            return folded
+    def _check_fold(self, identity, plain: BaseValues, quantities) -> None:
+        """On the first monitored step: the batched unrotated copy against the base's own
+        call (a fast path never diverges); a difference is named once."""
         self._fold_checked = True
-        plain = self._plain(atoms, quantities)
-        difference = relative_difference(folded.predictions, plain.predictions)
+        folded = self.base_predictions(identity, quantities)
+        difference = relative_difference(folded, plain.predictions)
         if difference > FOLD_TOLERANCE.get(getattr(self.orbit_model, "dtype", None), 1e-10):
             self._fold = False
             warnings.warn(f"the batched model's unrotated copy differs from "
                           f"{type(self.base).__name__}'s predictions (relative "
-                          f"{difference:.2g}): the base is evaluated separately on "
-                          "monitored steps (one more model call)", UserWarning, stacklevel=5)
-            return BaseValues(plain.predictions, folded.raw_forces, plain.signals)
-        return folded
+                          f"{difference:.2g}): the base's own predictions are returned, "
+                          "and eps is that of the model it holds", UserWarning, stacklevel=6)
 
     def base_predictions(self, identity: Dict[str, torch.Tensor],
                          quantities: Sequence[str]) -> Dict[str, np.ndarray]:
@@ -244,8 +259,6 @@ class ModelSource:
         """Quantities (and feature outputs) on the copies ``x Q^T``, as the base returns
         them: direct forces have their mean removed, as ``MetatomicCalculator`` does."""
         values = {"orbit": self._raw_orbit(atoms, matrices, quantities, features)}
-        for name in self.orbit_model.free_outputs:
-            values["orbit"].pop(name)
         self._remove_mean(values)
         return values["orbit"]
 
@@ -255,8 +268,7 @@ class ModelSource:
         names = self.orbit_names(quantities)
         try:  # the monitor validates the atoms (Monitor._validate): the adapter need not
             raw = self.orbit_model.evaluate(atoms, matrices,
-                                            list(names.values()) + list(features)
-                                            + list(self.orbit_model.free_outputs),
+                                            list(names.values()) + list(features),
                                             checked=True)
         except OrbitOutOfMemory:
             raise
@@ -267,7 +279,6 @@ class ModelSource:
         else:
             values = {q: raw[names[q]] for q in quantities}
             values.update({name: raw[name] for name in features})
-            values.update({name: raw[name] for name in self.orbit_model.free_outputs})
             return values
         import gc
 
