@@ -200,6 +200,7 @@ def test_monitor_folds_orb_and_returns_the_calculators_predictions(kind):
 
 
 # ------------------------------------------------------------------ MACE: the control
+@pytest.mark.slow
 def test_mace_files_models_and_calculators_reach_the_mace_family(tmp_path):
     """The committed tiny MACE (tests/families.py writes it), the model object and its
     calculator give the same orbit, equal to per-copy MACECalculator calls."""
@@ -242,6 +243,7 @@ def _md_report(calculator, atoms, path, steps=3):
     return monitor, summarize(str(path)).to_json()
 
 
+@pytest.mark.slow
 def test_md_and_report_per_family(tmp_path):
     """The equivariant control (MACE) is graded ok with ε at its float64 floor; random
     Orb v3 models, direct and conservative, are not."""
@@ -269,6 +271,7 @@ def test_md_and_report_per_family(tmp_path):
 
 
 # ------------------------------------------------------------------ symmon eval
+@pytest.mark.slow
 def test_eval_takes_entry_points_and_model_files_and_reports_community_numbers(
         tmp_path, capsys):
     """``symmon eval`` on an Orb entry point and the committed MACE file: the MLIP Arena
@@ -314,6 +317,7 @@ def test_eval_takes_entry_points_and_model_files_and_reports_community_numbers(
     assert mace["mlpeg"]["energy_max"] < 1e-13 and mace["mlpeg"]["forces_mae"] < 1e-12
 
 
+@pytest.mark.slow
 def test_conservative_orb_logs_its_rotational_gradient_every_step(tmp_path):
     """The free infinitesimal check: |dE/dθ| / N from the conservative Orb's
     rotational_grad, on every step, equal to the energy's slope along that rotation by
@@ -353,6 +357,7 @@ def test_conservative_orb_logs_its_rotational_gradient_every_step(tmp_path):
 
 
 # ------------------------------------------------------------------ every front-end
+@pytest.mark.slow
 def test_average_random_frame_and_ipi_take_orb(tmp_path):
     """mode="average" returns the O(3) average of per-copy ORBCalculator calls;
     mode="random_frame" returns a rotated copy's prediction brought back; the i-PI
