@@ -51,8 +51,10 @@ FAMILY_MODULES = ("metatomic", "metatrain", "orb", "mace", "torchsim")
 ENTRY_POINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 #: what :func:`orbit_model_for` can be asked to provide (``needs``), and who needs it
-CAPABILITIES = {"features": ("has_features", "last-layer features"),
-                "layer_hooks": ("has_layer_hooks", "hooks on internal layers")}
+CAPABILITIES = {"features": ("has_features", "last-layer features",
+                             "a metatomic model exported by metatrain (.pt)"),
+                "layer_hooks": ("has_layer_hooks", "hooks on internal layers",
+                                "a metatrain checkpoint (.ckpt)")}
 
 
 @dataclass(frozen=True)
@@ -260,12 +262,11 @@ def orbit_model_for(model, *, device: Optional[str] = None, chunk_size: Optional
 
 def _checked(orbit_model: OrbitModel, needs: Sequence[str]) -> OrbitModel:
     for need in needs:
-        attribute, what = CAPABILITIES[need]
+        attribute, what, fix = CAPABILITIES[need]
         if not getattr(orbit_model, attribute, False):
             raise ValueError(f"this needs {what}, which {orbit_model.family} models "
                              f"evaluated as {type(orbit_model).__name__} do not provide: "
-                             "give a metatomic model exported by metatrain (.pt) or a "
-                             "metatrain checkpoint (.ckpt)")
+                             f"give {fix}")
     return orbit_model
 
 
