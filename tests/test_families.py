@@ -396,3 +396,7 @@ def test_average_random_frame_and_ipi_take_orb(tmp_path):
     np.testing.assert_allclose(ipi_forces, conservative.get_forces(atoms.copy()), atol=1e-4)
     assert extras["forces_eps"] > 0
     evaluator.close()
+    from symmon.frontends.ipi.evaluator import make_base_calculator
+
+    served = make_base_calculator("families:tiny_orb_calculator")  # symmon ipi --model
+    assert type(served).__name__ == "ORBCalculator"

@@ -209,6 +209,8 @@ def resolve(model):
             return found, path
     elif is_entry_point(model):
         model = load_entry_point(model)
+        if isinstance(model, (str, os.PathLike)):  # it named a file
+            return resolve(model)
     return _object_family(model), model
 
 
