@@ -510,6 +510,7 @@ class TorchSimMonitor(ModelInterface):
         values = evaluate_copies(self.model, batch,
                                  torch.from_numpy(np.concatenate(list(stacks.values()))),
                                  torch.tensor(owner), self.outputs, max_atoms=self.max_atoms)
+        values = {name: value.cpu() for name, value in values.items()}  # one transfer
         per_system = _split(values, batch, owner, self.outputs)
         with_base = all(stack[0].tobytes() == IDENTITY[0].tobytes() for stack in stacks.values())
         if not self._fold_checked and with_base:
@@ -526,7 +527,7 @@ class TorchSimMonitor(ModelInterface):
                     returned[name].append(mine[name][0])
                 continue
             any_monitored = any_monitored or plan.scheduled
-            system.source.feed(stacks[s], {q: v.cpu() for q, v in mine.items()})
+            system.source.feed(stacks[s], mine)
             monitor = system.monitor
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -578,7 +579,7 @@ class TorchSimMonitor(ModelInterface):
         for name in self.outputs:
             batched = torch.cat([values[name][0:1] if name != "forces" else values[name][0]
                                  for values in per_system.values()])
-            reference = plain[name].detach().to(torch.float64).reshape(batched.shape)
+            reference = plain[name].detach().to("cpu", torch.float64).reshape(batched.shape)
             scale = max(float(reference.abs().max()), 1e-12)
             worst = max(worst, float((batched - reference).abs().max()) / scale)
         if worst > FOLD_TOLERANCE.get(self._dtype, 1e-10):
