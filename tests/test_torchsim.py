@@ -405,3 +405,21 @@ def test_static_runs_unchanged(tmp_path):
         assert _relative(ours["potential_energy"], theirs["potential_energy"]) < 1e-12
         assert _relative(ours["forces"], theirs["forces"]) < 1e-12
     assert [s["last_step"] for s in read_index(tmp_path / "run")["systems"]] == [0] * 4
+
+
+def test_symmon_eval_takes_a_torchsim_model_from_an_entry_point(tmp_path):
+    """``symmon eval module:function`` with a function returning a TorchSim model: the
+    batched TorchSim adapter; exact Lennard-Jones molecules at round-off."""
+    from ase.io import write
+
+    from symmon.frontends.cli import main
+
+    write(tmp_path / "clusters.xyz", rare_gas_clusters()[:2])
+    assert main(["eval", "torchsim_models:lennard_jones", str(tmp_path / "clusters.xyz"),
+                 "--degree", "4", "--format", "json", "-o", str(tmp_path / "eval.json"),
+                 "--no-progress"]) == 0
+    document = json.loads((tmp_path / "eval.json").read_text())
+    text = json.dumps(document)
+    assert "forces" in text
+    eps = document["quantities"]["forces"]["eps"]
+    assert 0 <= eps < 1e-10
