@@ -266,3 +266,49 @@ def test_md_and_report_per_family(tmp_path):
                                       tmp_path / f"orb_{kind}.h5")
         assert monitor.monitor.source.folds  # one batched call per monitored step
         assert summary["verdict"]["level"] == "problem", (kind, summary["verdict"])
+
+
+# ------------------------------------------------------------------ symmon eval
+def test_eval_takes_entry_points_and_model_files_and_reports_community_numbers(
+        tmp_path, capsys):
+    """``symmon eval`` on an Orb entry point and the committed MACE file: the MLIP Arena
+    and ml-peg numbers equal those computed from per-copy calls of the calculator."""
+    import json
+    import os
+
+    from ase.io import write
+
+    from symmon.core.community import arena_force_test, mlpeg_pairs, proper
+    from symmon.core.grids import quadrature_grid
+    from symmon.frontends.cli import main
+
+    structures = tmp_path / "set.xyz"
+    write(structures, [copper(repeat=(1, 1, 1)), water_dimer_like()])
+    out = tmp_path / "orb.json"
+    assert main(["eval", "families:tiny_orb_calculator", str(structures), "--degree", "4",
+                 "-o", str(out), "--no-progress"]) == 0
+    document = json.loads(out.read_text())
+    assert "MLIP Arena force test" in capsys.readouterr().out
+    assert document["community"]["arena"]["passed"] is False  # random Orb
+    grid = quadrature_grid(4)
+    rotations = grid.matrices[proper(grid.matrices)]
+    calculator = tiny_orb_calculator("direct")
+    for entry, atoms in zip(document["structures"], [copper(repeat=(1, 1, 1)),
+                                                     water_dimer_like()]):
+        copies = per_copy(calculator, atoms, np.concatenate([rotations, np.eye(3)[None]]),
+                          ["energy", "forces"], ORB_RESULTS)
+        forces = copies["forces"] - copies["forces"].mean(axis=1, keepdims=True)
+        arena = arena_force_test(forces[:-1], forces[-1], rotations)
+        peg = mlpeg_pairs(copies["energy"][:-1], forces[:-1], rotations, len(atoms))
+        for key in ("mae", "cosine"):
+            assert entry["community"]["arena"][key] == pytest.approx(arena[key], rel=1e-4)
+        for key in ("energy_mean", "energy_max", "forces_mae"):
+            assert entry["community"]["mlpeg"][key] == pytest.approx(peg[key], rel=1e-3,
+                                                                      abs=1e-6)
+
+    fixture = os.path.join(os.path.dirname(__file__), "data", "tiny_mace.model")
+    assert main(["eval", fixture, str(structures), "--degree", "4", "-o",
+                 str(tmp_path / "mace.json"), "--no-progress"]) == 0
+    mace = json.loads((tmp_path / "mace.json").read_text())["community"]
+    assert mace["arena"]["passed"] and mace["arena"]["max_mae"] < 1e-12
+    assert mace["mlpeg"]["energy_max"] < 1e-13 and mace["mlpeg"]["forces_mae"] < 1e-12

@@ -12,6 +12,7 @@ import ase.io
 import numpy as np
 import pytest
 import torch
+from ase.calculators.emt import EMT
 from metatomic.torch import ModelOutput
 from metatomic_ase import MetatomicCalculator
 
@@ -90,9 +91,20 @@ def count_evaluations(monitor):
     return counts
 
 
+def assert_identical(returned, expected):
+    """The same values, bit for bit, of the same type, dtype and shape."""
+    assert type(returned) is type(expected)
+    assert np.asarray(returned).dtype == np.asarray(expected).dtype
+    assert np.shape(returned) == np.shape(expected)
+    assert np.array_equal(returned, expected)
+
+
 @pytest.mark.parametrize("dtype", ["f32", "f64"])
 @pytest.mark.parametrize("non_conservative", [False, True])
 def test_returned_values_are_the_plain_calculators(slab, dtype, non_conservative):
+    """On every step, monitored or not, the very values of the base MetatomicCalculator's
+    own call (a batched forward rounds the unrotated copy otherwise: 4e-7 eV/Å in
+    float32)."""
     model = MODELS[dtype]
     base = CountingCalculator(model, non_conservative=non_conservative, neighbor_skin=0.0)
     monitor = SymmetryMonitor(base, every=2, random_rotations=2, warm_up=False)
@@ -106,12 +118,45 @@ def test_returned_values_are_the_plain_calculators(slab, dtype, non_conservative
         base_calls.append(base.calls - before)
         expected = plain(model, atoms, non_conservative)
         for name in ("energy", "forces", "stress"):
+            # the base's own values of this step, untouched (a fresh calculator's
+            # agree to float precision only: TorchScript optimises after a few calls)
+            assert_identical(monitor.results[name], base.results[name])
             assert_close(monitor.results[name], expected[name], PRECISION[dtype])
         assert np.isfinite(monitor.results["forces_eps"]) == (step % 2 == 0)
-    # monitored steps: one batched call of 1 + 2P copies (step 0 also checks the fold
-    # once); step 0 is an ordinary step (2 pairs: the calibration comes later in a run)
-    assert evaluations == [1 + 2 * 2, 1 + 2 * 2]
-    assert base_calls == [1, 1, 0, 1]
+    # monitored steps: one batched call of 2P copies, the unrotated one too on the first
+    # (the check that the batched path reproduces the base) and for direct forces (their
+    # raw net force); step 0 an ordinary step (2 pairs: the calibration comes later)
+    assert evaluations == [1 + 2 * 2, int(non_conservative) + 2 * 2]
+    assert base_calls == [1, 1, 1, 1]
+
+
+class Float32EMT(EMT):
+    """EMT returning float32 arrays and energy, as Orb's calculator does."""
+
+    def calculate(self, *args, **kwargs):
+        super().calculate(*args, **kwargs)
+        self.results = {name: np.asarray(value, dtype=np.float32)
+                        for name, value in self.results.items()}
+
+
+@pytest.mark.parametrize("calculator", [EMT, Float32EMT])
+def test_per_copy_path_returns_the_base_calculators_values_dtype_included(calculator):
+    """The per-copy ASE path (EMT, and a base returning float32 as Orb's does): the
+    monitor's energy, forces and stress are the base's own, bit for bit and dtype
+    included, on monitored and unmonitored steps (float64 copies of float32 forces make
+    ASE's integrators round differently: an MD drifts from an unmonitored one)."""
+    from ase.build import bulk
+
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    atoms.rattle(0.05, seed=2)
+    monitor = SymmetryMonitor(calculator(), every=2, random_rotations=2, warm_up=False)
+    reference = calculator()
+    for step in range(3):
+        atoms.positions[0, 0] += 0.01
+        monitor.calculate(atoms, ["energy", "forces", "stress"], ["positions"])
+        reference.calculate(atoms.copy(), ["energy", "forces", "stress"])
+        for name in ("energy", "forces", "stress", "free_energy"):
+            assert_identical(monitor.results[name], reference.results[name])
 
 
 @pytest.mark.parametrize("non_conservative", [False, True])
@@ -125,7 +170,7 @@ def test_unmonitored_steps_return_the_base_calculators_arrays_bit_for_bit(
                               warm_up=False)
     atoms = slab.copy()
     atoms.calc = monitor
-    atoms.get_forces()  # step 0 is monitored (folded: float precision only)
+    atoms.get_forces()  # step 0 is monitored
     for step, positions in enumerate(positions_of(slab, 4, seed=3)):
         atoms.positions[:] = positions
         before = base.calls
@@ -137,10 +182,11 @@ def test_unmonitored_steps_return_the_base_calculators_arrays_bit_for_bit(
             forces, stress = atoms.get_forces(), atoms.get_stress()
             energy = atoms.get_potential_energy()
         assert base.calls - before == 1 and np.isnan(monitor.results["forces_eps"])
-        expected = plain(model, atoms, non_conservative)
-        assert np.array_equal(forces, expected["forces"])
-        assert np.array_equal(stress, expected["stress"])
-        assert energy == expected["energy"]
+        expected = base.results  # this step's own call (a fresh calculator's: float
+        assert_identical(forces, expected["forces"])  # precision, TorchScript optimises)
+        assert_identical(stress, expected["stress"])
+        assert_identical(energy, expected["energy"])
+        assert_close(forces, plain(model, atoms, non_conservative)["forces"], PRECISION["f32"])
         assert atoms.calc.get_property("energy", atoms) == energy  # cached: no new call
         assert base.calls - before == 1
     monitor.close()
@@ -171,7 +217,7 @@ def test_a_base_that_differs_from_its_model_is_evaluated_separately(slab):
     base = ShiftedCalculator(MODELS["f64"], neighbor_skin=0.0)
     monitor = SymmetryMonitor(base, every=1, random_rotations=2, warm_up=False)
     atoms = slab.copy()
-    with pytest.warns(UserWarning, match="evaluated separately"):
+    with pytest.warns(UserWarning, match="own predictions are returned"):
         for positions in positions_of(slab, 2):
             atoms.positions[:] = positions
             monitor.calculate(atoms, ["energy"], ["positions"])
@@ -231,8 +277,8 @@ def test_random_frame_returns_the_prediction_in_that_frame(slab, tmp_path):
             noise = np.sqrt(((expected["forces"] @ frame - unrotated) ** 2).sum() / len(atoms))
             assert abs(monitor.results["frame_noise_forces"] - noise) <= 1e-8 * noise
     monitor.close()
-    # identity + frame + grid (3 pairs); frame only
-    assert evaluations == [1 + 1 + 6, 1, 1 + 1 + 6, 1]
+    # identity (the first step's check) + frame + grid (3 pairs); frame only
+    assert evaluations == [1 + 1 + 6, 1, 1 + 6, 1]
     assert min(determinants) < 0 < max(determinants)
 
 
@@ -306,3 +352,22 @@ def test_warm_up_happens_at_construction():
     monitor.get_potential_energy(ase.io.read(os.path.join(DATA, "tiny_structures.xyz"), "6"))
     assert monitor.metadata()["first_step_s"] > 0
     assert SymmetryMonitor(LabFrameEMT()).monitor.warm_up_s == 0
+
+
+@pytest.mark.parametrize("kind", ["direct", "conservative"])
+def test_orb_path_returns_the_base_calculators_values_dtype_included(kind):
+    """Orb's calculator returns float32 arrays: the monitor hands on its very values,
+    dtype and shape included, on monitored (batched orbit) and unmonitored steps."""
+    from families import copper, tiny_orb_calculator
+
+    atoms = copper(repeat=(1, 1, 2))
+    base = tiny_orb_calculator(kind)
+    monitor = SymmetryMonitor(base, every=2, random_rotations=2, l_max=1, warm_up=False)
+    assert monitor.monitor.source.path.startswith("batched")
+    for step in range(3):
+        atoms.positions[0, 0] += 0.01
+        monitor.calculate(atoms, ["energy", "forces", "stress"], ["positions"])
+        assert np.isfinite(monitor.results["forces_eps"]) == (step % 2 == 0)
+        for name in ("energy", "forces", "stress"):
+            assert_identical(monitor.results[name], base.results[name])
+        assert monitor.results["forces"].dtype == np.float32

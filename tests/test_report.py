@@ -125,6 +125,8 @@ def test_emt_is_ok_and_the_broken_control_is_a_problem(logs):
     assert v["reasons"][0].startswith("problem: forces")
     assert 'SymmetryMonitor(base, mode="average")' in v["action"]
     assert 'mode="random_frame"' in v["action"] and "purify" not in v["action"]  # EMT
+    first = broken["flagged"]["steps"][0]
+    assert any(f"At step {first}: forces: ε " in n for n in v["notes"])   # which, and why
     cost = broken["cost_of_average"]
     assert cost["calls_per_step"] == 168 and cost["ms_per_call"] > 0
     assert f"{cost['calls_per_step']} model calls per step" in v["what_to_do"]["cost"]

@@ -359,3 +359,28 @@ def test_report_and_export_of_a_run_directory(tmp_path, capsys):
     assert {f.get_chemical_formula() for f in frames} == {"Kr5", "Ar3Kr3"}
     assert frames[0].info["symmon_forces_eps_rms"] >= frames[1].info["symmon_forces_eps_rms"]
     assert "worst system(s)" in capsys.readouterr().out
+
+
+# -- the family in the registry: SymmetryMonitor, the array API -----------------------------
+def test_registry_gives_torchsim_models_the_batched_adapter(tmp_path):
+    """A TorchSim model (or its ASE calculator) passed to the registry, SymmetryMonitor
+    or orbit_model_for: the batched TorchSim adapter; the monitor returns the model's own
+    predictions and an exact model is graded ok."""
+    from symmon.adapters import orbit_model_for
+
+    model = lennard_jones(stress=False)
+    adapter = orbit_model_for(model)
+    assert isinstance(adapter, TorchSimOrbitModel) and adapter.family == "torchsim"
+    assert isinstance(orbit_model_for(TorchSimCalculator(model)).calculator,
+                      TorchSimCalculator)
+    atoms = rare_gas_clusters()[2]
+    values = adapter.evaluate(atoms, ELEMENTS, ["energy", "forces"])
+    assert _relative(values["energy"], values["energy"][:1].expand(4)) < 1e-12
+    monitor = SymmetryMonitor(model, log=tmp_path / "one.h5", every=1)
+    atoms.calc = monitor
+    forces = atoms.get_forces()
+    plain = model(ts.io.atoms_to_state([atoms], "cpu", torch.float64))
+    assert _relative(forces, plain["forces"]) < 1e-12
+    assert monitor.monitor.last_values["level"] == 0
+    assert "TorchSim" in monitor.metadata()["orbit_path"]
+    monitor.close()

@@ -144,7 +144,8 @@ class SymmetryMonitor(BaseCalculator):
         if not _is_snapshot(self.atoms, atoms):  # ASE's get_property took one just now
             self.atoms = atoms.copy()
         returned, values = self.monitor.calculate(atoms)
-        self.results = _ase_results(returned, values, len(atoms), all(atoms.pbc))
+        self.results = _ase_results(returned, values, len(atoms), all(atoms.pbc),
+                                    self.monitor.returned_results)
 
     def flush(self) -> None:
         self.monitor.flush()
@@ -171,17 +172,22 @@ def _is_snapshot(snapshot, atoms) -> bool:
             and same_values(snapshot.pbc, atoms.pbc))
 
 
-def _ase_results(returned, values, n_atoms, periodic: bool) -> dict:
-    """ASE ``results`` of one calculation: the returned predictions, then the
-    diagnostics (NaN where not computed; none of stress for a structure that has no
-    stress, not 3D-periodic)."""
-    energy = float(returned["energy"])
-    results = dict(_NOT_COMPUTED if periodic else _NOT_COMPUTED_WITHOUT_STRESS,
-                   energy=energy, free_energy=energy)
-    if "forces" in returned:
-        results["forces"] = np.asarray(returned["forces"]).reshape(n_atoms, 3)
-    if "stress" in returned:
-        results["stress"] = matrix_to_voigt(returned["stress"])
+def _ase_results(returned, values, n_atoms, periodic: bool, own=None) -> dict:
+    """ASE ``results`` of one calculation: the returned predictions -- the base
+    calculator's own values untouched (``own``, dtype and shape included) where they are
+    what is returned --, then the diagnostics (NaN where not computed; none of stress
+    for a structure that has no stress, not 3D-periodic)."""
+    results = dict(_NOT_COMPUTED if periodic else _NOT_COMPUTED_WITHOUT_STRESS)
+    if own is not None:
+        results.update(own)
+        results.setdefault("free_energy", own["energy"])
+    else:
+        energy = float(returned["energy"])
+        results.update(energy=energy, free_energy=energy)
+        if "forces" in returned:
+            results["forces"] = np.asarray(returned["forces"]).reshape(n_atoms, 3)
+        if "stress" in returned:
+            results["stress"] = matrix_to_voigt(returned["stress"])
     results.update(_diagnostics(values))  # none on unmonitored steps
     for name in PER_ATOM_DIAGNOSTICS:
         per_atom = values.get(name)

@@ -84,6 +84,28 @@ class StructureResult:
     n_atoms: int
     formula: str
     quantities: Dict[str, QuantityResult] = field(default_factory=dict)
+    #: the community's numbers from the same orbit (:mod:`symmon.core.community`)
+    community: Dict[str, Dict] = field(default_factory=dict)
+
+
+def community_numbers(values: Dict[str, "object"], outputs: Dict[str, str], grid,
+                      n_atoms: int) -> Dict[str, Dict]:
+    """MLIP Arena's force test and ml-peg's orientation pairs on the proper rotations
+    of the grid (lab frame: the last copy), forces as evaluated for ε."""
+    from ..core.community import arena_force_test, mlpeg_pairs, proper
+
+    rotations = proper(grid.matrices)
+    forces = values.get("forces")
+    result = {}
+    if forces is not None:
+        forces = forces.numpy()
+        result["arena"] = arena_force_test(forces[rotations], forces[len(grid)],
+                                           grid.matrices[rotations])
+    if "energy" in values:
+        result["mlpeg"] = mlpeg_pairs(values["energy"].numpy()[rotations],
+                                      None if forces is None else forces[rotations],
+                                      grid.matrices[rotations], n_atoms)
+    return result
 
 
 def evaluate_structure(orbit_model, atoms, grid, outputs: Dict[str, str],
@@ -96,10 +118,12 @@ def evaluate_structure(orbit_model, atoms, grid, outputs: Dict[str, str],
     matrices = np.concatenate([grid.matrices, np.eye(3)[None]])  # last copy: lab frame
     values = orbit_model.evaluate(atoms, matrices, list(outputs.values()))
     result = StructureResult(index, len(atoms), atoms.get_chemical_formula())
+    as_evaluated = {}
     for quantity, name in outputs.items():
         value = values[name]
         if name == "non_conservative_forces":  # net force removed, as MetatomicCalculator does
             value = without_net_force(value)
+        as_evaluated[quantity] = value
         orbit, lab_frame = value[:len(grid)], value[len(grid)]
         kind = output(name).kind
         error = equivariance_error(orbit, grid, kind)
@@ -114,6 +138,7 @@ def evaluate_structure(orbit_model, atoms, grid, outputs: Dict[str, str],
             item.error_averaged = _per_structure(quantity, deviation.distance_averaged,
                                                  len(atoms))
         result.quantities[quantity] = item
+    result.community = community_numbers(as_evaluated, outputs, grid, len(atoms))
     return result
 
 
@@ -214,10 +239,40 @@ def summarize(results: Sequence[StructureResult], model: str, grid, outputs) -> 
             ratio = structure_ratios([item], quantities[quantity]["rmse"])[0]
             entry[quantity] = {"eps": item.eps, "error": item.error,
                                "error_averaged": item.error_averaged, "ratio": ratio}
+        if result.community:
+            entry["community"] = result.community
         structures.append(entry)
     return {"model": model, "degree": int(grid.degree), "n_grid": len(grid),
             "n_structures": len(results), "ratio_floor": RATIO_FLOOR,
-            "quantities": quantities, "structures": structures}
+            "quantities": quantities, "community": summarize_community(results, grid),
+            "structures": structures}
+
+
+def summarize_community(results: Sequence[StructureResult], grid) -> Dict:
+    """Set-level community numbers: MLIP Arena's (passed = every structure and rotation
+    passes) and ml-peg's (means over structures; max of the max)."""
+    from ..core.community import ARENA_COSINE, ARENA_MAE, proper
+
+    document = {"n_rotations": int(len(proper(grid.matrices)))}
+    arena = [r.community["arena"] for r in results if "arena" in r.community]
+    if arena:
+        document["arena"] = {
+            "criterion": f"force MAE < {ARENA_MAE:g} eV/angstrom and every atom's cosine "
+                         f"> {ARENA_COSINE:g} (MLIP Arena)",
+            "passed": all(a["passed"] for a in arena),
+            "structures_passed": sum(a["passed"] for a in arena),
+            "pass_fraction": float(np.mean([a["pass_fraction"] for a in arena])),
+            "mae": float(np.mean([a["mae"] for a in arena])),
+            "max_mae": max(a["max_mae"] for a in arena),
+            "cosine": float(np.mean([a["cosine"] for a in arena])),
+            "min_cosine": min(a["min_cosine"] for a in arena)}
+    peg = [r.community["mlpeg"] for r in results if "mlpeg" in r.community]
+    if peg:
+        document["mlpeg"] = {
+            "energy_mean": float(np.mean([p["energy_mean"] for p in peg])),
+            "energy_max": max(p["energy_max"] for p in peg),
+            "forces_mae": float(np.mean([p["forces_mae"] for p in peg]))}
+    return document
 
 
 # --------------------------------------------------------------------------------------
@@ -248,6 +303,18 @@ def format_text(document: Dict) -> str:
     lines.append("eps/RMSE: set eps over set RMSE; median, p95: of the per-structure ratios "
                  "eps/error (paper Fig. 2). Forces: per-atom RMS of the vector norm; "
                  "energy per atom; stress: Frobenius norm.")
+    community = document.get("community", {})
+    if "arena" in community:
+        a = community["arena"]
+        lines.append(f"MLIP Arena force test ({community['n_rotations']} rotations): "
+                     f"{'passed' if a['passed'] else 'FAILED'} ({a['structures_passed']}/"
+                     f"{document['n_structures']} structures, {100 * a['pass_fraction']:.0f} "
+                     f"% of rotations); MAE {a['mae']:.3g} eV/Å (max {a['max_mae']:.3g}), "
+                     f"cosine {a['cosine']:.6f} (min {a['min_cosine']:.6f})")
+    if "mlpeg" in community:
+        p = community["mlpeg"]
+        lines.append(f"ml-peg orientation pairs: |ΔE| {p['energy_mean']:.3g} eV/atom (max "
+                     f"{p['energy_max']:.3g}), force MAE {p['forces_mae']:.3g} eV/Å")
     if not any(q["n_labelled"] for q in document["quantities"].values()):
         lines.append("no labels found: eps only (give --energy-key/--forces-key/--stress-key)")
     return "\n".join(lines)
@@ -257,7 +324,9 @@ def format_text(document: Dict) -> str:
 # command line
 # --------------------------------------------------------------------------------------
 def add_eval_arguments(parser) -> None:
-    parser.add_argument("model", help="metatomic model (.pt) or metatrain checkpoint (.ckpt)")
+    parser.add_argument("model", help="metatomic model (.pt), metatrain checkpoint (.ckpt), a "
+                        "torch.save'd model of a known family (.pt, .model), or a Python "
+                        "entry point module:function returning a calculator or model")
     parser.add_argument("structures", help="labelled structures (extxyz or any ASE format)")
     for quantity in QUANTITY_NAMES:
         parser.add_argument(f"--{quantity}-key", default=None, metavar="KEY",
@@ -313,7 +382,8 @@ def run_eval(args) -> int:
         if args.chunk_size is not None:
             options["chunk_size"] = args.chunk_size
         orbit_model = orbit_model_for(args.model, **options)
-        settings = {"model_sha256": file_sha256(args.model), "degree": args.degree,
+        settings = {"model": os.fspath(args.model), "model_sha256": file_sha256(args.model),
+                    "degree": args.degree,
                     "structures_sha256": file_sha256(args.structures),
                     "index": args.index, "label_keys": keys}
         parts = PartialResults(args.output, ranks, settings) if args.output else None

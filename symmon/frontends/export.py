@@ -242,7 +242,7 @@ def _relative_values(reader: LogReader, wanted: set) -> Dict[str, Dict[Key, floa
     (:func:`~symmon.monitoring.thresholds.relative_eps`, the log's own thresholds), where
     the log holds the orbit RMS ``<q>_rms``."""
     out = {}
-    n_atoms, overrides = len(reader.species), log_thresholds(reader)
+    n_atoms, overrides = len(reader.species), log_thresholds(reader.metadata)
     for q in QUANTITIES:
         name = NAMES[q].eps if NAMES[q].eps in reader.observable_names \
             else f"{q}_eps"

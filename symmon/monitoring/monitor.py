@@ -142,6 +142,9 @@ class Monitor:
                           if warm_up else 0.0)
         if warm_up:
             self.schedule.warm_up()
+        #: the base calculator's own results (ASE names, untouched) when the returned
+        #: predictions are its own, else None (front-ends return these, dtype included)
+        self.returned_results: Optional[Dict[str, object]] = None
         self.first_step_s: Optional[float] = None  # wall time of the first calculation
 
     # -- set-up ------------------------------------------------------------------------
@@ -206,6 +209,9 @@ class Monitor:
             self._measure(atoms, result)
             self._decide(result)
         self._respond(atoms, result)
+        base = result.base
+        self.returned_results = (base.results if base is not None
+                                 and result.returned is base.predictions else None)
         values = self._record(result)
         if self.first_step_s is None:
             self.first_step_s = self.schedule.clock() - started

@@ -11,14 +11,17 @@ dtype, its warm-up structure. Which path, and why, is in :attr:`ModelSource.path
 Monitored quantities follow the base: ``energy`` always, ``forces`` and ``stress`` when
 the base implements them, stress only for 3D-periodic cells.
 
-On a batched path whose calculator is the base's (or the one a wrapper holds and
-returns), the unrotated structure is *folded* into the orbit: it is the first copy of
-the same forward call (identity prepended to the elements), and its values are the base
-predictions, shaped as the calculator returns them (direct forces without their mean
-where it removes it, stress symmetrised). The first folded step also calls the base
-calculator and compares (a fast path never diverges): a base whose predictions differ
-(other output variants, a neighbour-list skin the model sees, ...) is evaluated
-separately from then on, with one warning.
+The returned predictions are always the base calculator's own, untouched: the very
+values of its ``results`` (dtype and shape included, :attr:`BaseValues.results`), from
+its own call on every step -- a batched forward computes the unrotated copy with other
+float rounding (1e-7 relative in float32), and an MD fed those values drifts from an
+unmonitored one. On the batched path the unrotated structure also rides in the orbit's
+forward call (identity prepended to the elements) where it is needed: on the first
+monitored step, to check that the batched path reproduces the base (a fast path never
+diverges: a base whose predictions differ -- other output variants, a term a subclass
+adds, ... -- is named once with a warning, its ε being that of the model inside), and
+for direct forces, whose raw net force (before the mean the calculator removes) is a
+free signal.
 """
 
 from __future__ import annotations
@@ -58,11 +61,15 @@ def relative_difference(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> f
 @dataclass
 class BaseValues:
     """The base model on the structure as given: ``predictions`` as the base calculator
-    returns them (float64, stress 3x3) and ``raw_forces``, its forces before any mean
-    removal (``None`` where unknown: direct forces of a plain base call)."""
+    returns them (float64, stress 3x3), ``raw_forces``, its forces before any mean
+    removal (``None`` where unknown: direct forces of a plain base call), and
+    ``results``, the base calculator's own values of the ASE properties (``energy``,
+    ``forces``, ``stress`` in Voigt order, ``free_energy`` where it has one), untouched:
+    what a front-end returns (``None`` where the values did not come from its call)."""
 
     predictions: Dict[str, np.ndarray]
     raw_forces: Optional[np.ndarray]
+    results: Optional[Dict[str, object]] = None
 
 
 class ModelSource:
@@ -145,14 +152,28 @@ class ModelSource:
         return self._fold and self.orbit_model.batched and self.inner is not None
 
     def predictions(self, atoms, quantities: Sequence[str]) -> Dict[str, np.ndarray]:
-        """The base calculator's own predictions, float64 (stress as 3x3), untouched."""
+        """The base calculator's own predictions, float64 (stress as 3x3)."""
+        return self._own_call(atoms, quantities)[0]
+
+    def _own_call(self, atoms, quantities: Sequence[str]):
+        """The base calculator's own call: (float64 predictions, stress as 3x3; its
+        ``results`` of the ASE properties, untouched)."""
+        names = list(quantities)
         if self.inner is self.base and hasattr(self.base, "calculate"):
             # one calculation, no cache checks (the caller has one)
-            self.base.calculate(atoms, list(quantities), all_changes)
-            results = self.base.results
-            return {name: voigt_to_matrix(results[name]) if name == "stress"
-                    else np.array(results[name], dtype=np.float64) for name in quantities}
-        return ase_predictions(self.base, atoms, quantities)
+            self.base.calculate(atoms, names, all_changes)
+            raw = self.base.results
+        elif hasattr(self.base, "get_properties"):  # one state check, one calculation
+            raw = self.base.get_properties(names, atoms)
+        else:
+            raw = {name: self.base.get_property(name, atoms) for name in names}
+        results = {name: raw[name] for name in names}
+        if "free_energy" in raw:
+            results["free_energy"] = raw["free_energy"]
+        values = {name: voigt_to_matrix(np.asarray(raw[name], dtype=np.float64))
+                  if name == "stress" else np.array(raw[name], dtype=np.float64)
+                  for name in names}
+        return values, results
 
     def evaluate(self, atoms, quantities: Sequence[str], frames: Mapping[str, np.ndarray],
                  *, base: bool = True, features: Sequence[str] = ()
@@ -163,7 +184,9 @@ class ModelSource:
         self.orbit_model.prepare(atoms)
         if not frames and not features:
             return (self._plain(atoms, quantities) if base else None), {}
-        fold = base and self.folds
+        # the unrotated copy in the batch: the first check, and raw direct forces
+        fold = base and self.folds and (not self._fold_checked or (
+            self.nc_forces and "forces" in quantities))
         if (fold or not frames) and "identity" not in frames:
             frames = {"identity": IDENTITY, **frames}
         raw = self._raw_orbit(atoms, np.concatenate(list(frames.values())), quantities,
@@ -177,11 +200,9 @@ class ModelSource:
         self._remove_mean(values)
         if not base:
             return None, values
-        if fold:
-            folded = BaseValues(self.base_predictions(values["identity"], quantities),
-                                raw_forces)
-            return self._checked_fold(atoms, quantities, folded), values
         plain = self._plain(atoms, quantities)
+        if fold and not self._fold_checked:
+            self._check_fold(values["identity"], plain, quantities)
         if raw_forces is not None and plain.raw_forces is None:
             plain.raw_forces = raw_forces
         return plain, values
@@ -191,25 +212,23 @@ class ModelSource:
         return self._plain(atoms, quantities)
 
     def _plain(self, atoms, quantities) -> BaseValues:
-        predictions = self.predictions(atoms, quantities)
+        predictions, results = self._own_call(atoms, quantities)
         conservative = "forces" in predictions and not self.nc_forces
-        return BaseValues(predictions, predictions["forces"] if conservative else None)
+        return BaseValues(predictions, predictions["forces"] if conservative else None,
+                          results)
 
-    def _checked_fold(self, atoms, quantities, folded: BaseValues) -> BaseValues:
-        """On the first folded step: the base's own call, compared with the folded copy."""
-        if self._fold_checked:
-            return folded
+    def _check_fold(self, identity, plain: BaseValues, quantities) -> None:
+        """On the first monitored step: the batched unrotated copy against the base's own
+        call (a fast path never diverges); a difference is named once."""
         self._fold_checked = True
-        plain = self._plain(atoms, quantities)
-        difference = relative_difference(folded.predictions, plain.predictions)
+        folded = self.base_predictions(identity, quantities)
+        difference = relative_difference(folded, plain.predictions)
         if difference > FOLD_TOLERANCE.get(getattr(self.orbit_model, "dtype", None), 1e-10):
             self._fold = False
             warnings.warn(f"the batched model's unrotated copy differs from "
                           f"{type(self.base).__name__}'s predictions (relative "
-                          f"{difference:.2g}): the base is evaluated separately on "
-                          "monitored steps (one more model call)", UserWarning, stacklevel=5)
-            return BaseValues(plain.predictions, folded.raw_forces)
-        return folded
+                          f"{difference:.2g}): the base's own predictions are returned, "
+                          "and eps is that of the model it holds", UserWarning, stacklevel=6)
 
     def base_predictions(self, identity: Dict[str, torch.Tensor],
                          quantities: Sequence[str]) -> Dict[str, np.ndarray]:

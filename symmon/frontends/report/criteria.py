@@ -245,10 +245,12 @@ class Flagged:
     count: int
     steps: list            # every flagged step
     by_quantity: dict      # quantity -> flagged steps of that quantity
+    first_why: str | None = None   # the problem at the first flagged step, in words
 
     def to_json(self) -> dict:
         return {"count": self.count, "steps": list(self.steps),
-                "by_quantity": {q: list(v) for q, v in self.by_quantity.items()}}
+                "by_quantity": {q: list(v) for q, v in self.by_quantity.items()},
+                "first_why": self.first_why}
 
 
 @dataclass(frozen=True)
@@ -367,8 +369,10 @@ def _notes(run, flagged: Flagged | None) -> list[str]:
         else:
             why = " (" + "; ".join(f"{q} at {_step_list(v)}" for q, v in by.items()) + ")" \
                 if by else ""
+        first = f" At step {flagged.steps[0]}: {flagged.first_why}." if flagged.first_why \
+            else ""
         notes.append(f"The monitor flagged {flagged.count} step(s) as problem during the "
-                     f"run: step {steps}{more}{why}.")
+                     f"run: step {steps}{more}{why}.{first}")
     return notes
 
 

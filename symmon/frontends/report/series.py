@@ -164,9 +164,9 @@ def forces_eps_is_total(reader: LogReader) -> bool:
     return reader.semantics.forces_eps_summed
 
 
-def log_thresholds(reader: LogReader) -> dict:
-    """The relative limits the monitor was given (metadata ``thresholds``), if any."""
-    given = reader.metadata.get("thresholds")
+def log_thresholds(metadata: Mapping) -> dict:
+    """The relative limits the monitor was given (a log's metadata ``thresholds``)."""
+    given = metadata.get("thresholds")
     if not isinstance(given, Mapping):
         return {}
     return {q: float(v) for q, v in given.items()
@@ -179,7 +179,7 @@ def quantity_series(reader: LogReader, q: str,
     monitored step (``overrides``: the relative limits that set the floor,
     :func:`~symmon.monitoring.thresholds.floor`; default: the log's own)."""
     if overrides is None:
-        overrides = log_thresholds(reader)
+        overrides = log_thresholds(reader.metadata)
     step, time, eps = read(reader, f"{q}_eps")
     err = lookup(step, *read(reader, f"{q}_eps_err")[::2])
     n_atoms = len(reader.species)
@@ -284,7 +284,7 @@ SCALARS = ("violation", "level", "eps_of_returned", "net_force_per_atom", "net_t
 
 def read_run(reader: LogReader, overrides: Mapping[str, float] | None = None) -> RunSeries:
     """Every per-step number the report shows, read once (bounded reads)."""
-    overrides = {**log_thresholds(reader), **(overrides or {})}
+    overrides = {**log_thresholds(reader.metadata), **(overrides or {})}
     quantities = {q: quantity_series(reader, q, overrides)
                   for q in monitored_quantities(reader)}
     spectra = {q: spectrum_of(reader, q) for q in quantities}
