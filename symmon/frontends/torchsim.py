@@ -99,9 +99,9 @@ class SystemTracker:
         :class:`~symmon.adapters.torchsim.Batch`, made only when needed)."""
         previous = self._previous
         positions, numbers = state.positions, state.atomic_numbers
-        if (previous is not None and torch.equal(previous[3], counts)
-                and torch.equal(previous[2], numbers) and self._stayed(positions, previous[1],
-                                                                       batch)):
+        if (previous is not None and (previous[3] is counts or torch.equal(previous[3], counts))
+                and (previous[2] is numbers or torch.equal(previous[2], numbers))
+                and self._stayed(positions, previous[1], batch)):
             ids, new, left = previous[0], [], []
             self.changed = False
         else:
@@ -270,6 +270,17 @@ class _SharedSchedule:
     def __getattr__(self, name):
         return getattr(self._schedule, name)
 
+    def plan(self, step: int, averaging: bool) -> StepPlan:
+        """The batch's plan of ``step`` (made once per step and mode: a random grid is
+        drawn for every call of ``Schedule.plan``)."""
+        cache = self._schedule.__dict__.setdefault("_system_plans", {})
+        if step not in cache:
+            cache.clear()
+            cache[step] = {}
+        if averaging not in cache[step]:
+            cache[step][averaging] = self._schedule.plan(step, averaging)
+        return cache[step][averaging]
+
     def charge(self, plan, seconds) -> None:
         pass
 
@@ -437,7 +448,7 @@ class TorchSimMonitor(ModelInterface):
         clock = self.schedule.clock
         started = clock()
         step = self.batch_step
-        counts = torch.bincount(state.system_idx, minlength=state.cell.shape[0])
+        counts = self._counts(state)
         made = []
 
         def batch() -> Batch:  # float64 copies of the state: only where needed
@@ -460,6 +471,16 @@ class TorchSimMonitor(ModelInterface):
         self._charge(batch_plan, started, output, self._monitored_any)
         self.__dict__["batch_step"] = step + 1  # (not nn.Module.__setattr__: µs)
         return output
+
+    def _counts(self, state) -> torch.Tensor:
+        """Atoms per system (the previous call's, when the state holds the same
+        ``system_idx`` tensor: integrators pass it on unchanged)."""
+        cached = self.__dict__.get("_counts_of")
+        if cached is not None and cached[0] is state.system_idx:
+            return cached[1]
+        counts = torch.bincount(state.system_idx, minlength=state.cell.shape[0])
+        self.__dict__["_counts_of"] = (state.system_idx, counts)
+        return counts
 
     def _charge(self, plan: StepPlan, started: float, output, monitored: bool = False) -> None:
         """Book the batch step's time in the overhead budget (once per batch step)."""
@@ -489,6 +510,7 @@ class TorchSimMonitor(ModelInterface):
         values = evaluate_copies(self.model, batch,
                                  torch.from_numpy(np.concatenate(list(stacks.values()))),
                                  torch.tensor(owner), self.outputs, max_atoms=self.max_atoms)
+        values = {name: value.cpu() for name, value in values.items()}  # one transfer
         per_system = _split(values, batch, owner, self.outputs)
         with_base = all(stack[0].tobytes() == IDENTITY[0].tobytes() for stack in stacks.values())
         if not self._fold_checked and with_base:
@@ -505,7 +527,7 @@ class TorchSimMonitor(ModelInterface):
                     returned[name].append(mine[name][0])
                 continue
             any_monitored = any_monitored or plan.scheduled
-            system.source.feed(stacks[s], {q: v.cpu() for q, v in mine.items()})
+            system.source.feed(stacks[s], mine)
             monitor = system.monitor
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -539,13 +561,13 @@ class TorchSimMonitor(ModelInterface):
         if monitor.averaging:
             self.schedule.choose_average_grid([q for q in self.outputs
                                                if q != "stress" or pbc])
-        plan = self.schedule.plan(step, monitor.averaging)
+        if isinstance(monitor.schedule, _FirstPlan):
+            monitor.schedule = _SharedSchedule(self.schedule)
+        plan = monitor.schedule.plan(step, monitor.averaging)
         if entering and plan.grid is None and not monitor.averaging:
             grid = random_grid(self.options.random_rotations, step_seed(self.options.seed, step))
             plan = replace(plan, grid=grid, scheduled=True, stride=0)
             monitor.schedule = _FirstPlan(self.schedule, plan)
-        elif isinstance(monitor.schedule, _FirstPlan):
-            monitor.schedule = _SharedSchedule(self.schedule)
         return plan
 
     def _check_fold(self, state, per_system) -> None:
@@ -557,7 +579,7 @@ class TorchSimMonitor(ModelInterface):
         for name in self.outputs:
             batched = torch.cat([values[name][0:1] if name != "forces" else values[name][0]
                                  for values in per_system.values()])
-            reference = plain[name].detach().to(torch.float64).reshape(batched.shape)
+            reference = plain[name].detach().to("cpu", torch.float64).reshape(batched.shape)
             scale = max(float(reference.abs().max()), 1e-12)
             worst = max(worst, float((batched - reference).abs().max()) / scale)
         if worst > FOLD_TOLERANCE.get(self._dtype, 1e-10):
@@ -649,7 +671,7 @@ class _FirstPlan(_SharedSchedule):
 
     def plan(self, step, averaging):
         return self._plan if step == self._plan.step and not averaging \
-            else self._schedule.plan(step, averaging)
+            else super().plan(step, averaging)
 
 
 _UNMONITORED = StepPlan(0, None, None, False)
