@@ -214,6 +214,9 @@ def main(argv=None):
     p.add_argument("--orbits-per-step", type=int, default=4)
     p.add_argument("--trajectories", type=int, default=1)
     p.add_argument("--truth-pairs", type=int, default=300)
+    p.add_argument("--first-calibration", type=int, default=None,
+                   help="steps into the run of the first calibration (default: the "
+                        "monitor's FIRST_CALIBRATION_STEPS)")
     p.add_argument("--frames", type=int, default=40)
     p.add_argument("--stride", type=int, default=5)
     p.add_argument("--orbits", type=int, default=25)
@@ -225,6 +228,11 @@ def main(argv=None):
     print(C.machine_info(args.device))
     if args.along:
         return along_a_run(args)
+    from symmon.monitoring import calibration
+
+    if args.first_calibration is not None:
+        calibration.FIRST_CALIBRATION_STEPS = args.first_calibration
+    print(f"first calibration {calibration.FIRST_CALIBRATION_STEPS} steps into the run")
     from symmon.adapters.metatomic import MetatomicOrbitModel
     from symmon.frontends.demo import bundled_model_path
 
