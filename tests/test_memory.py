@@ -229,3 +229,20 @@ def test_rotated_neighbour_lists_equal_recomputed_lists(model, kind):
         raw = orbit.evaluator.run([copy, fresh], orbit.evaluator.requests(["energy"]))
         energies = raw["energy"].block().values[:, 0]
         assert float(abs(energies[0] - energies[1])) < 1e-10 * max(1.0, float(abs(energies[1])))
+
+
+def test_eval_of_a_structure_that_does_not_fit_is_one_sentence(tmp_path, capsys, monkeypatch):
+    from symmon.frontends.cli import main
+
+    def no_memory(self, n_copies, n_atoms, forward, **_):
+        raise OrbitOutOfMemory(f"one copy of this structure ({n_atoms} atoms) does not fit "
+                               "in memory (cuda, 0.1 GiB free: CUDA out of memory); free "
+                               "memory or use a device with more")
+
+    monkeypatch.setattr(ChunkPlanner, "run", no_memory)
+    path = tmp_path / "one.xyz"
+    ase.io.write(path, structure())
+    assert main(["eval", TINY_PET, str(path), "--degree", "2", "--no-progress"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("symmon eval: error: one copy of this structure (16 atoms) does "
+                            "not fit in memory") and "\n" not in error

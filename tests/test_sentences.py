@@ -136,6 +136,7 @@ def test_a_third_rule_problem_raises_and_warns_with_its_reason(tmp_path):
     assert f"{percent(share)} % of |σ|" in text and ":  (" not in text
 
 
+@pytest.mark.slow
 def test_every_relative_eps_on_the_page_is_one_number(tmp_path, capsys):
     """``symmon report --threshold``: the verdict, the ε table, the histogram, the worst
     steps, the JSON and the monitor's log hold one relative ε per step. The forces here

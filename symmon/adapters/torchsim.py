@@ -20,6 +20,7 @@ molecule's copies get a zero cell (TorchSim's metatomic wrapper refuses any othe
 
 from __future__ import annotations
 
+import sys
 import warnings
 from typing import Dict, Optional, Sequence
 
@@ -27,10 +28,11 @@ import numpy as np
 import torch
 
 from .base import OrbitModel, validate_atoms, validate_matrices
+from .memory import is_out_of_memory
+from .registry import Family, register, require
 
 #: outputs a TorchSim model offers (those its ``compute_*`` flags switch on)
 TORCHSIM_OUTPUTS = ("energy", "forces", "stress")
-INSTALL = "pip install torch-sim-atomistic  (or: pip install 'symmon[torchsim]')"
 
 
 def model_interface_class():
@@ -50,11 +52,7 @@ def is_torchsim_model(value) -> bool:
 
 def require_torchsim():
     """``torch_sim``, or one sentence naming the install that provides it."""
-    try:
-        import torch_sim
-    except ImportError:
-        raise ImportError(f"TorchSim models need torch-sim-atomistic: {INSTALL}") from None
-    return torch_sim
+    return require("torch_sim", "torchsim", "a TorchSim model")
 
 
 def model_outputs(model) -> tuple:
@@ -102,9 +100,10 @@ class Batch:
                    torch.tensor([len(atoms)], device=device), pbc)
 
     @classmethod
-    def from_state(cls, state) -> "Batch":
+    def from_state(cls, state, counts=None) -> "Batch":
         """A TorchSim state's systems (its column cells turned into rows)."""
-        counts = torch.bincount(state.system_idx, minlength=state.cell.shape[0])
+        if counts is None:
+            counts = torch.bincount(state.system_idx, minlength=state.cell.shape[0])
         return cls(state.positions.to(torch.float64), state.cell.to(torch.float64).mT,
                    state.atomic_numbers, state.masses.to(torch.float64), counts,
                    bool(state.pbc))
@@ -132,11 +131,6 @@ def copies_state(batch: Batch, matrices: torch.Tensor, owner: torch.Tensor, dtyp
                        atomic_numbers=batch.numbers[atom], system_idx=copy_of_atom)
 
 
-def _is_oom(error: BaseException) -> bool:
-    return isinstance(error, getattr(torch, "OutOfMemoryError", ())) or \
-        "out of memory" in str(error).lower()
-
-
 def evaluate_copies(model, batch: Batch, matrices, owner, outputs: Sequence[str], *,
                     max_atoms: Optional[int] = None) -> Dict[str, torch.Tensor]:
     """``outputs`` of ``model`` on the copies (system ``owner[m]`` transformed by
@@ -156,7 +150,7 @@ def evaluate_copies(model, batch: Batch, matrices, owner, outputs: Sequence[str]
                                     atoms_per_copy)
         except (RuntimeError, MemoryError) as error:
             smallest = int(atoms_per_copy.max())
-            if not _is_oom(error) or limit <= smallest:
+            if not is_out_of_memory(error) or limit <= smallest:
                 raise
             limit = max(limit // 2, smallest)
             if torch.cuda.is_available():
@@ -192,20 +186,29 @@ class TorchSimOrbitModel(OrbitModel):
 
     :param model: a TorchSim ``ModelInterface`` (any dtype, any device)
     :param max_atoms: atoms per forward call (``None``: all copies in one call)
+    :param chunk_size: copies per forward call (instead of ``max_atoms``)
+    :param calculator: the :class:`TorchSimCalculator` of ``model`` the orbit stands for
+        (made on first use if not given)
     """
 
     family = "torchsim"
     batched = True
 
-    def __init__(self, model, *, max_atoms: Optional[int] = None):
+    def __init__(self, model, *, max_atoms: Optional[int] = None,
+                 chunk_size: Optional[int] = None, calculator=None):
         require_torchsim()
         if not is_torchsim_model(model):
             raise TypeError(f"{type(model).__name__} is not a TorchSim ModelInterface")
         self.model = model
-        self.max_atoms = max_atoms
+        self.max_atoms, self.chunk_size = max_atoms, chunk_size
         self.path = (f"batched TorchSim model ({type(model).__name__}: the copies as one "
                      "SimState)")
-        self._calculator = None
+        self._calculator = calculator
+
+    @property
+    def memory_scales_with(self) -> str:
+        """TorchSim's ``n_atoms`` / ``n_atoms_x_density`` in the planner's words."""
+        return "atoms" if self.model.memory_scales_with == "n_atoms" else "pairs"
 
     @property
     def dtype(self):
@@ -233,8 +236,10 @@ class TorchSimOrbitModel(OrbitModel):
         matrices = torch.from_numpy(validate_matrices(matrices))
         batch = Batch.from_atoms(atoms, self.device)
         owner = torch.zeros(len(matrices), dtype=torch.long)
+        max_atoms = self.max_atoms if self.chunk_size is None \
+            else self.chunk_size * len(atoms)
         raw = evaluate_copies(self.model, batch, matrices, owner, outputs,
-                              max_atoms=self.max_atoms)
+                              max_atoms=max_atoms)
         values = {}
         for name in outputs:
             value = raw[name].cpu()
@@ -288,3 +293,27 @@ class TorchSimCalculator(_calculator_base()):
             self.results["forces"] = raw["forces"].cpu().numpy()
         if "stress" in raw:
             self.results["stress"] = matrix_to_voigt(raw["stress"][0].cpu().numpy())
+
+
+# -- the registry entry ------------------------------------------------------------------
+def _recognises(obj) -> bool:
+    """A TorchSim model or its ASE calculator (torch_sim imported already: a user with a
+    TorchSim model has; nothing is imported to recognise anything else)."""
+    if isinstance(obj, TorchSimCalculator):
+        return True
+    return "torch_sim" in sys.modules and is_torchsim_model(obj)
+
+
+def _build(obj, *, chunk_size=None, max_atoms=None, **_):
+    if isinstance(obj, TorchSimCalculator):
+        return TorchSimOrbitModel(obj.model, chunk_size=chunk_size, max_atoms=max_atoms,
+                                  calculator=obj)
+    return TorchSimOrbitModel(obj, chunk_size=chunk_size, max_atoms=max_atoms)
+
+
+def _calculator(obj, device=None, non_conservative=False):
+    return obj if isinstance(obj, TorchSimCalculator) else TorchSimCalculator(obj)
+
+
+register(Family("torchsim", _recognises, _build, calculator=_calculator, extra="torchsim",
+                library="torch_sim"))

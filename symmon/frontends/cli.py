@@ -78,7 +78,8 @@ def _command(argv: List[str]) -> Optional[str]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run one command; bad input is one sentence on stderr and exit code 2 (argument
-    errors too), another failing system call (a full disk) one sentence and code 1."""
+    errors too), another failing system call (a full disk) or an orbit that does not fit
+    in memory one sentence and code 1."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = build_parser(_command(argv)).parse_args(argv)
@@ -90,7 +91,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except INPUT_ERRORS as error:
         print(f"symmon {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
-    except OSError as error:
+    except (OSError, MemoryError) as error:  # a full disk; a structure that does not fit
         print(f"symmon {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 1
 

@@ -39,7 +39,7 @@ import time
 import warnings
 import weakref
 from dataclasses import replace
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ from ..adapters.torchsim import (Batch, TorchSimCalculator, TorchSimOrbitModel,
                                  evaluate_copies, is_torchsim_model, model_outputs,
                                  require_torchsim)
 from ..core.grids import random_grid
-from ..monitoring.monitor import Monitor
+from ..monitoring.monitor import Monitor, SaidOnce
 from ..monitoring.options import MonitorOptions, check_option_names
 from ..monitoring.schedule import Schedule, StepPlan, step_seed
 from ..monitoring.source import IDENTITY, BaseValues
@@ -93,20 +93,34 @@ class SystemTracker:
         self._previous = None  # (ids, positions, numbers, counts) of the last call
         self.changed = False  # whether the last call's layout differed from the one before
 
-    def identify(self, batch: Batch):
+    def identify(self, state, counts: torch.Tensor, batch: Callable[[], Batch]):
         """``(ids, new, left)``: the id of each system, the ids seen for the first time,
-        the ids of the previous call no longer present."""
+        the ids of the previous call no longer present (``batch()``: the state as a
+        :class:`~symmon.adapters.torchsim.Batch`, made only when needed)."""
         previous = self._previous
-        if (previous is not None and torch.equal(previous[3], batch.counts)
-                and torch.equal(previous[2], batch.numbers)
-                and float(self._displacement(batch, previous[1]).max()) <= self.max_displacement):
+        positions, numbers = state.positions, state.atomic_numbers
+        if (previous is not None and (previous[3] is counts or torch.equal(previous[3], counts))
+                and (previous[2] is numbers or torch.equal(previous[2], numbers))
+                and self._stayed(positions, previous[1], batch)):
             ids, new, left = previous[0], [], []
             self.changed = False
         else:
-            ids, new, left = self._match(batch, previous)
+            ids, new, left = self._match(batch(), previous)
             self.changed = True
-        self._previous = (ids, batch.positions.clone(), batch.numbers, batch.counts)
+        self._previous = (ids, positions.clone(), numbers, counts)
         return ids, new, left
+
+    def _stayed(self, positions, before, batch) -> bool:
+        """No atom moved more than ``max_displacement``: plainly (one reduction), else
+        (an atom wrapped into the cell by the integrator) by the minimum image."""
+        if not len(positions):
+            return True
+        moved = float(((positions - before) ** 2).sum(dim=1).max())
+        if moved <= self.max_displacement ** 2:
+            return True
+        full = batch()
+        return float(self._displacement(full, before.to(torch.float64)).max()) \
+            <= self.max_displacement
 
     def _displacement(self, batch: Batch, before: torch.Tensor) -> torch.Tensor:
         """|x - x_before| of every atom, minimum image in each system's cell."""
@@ -256,6 +270,17 @@ class _SharedSchedule:
     def __getattr__(self, name):
         return getattr(self._schedule, name)
 
+    def plan(self, step: int, averaging: bool) -> StepPlan:
+        """The batch's plan of ``step`` (made once per step and mode: a random grid is
+        drawn for every call of ``Schedule.plan``)."""
+        cache = self._schedule.__dict__.setdefault("_system_plans", {})
+        if step not in cache:
+            cache.clear()
+            cache[step] = {}
+        if averaging not in cache[step]:
+            cache[step][averaging] = self._schedule.plan(step, averaging)
+        return cache[step][averaging]
+
     def charge(self, plan, seconds) -> None:
         pass
 
@@ -344,6 +369,7 @@ class TorchSimMonitor(ModelInterface):
         self.schedule = Schedule(self.options)
         self.tracker = SystemTracker(max_displacement)
         self.systems: Dict[int, _System] = {}
+        self._said = SaidOnce()
         self.batch_step = 0
         self.directory = None if log is None else os.fspath(log)
         if self.directory is not None:
@@ -352,6 +378,9 @@ class TorchSimMonitor(ModelInterface):
         self._fold_checked = False
         self._fold = True
         self._monitored_any = False
+        #: every step goes through the systems' monitors (averaging, random frames, a
+        #: logged trajectory), not only the monitored ones
+        self._general = self.options.mode != "monitor" or self.options.trajectory
         self._closed = False
         atexit.register(_close_at_exit, weakref.ref(self))
 
@@ -398,6 +427,7 @@ class TorchSimMonitor(ModelInterface):
         options = replace(self.options, metadata=metadata, log_mode=mode)
         source = _SystemSource(self.orbit_model, self.outputs)
         monitor = Monitor(source, options, log=path, warm_up=False)
+        monitor._said = self._said  # one warning per kind for the whole batch
         # the batch's schedule decides which steps are monitored or calibrate; the
         # system's own Calibrations (its monitor's) keep its reference orbits
         monitor.schedule = _SharedSchedule(self.schedule)
@@ -418,22 +448,39 @@ class TorchSimMonitor(ModelInterface):
         clock = self.schedule.clock
         started = clock()
         step = self.batch_step
-        batch = Batch.from_state(state)
-        ids, new, left = self.tracker.identify(batch)
+        counts = self._counts(state)
+        made = []
+
+        def batch() -> Batch:  # float64 copies of the state: only where needed
+            if not made:
+                made.append(Batch.from_state(state, counts))
+            return made[0]
+
+        ids, new, left = self.tracker.identify(state, counts, batch)
         if self.tracker.changed:
             self._batch_changed(ids, left)
         batch_plan = self.schedule.plan(step, False)
-        general = (self.options.mode != "monitor" or self.options.trajectory
-                   or any(self.systems[i].monitor.averaging for i in ids if i in self.systems))
-        if batch_plan.grid is None and not new and not general:
+        if batch_plan.grid is None and not new and not self._general:
             output = self.model(state, **kwargs)
             self._charge(batch_plan, started, output)
-            self.batch_step += 1
+            self.__dict__["batch_step"] = step + 1  # (not nn.Module.__setattr__: µs)
             return output
-        output = self._monitored_step(state, batch, ids, new, batch_plan, step)
+        output = self._monitored_step(state, batch(), ids, new, batch_plan, step)
+        self._general = (self.options.mode != "monitor" or self.options.trajectory
+                         or any(system.monitor.averaging for system in self.systems.values()))
         self._charge(batch_plan, started, output, self._monitored_any)
-        self.batch_step += 1
+        self.__dict__["batch_step"] = step + 1  # (not nn.Module.__setattr__: µs)
         return output
+
+    def _counts(self, state) -> torch.Tensor:
+        """Atoms per system (the previous call's, when the state holds the same
+        ``system_idx`` tensor: integrators pass it on unchanged)."""
+        cached = self.__dict__.get("_counts_of")
+        if cached is not None and cached[0] is state.system_idx:
+            return cached[1]
+        counts = torch.bincount(state.system_idx, minlength=state.cell.shape[0])
+        self.__dict__["_counts_of"] = (state.system_idx, counts)
+        return counts
 
     def _charge(self, plan: StepPlan, started: float, output, monitored: bool = False) -> None:
         """Book the batch step's time in the overhead budget (once per batch step)."""
@@ -481,8 +528,13 @@ class TorchSimMonitor(ModelInterface):
             any_monitored = any_monitored or plan.scheduled
             system.source.feed(stacks[s], {q: v.cpu() for q, v in mine.items()})
             monitor = system.monitor
-            result, diagnostics = monitor.calculate(host.atoms(s))
-            monitor.observe()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result, diagnostics = monitor.calculate(host.atoms(s))
+                monitor.observe()
+            for warning in caught:  # named by system (once per run and key: _said)
+                warnings.warn(f"system {system_id} ({system.entry['formula']}): "
+                              f"{warning.message}", warning.category, stacklevel=4)
             self.last_values[system_id] = diagnostics
             if (self.directory is not None and not system.entry["logged"]
                     and monitor.last_monitored.get("step") == step):
@@ -508,13 +560,13 @@ class TorchSimMonitor(ModelInterface):
         if monitor.averaging:
             self.schedule.choose_average_grid([q for q in self.outputs
                                                if q != "stress" or pbc])
-        plan = self.schedule.plan(step, monitor.averaging)
+        if isinstance(monitor.schedule, _FirstPlan):
+            monitor.schedule = _SharedSchedule(self.schedule)
+        plan = monitor.schedule.plan(step, monitor.averaging)
         if entering and plan.grid is None and not monitor.averaging:
             grid = random_grid(self.options.random_rotations, step_seed(self.options.seed, step))
             plan = replace(plan, grid=grid, scheduled=True, stride=0)
             monitor.schedule = _FirstPlan(self.schedule, plan)
-        elif isinstance(monitor.schedule, _FirstPlan):
-            monitor.schedule = _SharedSchedule(self.schedule)
         return plan
 
     def _check_fold(self, state, per_system) -> None:
@@ -618,7 +670,7 @@ class _FirstPlan(_SharedSchedule):
 
     def plan(self, step, averaging):
         return self._plan if step == self._plan.step and not averaging \
-            else self._schedule.plan(step, averaging)
+            else super().plan(step, averaging)
 
 
 _UNMONITORED = StepPlan(0, None, None, False)

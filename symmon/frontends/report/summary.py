@@ -123,6 +123,84 @@ class Cost:
 
 
 @dataclass(frozen=True)
+class StepRow:
+    """One of the worst steps: each quantity's ε and relative ε, and its worst atom."""
+
+    step: int
+    time_ps: float
+    full_orbit: bool
+    eps: dict                  # quantity -> ε (per atom where it applies)
+    relative: dict             # quantity -> relative ε (:func:`thresholds.relative_eps`)
+    worst_atom: dict | None    # {index, symbol, eps} at this step
+
+    def to_json(self) -> dict:
+        out = {"step": self.step, "time_ps": self.time_ps, "full_orbit": self.full_orbit}
+        for q in self.eps:
+            out[f"{q}_eps"] = self.eps[q]
+            out[f"{q}_rel_eps"] = self.relative[q]
+        out["worst_atom"] = self.worst_atom
+        return out
+
+
+@dataclass(frozen=True)
+class AtomRow:
+    """One of the worst atoms by median forces ε over the sampled steps (eV/Å)."""
+
+    index: int
+    symbol: str
+    median_eps: float
+    p95_eps: float
+    max_eps: float
+    worst_step: int
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class SpeciesStats:
+    """Forces ε of the atoms of one element over the sampled steps (eV/Å)."""
+
+    n_atoms: int
+    stats: Stats
+
+    def to_json(self) -> dict:
+        return {"n_atoms": self.n_atoms, **self.stats.to_json()}
+
+
+@dataclass(frozen=True)
+class LoggedErrorStats:
+    """ε against a per-step model error logged beside it (same per-atom units)."""
+
+    observable: str
+    unit: str
+    error: Stats
+    eps_over_error: Stats
+
+    def to_json(self) -> dict:
+        return {"observable": self.observable, "unit": self.unit,
+                "error": self.error.to_json(), "eps_over_error": self.eps_over_error.to_json()}
+
+
+@dataclass(frozen=True)
+class NetSignals:
+    """The zero-cost signals: net force per atom (eV/Å) and net torque (eV, molecules),
+    and which forces they are of (``"returned forces"`` or ``"raw direct forces"``)."""
+
+    forces: str
+    net_force_per_atom: Stats | None = None
+    net_torque: Stats | None = None
+
+    def to_json(self) -> dict:
+        out = {"forces": self.forces}
+        for name, unit in NET_SIGNALS.items():
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = dict(value.to_json(), unit=unit)
+        return out
+
+
+@dataclass(frozen=True)
 class RunInfo:
     n_atoms: int
     composition: dict
@@ -151,14 +229,14 @@ class Summary:
     run: RunInfo
     eps: dict                 # q -> EpsStats
     contamination: dict       # q -> Contamination | None
-    worst_steps: list         # [dict]
-    worst_atoms: list         # [dict]
-    species_eps: dict
+    worst_steps: list         # [StepRow], worst first
+    worst_atoms: list         # [AtomRow], worst first
+    species_eps: dict         # element -> SpeciesStats
     per_atom_sampled_steps: int
-    logged_model_error: dict
+    logged_model_error: dict  # quantity -> LoggedErrorStats
     model_error: dict
     threshold_overrides: dict
-    net: dict
+    net: NetSignals
     flagged: Flagged
     cost: Cost | None
     verdict: object           # criteria.Verdict
@@ -175,13 +253,17 @@ class Summary:
             "eps": {q: e.to_json() for q, e in self.eps.items()},
             "contamination": {q: None if c is None else c.to_json()
                               for q, c in self.contamination.items()},
-            "worst_atoms": self.worst_atoms, "species_eps": self.species_eps,
+            "worst_atoms": [a.to_json() for a in self.worst_atoms],
+            "species_eps": {el: v.to_json() for el, v in self.species_eps.items()},
             "per_atom_sampled_steps": self.per_atom_sampled_steps,
-            "logged_model_error": self.logged_model_error, "model_error": self.model_error,
-            "threshold_overrides": self.threshold_overrides, "net": self.net,
+            "logged_model_error": {q: e.to_json() for q, e in
+                                   self.logged_model_error.items()},
+            "model_error": self.model_error,
+            "threshold_overrides": self.threshold_overrides, "net": self.net.to_json(),
             "flagged": self.flagged.to_json(),
             "cost_of_average": None if self.cost is None else self.cost.to_json(),
-            "verdict": self.verdict.to_json(), "worst_steps": self.worst_steps,
+            "verdict": self.verdict.to_json(),
+            "worst_steps": [r.to_json() for r in self.worst_steps],
             **self.extra})
 
 
@@ -393,18 +475,15 @@ def average_cost(data: RunSeries) -> Cost | None:
 NET_SIGNALS = {"net_force_per_atom": "eV/angstrom", "net_torque": "eV"}
 
 
-def net_signals(data: RunSeries) -> dict:
+def net_signals(data: RunSeries) -> NetSignals:
     """Stats of the logged net force per atom and net torque (non-periodic), and which
     forces they are of (``"raw direct forces"`` of the unrotated copy on the steps that
     evaluate it, or ``"returned forces"``)."""
     direct = data.metadata.get("forces_source") == "non_conservative"
-    out = {"forces": "raw direct forces" if direct else "returned forces"}
-    for name, unit in NET_SIGNALS.items():
-        if name in data.scalars:
-            values = Stats.of(data.scalars[name][1])
-            if values.n:
-                out[name] = dict(values.to_json(), unit=unit)
-    return out
+    stats = {name: Stats.of(data.scalars[name][1]) for name in NET_SIGNALS
+             if name in data.scalars}
+    return NetSignals("raw direct forces" if direct else "returned forces",
+                      **{name: v for name, v in stats.items() if v.n})
 
 
 def eps_summary(s, overrides) -> EpsStats:
@@ -449,26 +528,20 @@ def spectrum_mean(spectrum) -> tuple[dict, list]:
              for p, ir in off[:3]])
 
 
-def worst_steps(data: RunSeries, worst_atoms, reader: LogReader | None) -> list[dict]:
+def worst_steps(data: RunSeries, worst_atoms, reader: LogReader | None) -> list[StepRow]:
     """The top steps by forces ε per atom (or the first quantity's ε) and each worst
     atom's worst step, largest ε first, with each quantity's ε and relative ε and the
     step's worst atom (:func:`~.series.worst_step_rows`)."""
     series = data.quantities
     ref = series["forces"] if "forces" in series else next(iter(series.values()))
-    rows_of_atoms = [np.flatnonzero(ref.step == a["worst_step"])[:1] for a in worst_atoms]
+    rows_of_atoms = [np.flatnonzero(ref.step == a.worst_step)[:1] for a in worst_atoms]
     order = list(dict.fromkeys([*worst_step_rows(ref.eps, TOP_STEPS).tolist(),
                                 *(int(r[0]) for r in rows_of_atoms if r.size)]))
     order.sort(key=lambda i: -np.nan_to_num(ref.eps[i], nan=-np.inf))
-    rows = []
-    for i in order:
-        row = {"step": int(ref.step[i]), "time_ps": float(ref.time[i]),
-               "full_orbit": bool(ref.full[i])}
-        for q, s in series.items():
-            row[f"{q}_eps"] = float(s.eps[i])
-            row[f"{q}_rel_eps"] = float(s.relative[i])
-        row["worst_atom"] = _worst_atom_at(reader, data, int(ref.step[i]))
-        rows.append(row)
-    return rows
+    return [StepRow(int(ref.step[i]), float(ref.time[i]), bool(ref.full[i]),
+                    {q: float(x.eps[i]) for q, x in series.items()},
+                    {q: float(x.relative[i]) for q, x in series.items()},
+                    _worst_atom_at(reader, data, int(ref.step[i]))) for i in order]
 
 
 def _worst_atom_at(reader, data: RunSeries, step: int) -> dict | None:
@@ -492,27 +565,24 @@ def per_atom_summary(data: RunSeries) -> dict:
         p95 = np.nanpercentile(values, 95, axis=0)
         vmax = np.nanmax(values, axis=0)
         peak_row = np.nanargmax(np.nan_to_num(values, nan=-np.inf), axis=0)
-    worst = [{"index": int(i), "symbol": names[i], "median_eps": median[i],
-              "p95_eps": p95[i], "max_eps": vmax[i], "worst_step": int(steps[peak_row[i]])}
-             for i in worst_atoms_of(median, TOP_ATOMS)]
+    worst = [AtomRow(int(i), names[i], float(median[i]), float(p95[i]), float(vmax[i]),
+                     int(steps[peak_row[i]])) for i in worst_atoms_of(median, TOP_ATOMS)]
     species = {}
     for sym in dict.fromkeys(names):
         cols = [i for i, s in enumerate(names) if s == sym]
-        species[sym] = {"n_atoms": len(cols), **Stats.of(values[:, cols].ravel()).to_json()}
+        species[sym] = SpeciesStats(len(cols), Stats.of(values[:, cols].ravel()))
     return {"worst_atoms": worst, "species_eps": species,
             "per_atom_sampled_steps": int(len(values))}
 
 
-def logged_model_error(data: RunSeries) -> dict:
+def logged_model_error(data: RunSeries) -> dict[str, LoggedErrorStats]:
     """Per-atom-normalised ε against a per-step model error logged alongside (taken to
     be in the same per-atom units)."""
     out = {}
     for q, e in data.logged_errors.items():
         with np.errstate(all="ignore"):
             ratio = e.eps / e.error
-        out[q] = {"observable": e.observable, "unit": e.unit,
-                  "error": Stats.of(e.error).to_json(),
-                  "eps_over_error": Stats.of(ratio).to_json()}
+        out[q] = LoggedErrorStats(e.observable, e.unit, Stats.of(e.error), Stats.of(ratio))
     return out
 
 

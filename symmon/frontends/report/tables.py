@@ -16,6 +16,7 @@ from ...core.quantities import QUANTITY
 from ...monitoring.thresholds import DOMINANT_RATIO, DOMINANT_SHARE
 from .criteria import channel_words
 from .numbers import fmt, fmt_fraction, percent
+from .summary import NET_SIGNALS
 
 
 
@@ -98,13 +99,11 @@ def run_table(s) -> Table:
     if s.cost is not None:
         rows.append(['cost of mode="average"', s.cost.words()])
     net = s.net
-    for name, label in (("net_force_per_atom", "net force per atom"),
-                        ("net_torque", "net torque")):
-        if name in net:
-            v = net[name]
-            rows.append([label, f"median {fmt(v['median'])}, max {fmt(v['max'])} "
-                                f"{pretty_unit(v['unit'])} over {v['n']} steps "
-                                f"({_net_meaning(net['forces'])})"])
+    for name, unit in NET_SIGNALS.items():
+        v = getattr(net, name)
+        if v is not None:
+            rows.append([name.replace("_", " "), f"median {fmt(v.median)}, max {fmt(v.max)} "
+                         f"{pretty_unit(unit)} over {v.n} steps ({_net_meaning(net.forces)})"])
     return Table("Run", ["", ""], rows)
 
 
@@ -153,18 +152,17 @@ def contamination_table(s) -> Table:
 
 def worst_steps_table(s) -> Table:
     rows, ids = [], []
-    atoms = {a["index"] for a in s.worst_atoms}
+    atoms = {a.index for a in s.worst_atoms}
     quantities = s.run.quantities
     for r in s.worst_steps:
-        atom = r.get("worst_atom")
+        atom = r.worst_atom
         cell = "–"
         if atom:
             text = f"{atom['symbol']}{atom['index']} ({fmt(atom['eps'])} eV/Å)"
             cell = Link(text, f"atom-{atom['index']}") if atom["index"] in atoms else text
-        rows.append([str(r["step"]), fmt(r["time_ps"], 4),
-                     *(fmt(r[f"{q}_eps"]) for q in quantities),
-                     "yes" if r["full_orbit"] else "no", cell])
-        ids.append(f"step-{r['step']}")
+        rows.append([str(r.step), fmt(r.time_ps, 4), *(fmt(r.eps[q]) for q in quantities),
+                     "yes" if r.full_orbit else "no", cell])
+        ids.append(f"step-{r.step}")
     units = {q: pretty_unit(s.eps[q].unit) for q in quantities}
     header = ["step", "time (ps)", *(f"{QUANTITY[q].eps_label} ({units[q]})" for q in quantities),
               "full orbit", "worst atom"]
@@ -173,29 +171,29 @@ def worst_steps_table(s) -> Table:
 
 
 def worst_atoms_table(s) -> Table:
-    steps = {r["step"] for r in s.worst_steps}
+    steps = {r.step for r in s.worst_steps}
     rows, ids = [], []
     for a in s.worst_atoms:
-        step = str(a["worst_step"])
-        rows.append([str(a["index"]), a["symbol"], fmt(a["median_eps"]), fmt(a["p95_eps"]),
-                     fmt(a["max_eps"]),
-                     Link(step, f"step-{step}") if a["worst_step"] in steps else step])
-        ids.append(f"atom-{a['index']}")
+        step = str(a.worst_step)
+        rows.append([str(a.index), a.symbol, fmt(a.median_eps), fmt(a.p95_eps),
+                     fmt(a.max_eps), Link(step, f"step-{step}") if a.worst_step in steps
+                     else step])
+        ids.append(f"atom-{a.index}")
     title = f"Worst atoms (forces ε in eV/Å over {s.per_atom_sampled_steps} sampled steps)"
     return Table(title, ["atom", "element", "median", "p95", "max", "its worst step"],
                  rows, ids)
 
 
 def species_table(s) -> Table:
-    rows = [[el, str(v["n_atoms"]), fmt(v["median"]), fmt(v["p95"]), fmt(v["max"])]
+    rows = [[el, str(v.n_atoms), fmt(v.stats.median), fmt(v.stats.p95), fmt(v.stats.max)]
             for el, v in s.species_eps.items()]
     return Table("Forces ε by element (eV/Å)", ["element", "atoms", "median", "p95", "max"],
                  rows)
 
 
 def logged_error_table(s) -> Table:
-    rows = [[q, m["observable"], f"{fmt(m['error']['median'])} {pretty_unit(m['unit'])}",
-             fmt(m["eps_over_error"]["median"]), fmt(m["eps_over_error"]["max"])]
+    rows = [[q, m.observable, f"{fmt(m.error.median)} {pretty_unit(m.unit)}",
+             fmt(m.eps_over_error.median), fmt(m.eps_over_error.max)]
             for q, m in s.logged_model_error.items()]
     return Table("ε against the model error logged per step",
                  ["output", "observable", "error median", "ε/error median", "ε/error max"],
