@@ -22,6 +22,8 @@ from symmon.frontends.analyze.core import column_labels  # noqa: E402
 from symmon.frontends.analyze.drivers import analyze_checkpoints, analyze_layers  # noqa: E402
 from symmon.adapters.metatrain import MetatrainOrbitModel  # noqa: E402
 
+pytestmark = pytest.mark.slow  # real components (trained models, ranks)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 L_MAX = 2
 COLUMNS = column_labels(L_MAX)  # (0,+1) (0,-1) (1,+1) (1,-1) (2,+1) (2,-1) residual

@@ -41,7 +41,7 @@ from symmon.io.log import read_log  # noqa: E402
 from symmon.io.readout import Readout  # noqa: E402
 from symmon.monitoring.policy import SymmetryViolationWarning  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore")
+pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.slow]
 
 #: how each variant's direct outputs are asked of ``MetatomicCalculator`` (``False``:
 #: forces and stress by autograd; ``"forces"``: the variant has no stress head)

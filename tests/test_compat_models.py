@@ -30,7 +30,7 @@ from symmon import random_grid  # noqa: E402
 from symmon.adapters import (ASEOrbitModel, MetatomicOrbitModel, feature_output,  # noqa: E402
                              orbit_model_for)
 
-pytestmark = pytest.mark.filterwarnings("ignore")
+pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,8 @@ import time
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # real components (trained models, ranks)
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODEL = ROOT / "symmon" / "data" / "tiny_pet.pt"
 STRUCTURES = ROOT / "symmon" / "data" / "tiny_structures.xyz"

@@ -232,6 +232,7 @@ def tiny_pet_calculator():
     return metatomic_calculator(bundled_model_path(), non_conservative=True)
 
 
+@pytest.mark.slow
 def test_wrapped_metatomic_calculator_takes_the_batched_path(tiny_pet_calculator):
     from symmon.frontends.calculator import metatomic_calculator
 

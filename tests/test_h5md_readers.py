@@ -98,6 +98,7 @@ def killed_log(tmp_path):
 LOGS = [default_log, full_orbit_log, every_third_step_log, appended_log, shard_log, killed_log]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make_log", LOGS, ids=[f.__name__ for f in LOGS])
 def test_mdanalysis_iterates_every_frame_and_readers_agree(tmp_path, make_log):
     path, n_steps = make_log(tmp_path)
@@ -155,6 +156,7 @@ def test_mdanalysis_iterates_every_frame_and_readers_agree(tmp_path, make_log):
         np.testing.assert_array_equal(log.observable("forces")[2], forces[given])
 
 
+@pytest.mark.slow
 def test_sparse_spectra_share_the_step_axis(tmp_path):
     """The demo-like log: spectra only on full-orbit steps, NaN elsewhere, every frame read."""
     path, n_steps = full_orbit_log(tmp_path)
@@ -169,6 +171,7 @@ def test_sparse_spectra_share_the_step_axis(tmp_path):
     assert given == [s in (0, 3, 6) for s in range(n_steps)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make_log", [full_orbit_log, killed_log],
                          ids=["full_orbit_log", "killed_log"])
 def test_a_second_h5md_reader_agrees(tmp_path, make_log):

@@ -464,6 +464,7 @@ def _pet_tol(model):
     return 1e-5 if model.capabilities().dtype == "float32" else 1e-10
 
 
+@pytest.mark.slow
 def test_tiny_pet_batched_matches_single_calls(tiny_pet):
     atoms = _pet_structure(tiny_pet)
     orbit = MetatomicOrbitModel(tiny_pet, chunk_size=3)

@@ -34,6 +34,7 @@ def run_md(monitor, atoms, steps=6, seed=0):
     return dynamics
 
 
+@pytest.mark.slow
 def test_emt_is_equivariant_at_every_step(tmp_path):
     log = tmp_path / "emt.h5"
     run_md(SymmetryMonitor(EMT(), every=1, log=str(log), full_every=3, l_max=2, random_rotations=3),
@@ -98,6 +99,7 @@ def test_average_switch_returns_the_orbit_average(tmp_path):
     assert np.allclose(LabFrameEMT().get_forces(atoms) - reference.get_forces(), 0.05 * np.eye(3)[2])
 
 
+@pytest.mark.slow
 def test_monitor_mode_is_bit_identical_and_average_matches_engine():
     atoms = cu_ni(2)
     base = LabFrameEMT()
@@ -155,6 +157,7 @@ def test_reevaluations_do_not_corrupt_the_step_count(tmp_path):
         assert steps.tolist() == [0, 2, 4, 6] and len(positions) == 4
 
 
+@pytest.mark.slow
 def test_sigkill_leaves_a_readable_log(tmp_path):
     log = str(tmp_path / "killed.h5")
     child = subprocess.Popen([sys.executable, os.path.join(HERE, "_monitor_child.py"), log, "6"],

@@ -17,6 +17,8 @@ from metatomic.torch.o3 import SymmetrizedModel
 import symmon
 from symmon.adapters import MetatomicOrbitModel
 
+pytestmark = pytest.mark.slow  # real components (trained models, ranks)
+
 MODEL = os.path.join(os.path.dirname(__file__), "..", "symmon", "data", "tiny_pet.pt")
 L_MAX, DEGREE = 2, 4
 SAMPLE_KINDS = {"energy": "system", "non_conservative_force": "atom",

@@ -103,6 +103,7 @@ def structures():
     return ase.io.read(os.path.join(DATA, "tiny_structures.xyz"), ":")
 
 
+@pytest.mark.slow
 def test_tiny_pet_purification_and_purified_md(tiny_pet, structures, tmp_path):
     from metatomic_ase import MetatomicCalculator
 
@@ -197,6 +198,7 @@ def test_one_label_reader_for_purification_and_analysis(structures):
         read_label(atoms, "emt_energy", "forces")
 
 
+@pytest.mark.slow
 def test_purification_engine_imports_no_ase_h5py_or_matplotlib():
     import subprocess
 

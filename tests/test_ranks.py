@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 CHILD = pathlib.Path(__file__).with_name("_ranks_child.py")
 
@@ -24,6 +25,7 @@ def _expected():
     return {str(i): np.sin(np.arange(4) * (i + 1)).tolist() for i in range(11)}
 
 
+@pytest.mark.slow
 def test_two_ranks_equal_one_process(tmp_path):
     result = _launch(tmp_path, 2)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -34,6 +36,7 @@ def test_two_ranks_equal_one_process(tmp_path):
     assert not (tmp_path / "out.json.parts").exists()
 
 
+@pytest.mark.slow
 def test_killed_rank_is_resumed(tmp_path):
     killed = _launch(tmp_path, 2, 2)  # rank 1 dies after 2 of its items
     assert killed.returncode != 0 and not (tmp_path / "out.json").exists()

@@ -107,6 +107,7 @@ def _check(summary, quantity):
 # ------------------------------------------------------------------ the verdict (issue 14)
 
 
+@pytest.mark.slow
 def test_emt_is_ok_and_the_broken_control_is_a_problem(logs):
     emt, broken = summarize(logs["emt"]), summarize(logs["broken"])
     assert emt["verdict"]["level"] == "ok"
@@ -224,6 +225,7 @@ def test_breaking_that_is_the_quantity_itself_is_a_problem_however_small(quantit
     assert grade(quantity, comparable, comparable).level == "caution"
 
 
+@pytest.mark.slow
 def test_the_augmented_and_unaugmented_pair_get_different_verdicts(tmp_path):
     """The bundled tiny PETs trained with and without O(3) augmentation (same data and
     seed), 600 K MD of the demo cell, monitored every step: the unaugmented model is a
@@ -253,6 +255,7 @@ def test_the_augmented_and_unaugmented_pair_get_different_verdicts(tmp_path):
     assert levels["aug"] != "problem"
 
 
+@pytest.mark.slow
 def test_average_mode_judges_the_returned_averaged_predictions(tmp_path):
     path = monitored_md(LabFrameEMT(**STRONGLY_BROKEN), tmp_path / "avg.h5", steps=2,
                         mode="average")
@@ -263,6 +266,7 @@ def test_average_mode_judges_the_returned_averaged_predictions(tmp_path):
     assert _check({"verdict": v}, "forces")["level"] == "problem"
 
 
+@pytest.mark.slow
 def test_average_mode_names_the_degree_of_the_grid_it_used(tmp_path):
     """average_degree=None (the default) is chosen by the monitor: 3 + the highest rank
     returned, 5 with stress; the report names that degree, not the setting."""
@@ -358,6 +362,7 @@ class _Page(HTMLParser):
             self.links.append(attrs["href"])
 
 
+@pytest.mark.slow
 def test_html_is_self_contained_and_links_atoms_to_steps(logs, tmp_path, capsys):
     log = shutil.copy(logs["broken"], tmp_path / "run.h5")
     png_dir = tmp_path / "png"
@@ -446,6 +451,7 @@ def test_text_output_has_verdict_action_and_tables(logs, capsys):
     assert "VERDICT: PROBLEM" in text and "  1. problem: forces" in text
 
 
+@pytest.mark.slow
 def test_log_without_full_orbit_steps(logs):
     s = summarize(logs["nofull"])
     assert s["run"]["full_orbit_steps"] == 0 and s["run"]["steps_monitored"] == 3
@@ -457,6 +463,7 @@ def test_log_without_full_orbit_steps(logs):
     assert "Verdict: OK" in render_html(typed, figures)
 
 
+@pytest.mark.slow
 def test_shards_merge_and_a_file_twice_is_refused(logs, tmp_path):
     """Two logs of one model and settings merge; another model's log is no shard."""
     second = monitored_md(LabFrameEMT(**STRONGLY_BROKEN), tmp_path / "broken2.h5")
@@ -470,6 +477,7 @@ def test_shards_merge_and_a_file_twice_is_refused(logs, tmp_path):
         summarize([logs["emt"], logs["broken"]])
 
 
+@pytest.mark.slow
 def test_compare_shows_two_runs_side_by_side(logs, tmp_path, capsys):
     out = tmp_path / "cmp.html"
     assert run_report([logs["emt"], logs["broken"]], output=str(out), compare=True) == 0
@@ -587,6 +595,7 @@ def write_synthetic(path, n_steps, n_atoms=16, full_every=50, close=True, rename
     return writer
 
 
+@pytest.mark.slow
 def test_large_log_reports_quickly_with_bounded_reads(tmp_path, monkeypatch):
     path = tmp_path / "long.h5"
     write_synthetic(path, 20000)

@@ -248,6 +248,7 @@ def test_one_stress_convention():
     assert b.error.mean == pytest.approx(b.error.mean.T)
 
 
+@pytest.mark.slow
 def test_engine_imports_no_front_end_library():
     code = (
         "import sys, numpy as np, torch\n"
@@ -264,6 +265,7 @@ def test_engine_imports_no_front_end_library():
     assert out.stdout.strip() == "", out.stdout
 
 
+@pytest.mark.slow
 def test_exactness_check_is_quiet_on_round_off_of_an_exact_model():
     """EMT is exactly O(3)-equivariant: its ε is float64 round-off (~1e-13 eV/Å), whose
     aliased power is a large fraction of ε² but immaterial; the check must not fire."""

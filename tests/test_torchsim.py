@@ -47,6 +47,7 @@ def _relative(a, b) -> float:
 
 
 # -- the adapter -------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name", ["lj-float64", "pet-float32"])
 @pytest.mark.parametrize("kind", ["periodic", "molecule"])
 def test_batched_orbit_equals_per_copy_calls(model_name, kind):
@@ -111,6 +112,7 @@ COMPARED = ("energy_eps_per_atom", "forces_eps", "stress_eps", "energy_eps_per_a
             "forces_eps_per_atom", "level", "calibration_step", "calibration_rotations")
 
 
+@pytest.mark.slow
 @QUIET
 @pytest.mark.parametrize("model_name", ["pet", "anisotropic-lj"])
 def test_per_system_eps_equals_symmetry_monitor(model_name, tmp_path):
@@ -172,6 +174,7 @@ def _compare_with_symmetry_monitor(model, structures, quantities, model_name, tm
         assert log.metadata["system_id"] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("periodic", [False, True])
 def test_exact_lennard_jones_is_ok_for_every_system(periodic, tmp_path):
     """TorchSim's Lennard-Jones (its periodic shifts fixed) through ts.integrate, every
@@ -264,6 +267,7 @@ def test_autobatched_relaxation_keeps_identities(tmp_path):
     assert any(system["first_step"] > 0 for system in index["systems"])  # entered later
 
 
+@pytest.mark.slow
 @QUIET
 @pytest.mark.parametrize("mode", ["average", "random_frame"])
 def test_average_and_random_frame_modes(mode):
@@ -300,6 +304,7 @@ def test_bad_input_one_sentence(tmp_path):
         TorchSimMonitor(lennard_jones(), log=tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_sigkill_leaves_readable_logs(tmp_path):
     """A run killed with SIGKILL: the index and every system's flushed steps read back."""
     log = tmp_path / "run"
@@ -324,6 +329,7 @@ def test_sigkill_leaves_readable_logs(tmp_path):
 
 
 # -- report and export of a run directory --------------------------------------------------
+@pytest.mark.slow
 @QUIET
 def test_report_and_export_of_a_run_directory(tmp_path, capsys):
     """One verdict per system (the verdict of its own log's report), counts, worst
@@ -384,3 +390,18 @@ def test_registry_gives_torchsim_models_the_batched_adapter(tmp_path):
     assert monitor.monitor.last_values["level"] == 0
     assert "TorchSim" in monitor.metadata()["orbit_path"]
     monitor.close()
+
+
+def test_static_runs_unchanged(tmp_path):
+    """ts.static with the monitored model: the wrapped model's energies and forces, one
+    monitored single point per system."""
+    structures = rare_gas_clusters()
+    model = lennard_jones(stress=False)
+    monitored = TorchSimMonitor(model, log=tmp_path / "run", every=1, random_rotations=2)
+    results = ts.static(structures, monitored)
+    plain = ts.static(structures, model)
+    monitored.close()
+    for ours, theirs in zip(results, plain):
+        assert _relative(ours["potential_energy"], theirs["potential_energy"]) < 1e-12
+        assert _relative(ours["forces"], theirs["forces"]) < 1e-12
+    assert [s["last_step"] for s in read_index(tmp_path / "run")["systems"]] == [0] * 4
