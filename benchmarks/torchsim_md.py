@@ -21,6 +21,7 @@ over all rounds, as its monitored steps are not aligned with the blocks); ratios
 of the plain variant's (and ``every step`` also of ``forward (K+1)S``).
 
     python -m benchmarks.torchsim_md [--quick] [--device cuda] [--model lj]
+    python -m benchmarks.torchsim_md --unmonitored --model lj --block 30 --rounds 7
 """
 
 from __future__ import annotations
@@ -121,6 +122,34 @@ def run_size(n_systems, args, model, workdir):
             "default_last_monitored": strides, "systems": len(monitored)}
 
 
+def unmonitored_cost(args, model) -> None:
+    """The wrapper's cost on an unmonitored step: one state called again and again,
+    plain vs a monitor whose only monitored step is the first."""
+    import torch_sim as ts
+
+    from symmon import TorchSimMonitor
+
+    print("unmonitored steps: plain vs TorchSimMonitor(every=10**6), ms/call")
+    for n in args.sizes or SIZES:
+        state = ts.io.atoms_to_state(structures(n), args.device, model.dtype)
+        monitored = TorchSimMonitor(model, every=10**6)
+        monitored(state)
+        times = {"plain": [], "monitored": []}
+        for _ in range(args.rounds):
+            for name, call in (("plain", model), ("monitored", monitored)):
+                start = time.perf_counter()
+                for _ in range(args.block):
+                    call(state)
+                if args.device == "cuda":
+                    import torch
+
+                    torch.cuda.synchronize()
+                times[name].append((time.perf_counter() - start) / args.block * 1e3)
+        plain, mon = (statistics.median(times[k]) for k in ("plain", "monitored"))
+        print(f"S={n:>3}: plain {plain:.3f}, monitored {mon:.3f}, extra {mon - plain:.3f} ms "
+              f"({100 * (mon / plain - 1):.1f} %)", flush=True)
+
+
 def main(argv=None):
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--model", choices=("pet", "lj"), default="pet")
@@ -128,6 +157,8 @@ def main(argv=None):
     p.add_argument("--block", type=int, default=20)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--warmup", type=int, default=15)
+    p.add_argument("--unmonitored", action="store_true",
+                   help="only the wrapper's cost on unmonitored steps")
     args = p.parse_args(argv)
     if args.quick:
         args.sizes = args.sizes or [1, 8]
@@ -135,11 +166,13 @@ def main(argv=None):
     C.setup_torch(args.threads)
     warnings.simplefilter("ignore")
     print(C.machine_info(args.device))
-    import torch_sim
+    from importlib.metadata import version
 
-    print(f"torch-sim-atomistic {getattr(torch_sim, '__version__', '?')}, model {args.model}, "
+    print(f"torch-sim-atomistic {version('torch-sim-atomistic')}, model {args.model}, "
           f"block {args.block} steps x {args.rounds} rounds, warm-up {args.warmup}")
     model = make_model(args.model, args.device)
+    if args.unmonitored:
+        return unmonitored_cost(args, model)
     header = (f"{'S':>3} {'atoms':>5} {'plain':>9} {'default':>9} {'every':>9} "
               f"{'fwd 7S':>9} | {'default/plain':>13} {'every/plain':>11} {'every/fwd7S':>11}")
     print("ms/step\n" + header)

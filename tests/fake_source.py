@@ -39,6 +39,9 @@ class FakeSource:
     def warm_up(self, n_copies, features):
         return 0.0
 
+    def free_specs(self):
+        return {}
+
     def evaluate(self, atoms, quantities, frames, *, base=True, features=()):
         self.calls += 1
         stacks = {name: self.model(np.einsum("ni,kji->knj", atoms.positions, matrices))

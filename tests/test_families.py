@@ -200,6 +200,7 @@ def test_monitor_folds_orb_and_returns_the_calculators_predictions(kind):
 
 
 # ------------------------------------------------------------------ MACE: the control
+@pytest.mark.slow
 def test_mace_files_models_and_calculators_reach_the_mace_family(tmp_path):
     """The committed tiny MACE (tests/families.py writes it), the model object and its
     calculator give the same orbit, equal to per-copy MACECalculator calls."""
@@ -242,6 +243,7 @@ def _md_report(calculator, atoms, path, steps=3):
     return monitor, summarize(str(path)).to_json()
 
 
+@pytest.mark.slow
 def test_md_and_report_per_family(tmp_path):
     """The equivariant control (MACE) is graded ok with ε at its float64 floor; random
     Orb v3 models, direct and conservative, are not."""
@@ -269,6 +271,7 @@ def test_md_and_report_per_family(tmp_path):
 
 
 # ------------------------------------------------------------------ symmon eval
+@pytest.mark.slow
 def test_eval_takes_entry_points_and_model_files_and_reports_community_numbers(
         tmp_path, capsys):
     """``symmon eval`` on an Orb entry point and the committed MACE file: the MLIP Arena
@@ -312,3 +315,88 @@ def test_eval_takes_entry_points_and_model_files_and_reports_community_numbers(
     mace = json.loads((tmp_path / "mace.json").read_text())["community"]
     assert mace["arena"]["passed"] and mace["arena"]["max_mae"] < 1e-12
     assert mace["mlpeg"]["energy_max"] < 1e-13 and mace["mlpeg"]["forces_mae"] < 1e-12
+
+
+@pytest.mark.slow
+def test_conservative_orb_logs_its_rotational_gradient_every_step(tmp_path):
+    """The free infinitesimal check: |dE/dθ| / N from the conservative Orb's
+    rotational_grad, on every step, equal to the energy's slope along that rotation by
+    finite differences (float64)."""
+    import h5py
+    from scipy.spatial.transform import Rotation
+
+    from symmon import SymmetryMonitor
+
+    atoms = copper(repeat=(1, 1, 1))
+    with default_dtype(torch.float64):
+        calculator = tiny_orb_calculator("conservative", torch.float64)
+        monitor = SymmetryMonitor(calculator, log=str(tmp_path / "orb.h5"), every=2,
+                                  random_rotations=2, l_max=1, trajectory=True)
+        atoms.calc = monitor
+        for step in range(3):
+            atoms.positions[0, 0] += 0.01
+            atoms.get_potential_energy()
+        monitor.close()
+        reference = tiny_orb_calculator("conservative", torch.float64)
+        reference.get_potential_energy(atoms.copy())
+        gradient = np.asarray(reference.results["rotational_grad"]).reshape(3, 3)
+        axis = np.array([gradient[2, 1], gradient[0, 2], gradient[1, 0]])  # A = [a]_x
+        slope = []
+        for sign in (1, -1):
+            copy = transformed_atoms(atoms, Rotation.from_rotvec(
+                sign * 1e-4 * axis / np.linalg.norm(axis)).as_matrix())
+            copy.calc = tiny_orb_calculator("conservative", torch.float64)
+            slope.append(copy.get_potential_energy())
+    with h5py.File(tmp_path / "orb.h5", "r") as log:
+        logged = log["observables/rotational_gradient/value"][:]
+    assert len(logged) == 3 and (logged > 0).all()
+    expected = np.linalg.norm(gradient) / np.sqrt(2) / len(atoms)
+    assert logged[-1] == pytest.approx(expected, rel=1e-12)
+    finite_difference = abs(slope[0] - slope[1]) / 2e-4 / len(atoms)
+    assert finite_difference == pytest.approx(expected, rel=1e-4)
+
+
+# ------------------------------------------------------------------ every front-end
+@pytest.mark.slow
+def test_average_random_frame_and_ipi_take_orb(tmp_path):
+    """mode="average" returns the O(3) average of per-copy ORBCalculator calls;
+    mode="random_frame" returns a rotated copy's prediction brought back; the i-PI
+    evaluator returns the calculator's energy and forces."""
+    from symmon import SymmetryMonitor, orbit_average
+    from symmon.core.grids import quadrature_grid
+    from symmon.frontends.ipi import MonitoredEvaluator
+
+    atoms = copper(repeat=(1, 1, 1))
+    reference = tiny_orb_calculator("direct")
+    grid = quadrature_grid(1)
+    averaged = atoms.copy()
+    averaged.calc = SymmetryMonitor(tiny_orb_calculator("direct"), every=1,
+                                    random_rotations=2, l_max=1, mode="average",
+                                    average_degree=1)
+    forces = averaged.get_forces()
+    copies = per_copy(reference, atoms, grid.matrices, ["non_conservative_forces"],
+                      ORB_RESULTS)["non_conservative_forces"]
+    expected = orbit_average(torch.as_tensor(copies), grid, "vector").numpy()
+    np.testing.assert_allclose(forces, expected, rtol=0, atol=1e-5 * np.abs(copies).max())
+    plain = reference.get_forces(atoms.copy())
+    assert np.abs(forces - plain).max() > 1e-2 * np.abs(plain).max()  # it did average
+
+    framed = atoms.copy()
+    framed.calc = SymmetryMonitor(tiny_orb_calculator("direct"), every=1,
+                                  random_rotations=2, l_max=1, mode="random_frame")
+    framed_forces = framed.get_forces()
+    assert np.isfinite(framed.calc.results["frame_noise_forces"])
+    assert np.abs(framed_forces - plain).max() > 1e-2 * np.abs(plain).max()
+
+    evaluator = MonitoredEvaluator(atoms, tiny_orb_calculator("conservative"), every=1,
+                                   random_rotations=2, l_max=1)
+    energy, ipi_forces, _, extras = evaluator.evaluate(atoms.positions, atoms.cell.array)
+    conservative = tiny_orb_calculator("conservative")
+    assert energy == pytest.approx(conservative.get_potential_energy(atoms.copy()), rel=1e-6)
+    np.testing.assert_allclose(ipi_forces, conservative.get_forces(atoms.copy()), atol=1e-4)
+    assert extras["forces_eps"] > 0
+    evaluator.close()
+    from symmon.frontends.ipi.evaluator import make_base_calculator
+
+    served = make_base_calculator("families:tiny_orb_calculator")  # symmon ipi --model
+    assert type(served).__name__ == "ORBCalculator"

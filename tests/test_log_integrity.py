@@ -272,3 +272,17 @@ def test_newer_semantics_refused(tmp_path):
         del f[ATTRIBUTE_RECORD]
     with pytest.raises(LogFormatError, match="semantics version 99 is newer"):
         read_log(path)
+
+
+def test_report_of_a_log_without_attribute_record_says_so_in_one_note(monitor_log,
+                                                                      tmp_path):
+    path = tmp_path / "old.h5"
+    path.write_bytes(monitor_log.read_bytes())
+    with h5py.File(path, "r+") as f:
+        del f[ATTRIBUTE_RECORD]
+    proc = _symmon("report", path, "--format", "json", "-o", tmp_path / "r.json")
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if "note:" in line]
+    assert notes == [f"symmon report: note: {path}: log written before symmon checksummed "
+                     "its attributes: its metadata, units and names are read unverified"]
+    assert json.loads((tmp_path / "r.json").read_text())

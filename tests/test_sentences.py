@@ -108,18 +108,23 @@ def test_a_floored_quantity_says_it_is_tiny_and_names_the_floor():
     assert "3.7 %" not in text   # the share of the floor is no share of |F|
 
 
-def _lab_stress_single_point(path, **options):
-    atoms = relaxed_cu()
+@pytest.fixture(scope="module")
+def relaxed():
+    return relaxed_cu()
+
+
+def _lab_stress_single_point(relaxed, path, **options):
+    atoms = relaxed.copy()
     monitor = SymmetryMonitor(LabFrameEMT(lab_force=(0, 0, 0), lab_stress=0.008), every=1,
                               full_every=1, log=str(path), l_max=1, **options)
     atoms.calc = monitor
     return atoms, monitor
 
 
-def test_a_third_rule_problem_raises_and_warns_with_its_reason(tmp_path):
+def test_a_third_rule_problem_raises_and_warns_with_its_reason(relaxed, tmp_path):
     """A lab-frame stress at zero pressure is graded problem by the third rule only;
     the exception and the warning say so, with the share the log's numbers give."""
-    atoms, monitor = _lab_stress_single_point(tmp_path / "raise.h5", on_violation="raise")
+    atoms, monitor = _lab_stress_single_point(relaxed, tmp_path / "raise.h5", on_violation="raise")
     with pytest.raises(SymmetryViolation) as raised:
         atoms.get_stress()
     message = str(raised.value)
@@ -128,7 +133,7 @@ def test_a_third_rule_problem_raises_and_warns_with_its_reason(tmp_path):
         rms = log.observable("stress_rms")[2][0]
     share = eps / max(rms, REFERENCE_ERRORS["stress"])
     assert f"{percent(share)} % of |σ|" in message and "the breaking is the quantity" in message
-    atoms, monitor = _lab_stress_single_point(tmp_path / "warn.h5")
+    atoms, monitor = _lab_stress_single_point(relaxed, tmp_path / "warn.h5")
     with pytest.warns(SymmetryViolationWarning) as caught:
         atoms.get_stress()
     monitor.close()

@@ -390,3 +390,18 @@ def test_registry_gives_torchsim_models_the_batched_adapter(tmp_path):
     assert monitor.monitor.last_values["level"] == 0
     assert "TorchSim" in monitor.metadata()["orbit_path"]
     monitor.close()
+
+
+def test_static_runs_unchanged(tmp_path):
+    """ts.static with the monitored model: the wrapped model's energies and forces, one
+    monitored single point per system."""
+    structures = rare_gas_clusters()
+    model = lennard_jones(stress=False)
+    monitored = TorchSimMonitor(model, log=tmp_path / "run", every=1, random_rotations=2)
+    results = ts.static(structures, monitored)
+    plain = ts.static(structures, model)
+    monitored.close()
+    for ours, theirs in zip(results, plain):
+        assert _relative(ours["potential_energy"], theirs["potential_energy"]) < 1e-12
+        assert _relative(ours["forces"], theirs["forces"]) < 1e-12
+    assert [s["last_step"] for s in read_index(tmp_path / "run")["systems"]] == [0] * 4

@@ -133,6 +133,9 @@ class OrbitModel(ABC):
       :attr:`has_layer_hooks` (``capture`` of internal modules);
     * :meth:`warm_up_atoms`: a small structure whose first calls compile the model's
       code paths (``None``: nothing to warm up);
+    * :attr:`free_signals`: observables the model computes with every call at no
+      cost (name -> ``(unit, description)``), read by :meth:`free_values` from the
+      calculator's results (a conservative Orb's rotational gradient);
     * :attr:`memory_scales_with`: what one copy's memory in a forward call is
       proportional to, ``"atoms"`` or ``"pairs"`` (neighbour pairs, graph edges): the
       chunk planner (:mod:`.memory`) scales measured costs by it.
@@ -148,11 +151,17 @@ class OrbitModel(ABC):
     has_features: bool = False
     has_layer_hooks: bool = False
     memory_scales_with: str = "atoms"
+    free_signals: dict = {}
     path: str = ""
 
     def warm_up_atoms(self):
         """A structure to warm the model up on (``None``: no warm-up needed)."""
         return None
+
+    def free_values(self, values, n_atoms: int) -> dict:
+        """The :attr:`free_signals` of one calculation from the calculator's
+        ``results`` (``{}`` when they are not there)."""
+        return {}
 
     def prepare(self, atoms) -> None:
         """Settle what depends on the first structure (a wrapper's check) before the

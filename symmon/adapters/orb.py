@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
 
+import numpy as np
 import torch
 
 from .base import OrbitModel, transformed_atoms, validate_atoms, validate_matrices
@@ -33,6 +34,8 @@ from .registry import Family, module_of, register, require
 
 #: the output holding ``dE/dG`` of a conservative Orb, ``(K, 3, 3)`` eV
 ROTATIONAL_GRADIENT = "rotational_grad"
+#: the logged free check: ``|dE/dθ| / N`` (eV/atom per radian)
+ROTATIONAL_SIGNAL = "rotational_gradient"
 #: the Voigt component of each entry of the 3x3 (ASE's order xx yy zz yz xz xy)
 _VOIGT_3X3 = torch.tensor([0, 5, 4, 5, 1, 3, 4, 3, 2])
 #: Orb's classes recognised without importing orb_models first
@@ -96,6 +99,12 @@ class OrbOrbitModel(OrbitModel):
         if "stress" in heads:
             outputs["non_conservative_stress"] = ("stress", "stress")
         self._outputs = outputs
+        if self.conservative:  # dE/dG comes with every conservative call
+            self.free_signals = {ROTATIONAL_SIGNAL: (
+                "eV/atom", "|dE/dtheta| / N: the slope of the energy along the steepest "
+                "infinitesimal rotation of the whole structure (per radian), from the "
+                "conservative Orb's rotational_grad; 0 for an invariant energy (every record: "
+                "monitored steps, every step with trajectory=True)")}
         self.direct = frozenset() if self.conservative else frozenset(
             q for q in ("forces", "stress") if q in heads)
         kind = "conservative" if self.conservative else "direct"
@@ -105,6 +114,16 @@ class OrbOrbitModel(OrbitModel):
     @property
     def available_outputs(self) -> Sequence[str]:
         return tuple(self._outputs)
+
+    def free_values(self, values, n_atoms: int) -> dict:
+        """``|dE/dθ| / N`` from ``rotational_grad`` (``dE/dG`` with ``R = exp(G - G^T)``):
+        ``A = dE/dG`` is antisymmetric, ``A_ij = ε_ijk a_k`` with ``a`` the gradient along
+        the rotation vector, so ``|dE/dθ| = |a| = ||A||_F / sqrt(2)``."""
+        gradient = values.get(ROTATIONAL_GRADIENT) if self.conservative else None
+        if gradient is None:
+            return {}
+        gradient = np.asarray(gradient, dtype=np.float64).reshape(3, 3)
+        return {ROTATIONAL_SIGNAL: float(np.linalg.norm(gradient) / np.sqrt(2) / n_atoms)}
 
     @property
     def cutoff(self) -> float:

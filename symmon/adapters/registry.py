@@ -51,8 +51,10 @@ FAMILY_MODULES = ("metatomic", "metatrain", "orb", "mace", "torchsim")
 ENTRY_POINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 #: what :func:`orbit_model_for` can be asked to provide (``needs``), and who needs it
-CAPABILITIES = {"features": ("has_features", "last-layer features"),
-                "layer_hooks": ("has_layer_hooks", "hooks on internal layers")}
+CAPABILITIES = {"features": ("has_features", "last-layer features",
+                             "a metatomic model exported by metatrain (.pt)"),
+                "layer_hooks": ("has_layer_hooks", "hooks on internal layers",
+                                "a metatrain checkpoint (.ckpt)")}
 
 
 @dataclass(frozen=True)
@@ -207,6 +209,8 @@ def resolve(model):
             return found, path
     elif is_entry_point(model):
         model = load_entry_point(model)
+        if isinstance(model, (str, os.PathLike)):  # it named a file
+            return resolve(model)
     return _object_family(model), model
 
 
@@ -260,12 +264,11 @@ def orbit_model_for(model, *, device: Optional[str] = None, chunk_size: Optional
 
 def _checked(orbit_model: OrbitModel, needs: Sequence[str]) -> OrbitModel:
     for need in needs:
-        attribute, what = CAPABILITIES[need]
+        attribute, what, fix = CAPABILITIES[need]
         if not getattr(orbit_model, attribute, False):
             raise ValueError(f"this needs {what}, which {orbit_model.family} models "
                              f"evaluated as {type(orbit_model).__name__} do not provide: "
-                             "give a metatomic model exported by metatrain (.pt) or a "
-                             "metatrain checkpoint (.ckpt)")
+                             f"give {fix}")
     return orbit_model
 
 
@@ -328,6 +331,10 @@ class LookThrough(OrbitModel):
     has_features = property(lambda self: self.current.has_features)
     has_layer_hooks = property(lambda self: self.current.has_layer_hooks)
     memory_scales_with = property(lambda self: self.current.memory_scales_with)
+    free_signals = property(lambda self: self.current.free_signals)
+
+    def free_values(self, values, n_atoms):
+        return self.current.free_values(values, n_atoms)
 
     def warm_up_atoms(self):
         return self.current.warm_up_atoms()

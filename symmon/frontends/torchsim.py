@@ -48,10 +48,11 @@ from ..adapters.torchsim import (Batch, TorchSimCalculator, TorchSimOrbitModel,
                                  evaluate_copies, is_torchsim_model, model_outputs,
                                  require_torchsim)
 from ..core.grids import random_grid
+from ..core.outputs import matrix_to_voigt
 from ..monitoring.monitor import Monitor, SaidOnce
 from ..monitoring.options import MonitorOptions, check_option_names
 from ..monitoring.schedule import Schedule, StepPlan, step_seed
-from ..monitoring.source import IDENTITY, BaseValues
+from ..monitoring.source import IDENTITY, ModelSource
 from ..monitoring.steps import StepClock
 
 _torch_sim = require_torchsim()
@@ -200,64 +201,57 @@ class SystemTracker:
 
 
 # -- one system's monitor, fed by the batch ----------------------------------------------
-class _SystemSource:
-    """The :class:`~symmon.monitoring.monitor.Monitor` source of one system: its values
-    come from the batch's forward call (:meth:`feed`); elements the batch did not
-    evaluate (an averaging grid at the step a system switches to averaging) are
-    evaluated for this system alone through the orbit adapter."""
+class _SystemSource(ModelSource):
+    """The :class:`~symmon.monitoring.source.ModelSource` of one system, whose orbit and
+    unrotated prediction come from the batch's forward call (:meth:`feed`): the stacks
+    the batch evaluated (the unrotated copy first) are served from it; anything else (an
+    averaging grid at the step a system switches to averaging) is evaluated for this
+    system alone through the TorchSim adapter, and the base prediction then by the
+    model's own call (:class:`~symmon.adapters.torchsim.TorchSimCalculator`)."""
 
-    nc_forces = nc_stress = False  # what TorchSim returns is what is monitored
-    inner = None
-
-    def __init__(self, orbit_model: TorchSimOrbitModel, outputs):
+    def __init__(self, orbit_model: TorchSimOrbitModel):
+        super().__init__(orbit_model.calculator)
         self.orbit_model = orbit_model
-        self.base = orbit_model.calculator
-        self.path = orbit_model.path
-        self.implemented = list(outputs)
+        # the batch compares its unrotated copies with the model's own call
+        # (TorchSimMonitor._check_fold); TorchSim's stress is the full 3x3
+        self._fold_checked = True
         self._fed = None  # (matrices, values) of this step
 
     def feed(self, matrices: np.ndarray, values: Dict[str, torch.Tensor]) -> None:
         self._fed = (matrices, values)
 
-    @property
-    def model_dtype(self):
-        return self.orbit_model.dtype
+    def clear(self) -> None:
+        self._fed = None
 
-    def quantities(self, atoms):
-        periodic = bool(np.all(atoms.pbc))
-        return tuple(q for q in self.implemented if q != "stress" or periodic)
+    def _served(self, matrices: np.ndarray):
+        """The fed values of ``matrices`` (the fed stack, or all of it but its unrotated
+        copy), else None."""
+        if self._fed is None:
+            return None
+        fed, values = self._fed
+        if fed.shape == matrices.shape and np.array_equal(fed, matrices):
+            return values
+        if (len(fed) == len(matrices) + 1 and np.array_equal(fed[0], IDENTITY[0])
+                and np.array_equal(fed[1:], matrices)):
+            return {name: value[1:] for name, value in values.items()}
+        return None
 
-    def not_monitored(self, atoms):
-        missing = [q for q in ("forces",) if q not in self.implemented]
-        if np.all(atoms.pbc) and "stress" not in self.implemented:
-            missing.append("stress")
-        return missing
+    def _raw_orbit(self, atoms, matrices, quantities, features):
+        served = None if features else self._served(np.asarray(matrices))
+        if served is None:
+            return super()._raw_orbit(atoms, matrices, quantities, features)
+        return {q: served[q] for q in quantities}
 
-    def keep_on_device(self, features) -> None:
-        pass
-
-    def evaluate(self, atoms, quantities, frames, *, base=True, features=()):
-        wanted = dict(frames)
-        if base and "identity" not in wanted:
-            wanted = {"identity": IDENTITY, **wanted}
-        if not wanted:
-            return None, {}
-        matrices = np.concatenate(list(wanted.values()))
-        fed, self._fed = self._fed, None
-        if fed is not None and fed[0].shape == matrices.shape and np.array_equal(fed[0], matrices):
-            raw = fed[1]
-        else:
-            raw = self.orbit_model.evaluate(atoms, matrices, list(quantities), checked=True)
-        values, start = {}, 0
-        for name, stack in wanted.items():
-            values[name] = {q: raw[q][start:start + len(stack)] for q in quantities}
-            start += len(stack)
-        base_values = None
-        if base:
-            identity = values["identity"] if "identity" in frames else values.pop("identity")
-            predictions = {q: identity[q][0].numpy() for q in quantities}
-            base_values = BaseValues(predictions, predictions.get("forces"))
-        return base_values, values
+    def _own_call(self, atoms, quantities):
+        """The unrotated copy of the batch's call (as TorchSim returns it: stress 3x3),
+        where fed; else the model's own call."""
+        if self._fed is None or not np.array_equal(self._fed[0][0], IDENTITY[0]):
+            return super()._own_call(atoms, quantities)
+        values = {q: self._fed[1][q][0].numpy() for q in quantities}
+        results = {q: matrix_to_voigt(v) if q == "stress" else v for q, v in values.items()}
+        if "energy" in results:
+            results["free_energy"] = results["energy"]
+        return values, results
 
 
 class _SharedSchedule:
@@ -425,7 +419,7 @@ class TorchSimMonitor(ModelInterface):
         metadata = dict(self.options.metadata, system_id=system_id,
                         driver="TorchSim (batched)", batch_log=self.directory)
         options = replace(self.options, metadata=metadata, log_mode=mode)
-        source = _SystemSource(self.orbit_model, self.outputs)
+        source = _SystemSource(self.orbit_model)
         monitor = Monitor(source, options, log=path, warm_up=False)
         monitor._said = self._said  # one warning per kind for the whole batch
         # the batch's schedule decides which steps are monitored or calibrate; the
@@ -510,6 +504,7 @@ class TorchSimMonitor(ModelInterface):
         values = evaluate_copies(self.model, batch,
                                  torch.from_numpy(np.concatenate(list(stacks.values()))),
                                  torch.tensor(owner), self.outputs, max_atoms=self.max_atoms)
+        values = {name: value.cpu() for name, value in values.items()}  # one transfer
         per_system = _split(values, batch, owner, self.outputs)
         with_base = all(stack[0].tobytes() == IDENTITY[0].tobytes() for stack in stacks.values())
         if not self._fold_checked and with_base:
@@ -526,12 +521,15 @@ class TorchSimMonitor(ModelInterface):
                     returned[name].append(mine[name][0])
                 continue
             any_monitored = any_monitored or plan.scheduled
-            system.source.feed(stacks[s], {q: v.cpu() for q, v in mine.items()})
+            system.source.feed(stacks[s], mine)
             monitor = system.monitor
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                result, diagnostics = monitor.calculate(host.atoms(s))
-                monitor.observe()
+                try:
+                    result, diagnostics = monitor.calculate(host.atoms(s))
+                    monitor.observe()
+                finally:
+                    system.source.clear()
             for warning in caught:  # named by system (once per run and key: _said)
                 warnings.warn(f"system {system_id} ({system.entry['formula']}): "
                               f"{warning.message}", warning.category, stacklevel=4)
@@ -578,7 +576,7 @@ class TorchSimMonitor(ModelInterface):
         for name in self.outputs:
             batched = torch.cat([values[name][0:1] if name != "forces" else values[name][0]
                                  for values in per_system.values()])
-            reference = plain[name].detach().to(torch.float64).reshape(batched.shape)
+            reference = plain[name].detach().to("cpu", torch.float64).reshape(batched.shape)
             scale = max(float(reference.abs().max()), 1e-12)
             worst = max(worst, float((batched - reference).abs().max()) / scale)
         if worst > FOLD_TOLERANCE.get(self._dtype, 1e-10):

@@ -341,26 +341,28 @@ def trusted_attributes(f: h5py.File, groups: Mapping[str, h5py.Group]) -> dict[s
     the H5MD author, are not read by symmon.)"""
     found: dict[str, Any] = {}
 
-    def take(obj, *names):
-        where = obj.name
+    def take(obj, where, *names):
+        attrs = obj.attrs
         for name in names:
-            if name in obj.attrs:
-                try:
-                    found[f"{where}@{name}"] = obj.attrs[name]
-                except HDF5_ERRORS as error:  # a flipped byte can make it undecodable
-                    found[f"{where}@{name}"] = _Unreadable(first_line(error))
+            if name not in attrs:  # (a missing recorded one is named by the check)
+                continue
+            try:
+                found[f"{where}@{name}"] = attrs[name]
+            except HDF5_ERRORS as error:  # a flipped byte can make it undecodable
+                found[f"{where}@{name}"] = _Unreadable(first_line(error))
 
-    take(f[PARAMS], "schema_version", "semantics_version", "metadata_json",
+    take(f[PARAMS], f"/{PARAMS}", "schema_version", "semantics_version", "metadata_json",
          "appended_runs_json")
-    take(f[PARTICLES]["box"], "boundary")
+    take(f[PARTICLES]["box"], f"/{PARTICLES}/box", "boundary")
     if PRESENT in f:
-        take(f[PRESENT], "columns")
+        take(f[PRESENT], f"/{PRESENT}", "columns")
     for name in sorted(groups):
         g = groups[name]
-        take(g, "description", "labels")
-        with reading(f.filename, f"object {g.name}/value"):
+        where = g.name
+        take(g, where, "description", "labels")
+        with reading(f.filename, f"object {where}/value"):
             value = g["value"]
-        take(value, "unit", PARTICLE_UNIT_ATTR)
+        take(value, f"{where}/value", "unit", PARTICLE_UNIT_ATTR)
     return found
 
 

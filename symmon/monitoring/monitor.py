@@ -33,6 +33,7 @@ from ..core.metrics import orbit_average
 from ..core.orbit_values import NonFiniteOrbit
 from ..core.outputs import output, without_net_force
 from ..core.quantities import QUANTITY
+from ..io.log import ObservableSpec
 from .diagnose import diagnose, frame_noise, in_frame, net_signals
 from .options import MonitorOptions
 from .policy import Policy, SymmetryViolation, SymmetryViolationWarning, Verdict
@@ -68,6 +69,7 @@ class StepResult:
         values = dict(self.extra)
         if self.base is not None:
             values.update(self.base.predictions)
+            values.update(self.base.signals)
         values.update(self.diagnostics)
         if self.verdict is not None:
             values.update(self.verdict.values())
@@ -116,9 +118,12 @@ class Monitor:
         self.source, self.options = source, options
         self.schedule, self.policy = Schedule(options), Policy(options)
         self.calibrations = self.schedule.calibrations
-        self.extra_specs = dict(extra_specs or {})
+        self.extra_specs = {name: ObservableSpec((), unit, description)  # the adapter's
+                            for name, (unit, description) in source.free_specs().items()}
+        self.extra_specs.update(extra_specs or {})
         self.recorder = Recorder(log, options.log_mode, options.flush_every,
-                                 options.trajectory, extra_names=self.extra_specs)
+                                 options.trajectory, extra_names=self.extra_specs,
+                                 every_step=source.free_specs())
         self.readout = readout
         if options.mode == "purified":
             self._check_readout(readout)

@@ -51,15 +51,19 @@ class Recorder:
     loses at most the unflushed records: ``flush_every`` monitored steps or ~10 s.
 
     Every value's name must be a row of :data:`.schema.OBSERVABLES` or one of
-    ``extra_names`` (a front-end's own observables): an undeclared one is refused
+    ``extra_names`` (a front-end's or an adapter's own observables; those in
+    ``every_step`` are written with every record, as :data:`.schema.EVERY_STEP` are): an
+    undeclared one is refused
     (:class:`.schema.UndeclaredObservable`), log or not, instead of being left out."""
 
     def __init__(self, path, mode: str, flush_every: int, trajectory: bool = False,
-                 extra_names=()):
+                 extra_names=(), every_step=()):
         self.path = None if path is None else as_log_path(path)
         self.trajectory = bool(trajectory)
         self.mode, self.flush_every = mode, int(flush_every)
         self.extra_names = frozenset(extra_names)
+        #: observables written with every record, monitored or not (with EVERY_STEP)
+        self.every_step = EVERY_STEP | frozenset(every_step)
         if self.path is not None:
             check_log_path(self.path, mode)  # refuse bad paths before any step runs
         self._writer: Optional[LogWriter] = None
@@ -81,7 +85,7 @@ class Recorder:
             self._check_same_system(atoms, len(record.positions))
         self._writer.append_frame(record.step, record.time_ps, record.positions, record.cell)
         logged = {k: v for k, v in record.values.items() if k in self._writer.specs
-                  and (record.monitored or k in EVERY_STEP)}
+                  and (record.monitored or k in self.every_step)}
         self._writer.append_many(record.step, record.time_ps, logged)
         self._unflushed_monitored += int(record.monitored)
         # (FLUSH_STEPS records of any kind: the writer's own flush_every)

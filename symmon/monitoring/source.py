@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -70,6 +70,9 @@ class BaseValues:
     predictions: Dict[str, np.ndarray]
     raw_forces: Optional[np.ndarray]
     results: Optional[Dict[str, object]] = None
+    #: the adapter's free signals of this call (a conservative Orb's rotational
+    #: gradient), logged with the step
+    signals: Dict[str, float] = field(default_factory=dict)
 
 
 class ModelSource:
@@ -214,8 +217,14 @@ class ModelSource:
     def _plain(self, atoms, quantities) -> BaseValues:
         predictions, results = self._own_call(atoms, quantities)
         conservative = "forces" in predictions and not self.nc_forces
+        signals = self.orbit_model.free_values(getattr(self.base, "results", {}), len(atoms)) \
+            if self.orbit_model.free_signals else {}
         return BaseValues(predictions, predictions["forces"] if conservative else None,
-                          results)
+                          results, signals)
+
+    def free_specs(self) -> Dict[str, Tuple[str, str]]:
+        """The adapter's free signals: name -> ``(unit, description)``."""
+        return dict(self.orbit_model.free_signals)
 
     def _check_fold(self, identity, plain: BaseValues, quantities) -> None:
         """On the first monitored step: the batched unrotated copy against the base's own

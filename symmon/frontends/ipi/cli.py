@@ -34,7 +34,9 @@ def add_ipi_arguments(parser) -> None:
     parser.add_argument("--pes-path", action="store_true",
                         help="print the path of symmon's i-PI PES file (for <ffdirect> or "
                         "i-pi-py_driver -m custom -P) and exit")
-    parser.add_argument("--model", help="metatomic .pt model, or 'emt' for ASE's EMT")
+    parser.add_argument("--model", help="a model file (metatomic .pt, a torch.save'd Orb or "
+                        "MACE model), a Python entry point module:function returning a "
+                        "calculator or model, or 'emt' for ASE's EMT")
     parser.add_argument("--structure", help="template structure with the atoms in i-PI's "
                         "order (its species are used; the protocol sends positions only)")
     parser.add_argument("--unix", default=None, metavar="NAME",
