@@ -23,7 +23,8 @@ intervals (a) calibrated by the pooled law of the last 4 calibration frames' ref
 (32-pair random orbits, on the first frame and every ``--calibrate-every`` frames)
 and (b) data-only (Student-t on log ε²), against a degree-``--degree`` truth.
 
-    python -m benchmarks.calibration_md                   # start of a run, ~10 min CPU
+    python -m benchmarks.calibration_md                   # start of a run: 2 x 7.5 min
+                                                          # on one loaded CPU thread
     python -m benchmarks.calibration_md --along --device cuda   # ~3 min on an H200
 """
 
@@ -207,13 +208,16 @@ def main(argv=None):
     p.add_argument("--along", action="store_true",
                    help="the per-P table along a run (issue 15) instead of the start")
     p.add_argument("--models", default="aug,noaug")
-    p.add_argument("--start-steps", type=int, default=100)
+    p.add_argument("--start-steps", type=int, default=60)
     p.add_argument("--every", type=int, default=1)
     p.add_argument("--score-every", type=int, default=5)
-    p.add_argument("--seeds", type=int, default=16)
+    p.add_argument("--seeds", type=int, default=12)
     p.add_argument("--orbits-per-step", type=int, default=4)
     p.add_argument("--trajectories", type=int, default=1)
-    p.add_argument("--truth-pairs", type=int, default=300)
+    p.add_argument("--truth-pairs", type=int, default=200)
+    p.add_argument("--first-calibration", type=int, default=None,
+                   help="steps into the run of the first calibration (default: the "
+                        "monitor's FIRST_CALIBRATION_STEPS)")
     p.add_argument("--frames", type=int, default=40)
     p.add_argument("--stride", type=int, default=5)
     p.add_argument("--orbits", type=int, default=25)
@@ -225,6 +229,11 @@ def main(argv=None):
     print(C.machine_info(args.device))
     if args.along:
         return along_a_run(args)
+    from symmon.monitoring import calibration
+
+    if args.first_calibration is not None:
+        calibration.FIRST_CALIBRATION_STEPS = args.first_calibration
+    print(f"first calibration {calibration.FIRST_CALIBRATION_STEPS} steps into the run")
     from symmon.adapters.metatomic import MetatomicOrbitModel
     from symmon.frontends.demo import bundled_model_path
 

@@ -180,15 +180,15 @@ def test_monitor_calibrates_on_schedule_and_logs_it(tmp_path):
         low, high = reader.observable("stress_eps_ci95")[2].T
         meta = reader.metadata
     calibrations = steps[rotations == 32].tolist()
-    # 10 steps in; then 20 (the steps since the start doubled, before 5 random steps);
-    # then 32 (5 random steps, before step 40)
-    assert calibrations == [10, 20, 32]
+    # 4 steps in; then 8 and 16 (the steps since the start doubled, before 5 random
+    # steps); then 28 (5 random steps, before step 32)
+    assert calibrations == [4, 8, 16, 28]
     assert set(rotations[rotations != 32]) == {0}
     assert elements.tolist() == [64 if s in calibrations else 6 for s in steps]
     newest = [max([c for c in calibrations if c <= s], default=-1) for s in steps]
     assert reference.tolist() == newest
     names = [INTERVAL_METHODS[code] for code in method]
-    assert names == ["student_t_log_pairs" if s < 10 else "bootstrap" if s == 10
+    assert names == ["student_t_log_pairs" if s < 4 else "bootstrap" if s == 4
                      else "calibrated_bootstrap" for s in steps]
     exact = np.sqrt(2 / 3) * lab_stress
     assert np.sum((low <= exact) & (exact <= high)) >= 18

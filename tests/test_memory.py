@@ -174,7 +174,7 @@ def test_monitor_step_that_does_not_fit_is_not_monitored_and_returns_the_plain_c
                       "own prediction is returned"):
         energy = atoms.get_potential_energy()
     assert runner.calls  # the orbit was tried
-    assert monitor.monitor.n_not_monitored == 1 and monitor.last_monitored == {}
+    assert monitor.n_not_monitored == 1 and monitor.last_monitored == {}
     assert np.isnan(monitor.results["energy_eps_per_atom"])
     plain = _plain(model, atoms)
     assert energy == pytest.approx(plain[0], rel=1e-12)

@@ -131,7 +131,7 @@ def test_per_system_eps_equals_symmetry_monitor(model_name, tmp_path):
 
 
 def _compare_with_symmetry_monitor(model, structures, quantities, model_name, tmp_path):
-    # (LJ: random steps, a calibration step (due from step 10) and random steps that use
+    # (LJ: random steps, a calibration step (due from step 4) and random steps that use
     # its law; PET: Student-t intervals, 7 model calls per system and monitored step)
     states, _ = _states(structures, 4 if model_name == "pet" else 16, torch.float64)
     options = dict(every=3, random_rotations=3, seed=5,

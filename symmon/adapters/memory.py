@@ -11,17 +11,18 @@ drives the chunks:
   unused (``torch.cuda.mem_get_info``, ``memory_reserved - memory_allocated``) and
   ``per_copy`` the memory one copy of this structure takes: measured as
   ``(max_memory_allocated - memory_allocated before) / k`` on the first call at a
-  structure size (a one-copy probe when nothing is known yet; this resets the
-  device's peak-memory statistics on those calls), else scaled linearly in the
-  family's ``memory_scales_with`` size (atoms by default) from the largest per-unit
-  cost measured so far. On the CPU, where allocations are not counted, at most
+  structure size (starting with a one-copy probe; this resets the device's
+  peak-memory statistics on those calls) or, where the family states
+  ``memory_scales_with`` (atoms or neighbour pairs), scaled linearly in that size from
+  the largest per-unit cost measured so far. On the CPU, where allocations are not counted, at most
   :data:`CPU_ATOMS_PER_FORWARD` atoms per forward (and at most :data:`CPU_MAX_CHUNK`
   copies): the CPU's throughput does not grow with larger batches, its memory does.
   The copies are split into equal chunks (8 copies with room for 5: 4 + 4).
 * **out of memory** (``torch.OutOfMemoryError``, the CUDA and CPU allocators'
   ``RuntimeError`` "out of memory" / "can't allocate memory", Python's
   ``MemoryError``): what the chunk allocated is released (``torch.cuda.empty_cache``),
-  the chunk is halved and retried, and the size that failed is remembered; when one
+  the chunk is halved and retried, and the size that failed is remembered; one copy is
+  tried twice (a fragmented cache fails where an emptied one does not); when one
   copy does not fit, :class:`OrbitOutOfMemory` says so in one sentence (the monitor then
   logs the step as not monitored; its returned prediction is the plain call's).
 * **memory left behind**: after a call whose chunks grew the caching allocator's
@@ -42,8 +43,7 @@ import torch
 #: allocator's rounding, fragmentation and what a model allocates outside the measured
 #: peak, e.g. cuBLAS workspaces)
 SAFETY = 0.8
-#: most copies in one forward call on a GPU (and the chunk before anything is known at
-#: a size where one copy is known to be small)
+#: most copies in one forward call on a GPU
 GPU_MAX_CHUNK = 256
 #: on the CPU: most atoms (copies x atoms) and most copies in one forward call
 CPU_ATOMS_PER_FORWARD = 8192

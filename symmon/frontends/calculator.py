@@ -111,6 +111,12 @@ class SymmetryMonitor(BaseCalculator):
         return self.monitor.n_violations
 
     @property
+    def n_not_monitored(self) -> int:
+        """Scheduled steps whose orbit did not fit in memory (not monitored; the base
+        calculator's own prediction was returned)."""
+        return self.monitor.n_not_monitored
+
+    @property
     def step(self) -> int:
         """Step number the next calculation will be logged under."""
         return self.monitor.step

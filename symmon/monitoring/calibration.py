@@ -18,7 +18,7 @@ When (:meth:`Calibrations.pending`; steps counted from the run's first calculati
   covered 77 % at 68 % for one model and 61 % for another);
 * then early and geometrically, as the run moves away from its start: whenever the
   steps since the start have grown by :data:`GROWTH` since the last calibration
-  (steps 10, 20, 40, 80, ...), or ``calibrate_every`` monitored random steps have
+  (steps 4, 8, 16, 32, ...), or ``calibrate_every`` monitored random steps have
   passed, whichever comes first;
 * with ``every="auto"`` a due calibration comes when the budget's credit covers its
   cost (no random step in between); with ``every=n`` it is the next monitored step.
@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # the schedule imports this module
     from .schedule import StepPlan
 
 #: steps after the run's first calculation before the first calibration
-FIRST_CALIBRATION_STEPS = 10
+FIRST_CALIBRATION_STEPS = 4
 #: factor by which the steps since the start grow between early calibrations
 GROWTH = 2
 

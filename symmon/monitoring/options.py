@@ -207,7 +207,7 @@ class MonitorOptions:
         orbit gives the following random steps' intervals their law
         (:mod:`symmon.monitoring.calibration`); at least 16
     :param calibrate_every: a calibration step at least every this many monitored
-        random steps (earlier in a run: 10 steps in, then whenever the steps since the
+        random steps (earlier in a run: 4 steps in, then whenever the steps since the
         start have doubled; :mod:`symmon.monitoring.calibration`)
     :param seed: seed of the random rotations (same seed, same log)
     :param flush_every: flush the log every this many monitored steps (default 50), and
