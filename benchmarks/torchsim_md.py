@@ -11,9 +11,9 @@ blocks of ``--block`` steps (round robin, ``--rounds`` times, after a warm-up):
   (``every="auto"``: the 5 % overhead budget);
 * ``every step``: ``every=1`` (K = 6 transformed copies per system and step) without
   calibration steps (``calibration_rotations=0``: a calibration step evaluates 64
-  copies per system, once in ``calibrate_every`` monitored steps after the early ones
-  early in the run (geometrically spaced, symmon.monitoring.calibration), which a short
-  window would otherwise be made of);
+  copies per system, once in ``calibrate_every`` monitored steps after the early,
+  geometrically spaced ones of symmon.monitoring.calibration, which a short window
+  would otherwise be made of);
 * ``forward (K+1)S``: one plain forward call of a state of 7 S systems (the batch
   repeated), per step: what the every-step goal is measured against.
 
