@@ -13,6 +13,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
+from ports import free_port
 import torch
 
 import ase  # noqa: E402
@@ -314,9 +315,9 @@ def test_bad_module_pattern(run, capsys):
 
 
 # -- under torchrun (issue 19): 2 gloo ranks on CPU equal one process -------------------
-def _torchrun_cli(args, cwd, port_offset=0, wait=True):
+def _torchrun_cli(args, cwd, wait=True):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-               "--master-port", str(29500 + (os.getpid() + 7 + port_offset) % 2000),
+               "--master-port", str(free_port()),
                "-m", "symmon.frontends.cli", *args, "--no-progress", "--device", "cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([ROOT] + sys.path))
@@ -363,7 +364,7 @@ def test_checkpoints_two_ranks_killed_and_resumed_equal_one_process(run, tmp_pat
 
     assert main(args + ["-o", str(tmp_path / "one.h5"), "--no-progress"]) == 0
     one = read_training(str(tmp_path / "one.h5"))
-    launch = _torchrun_cli(args + ["-o", "two.h5"], tmp_path, 1, wait=False)
+    launch = _torchrun_cli(args + ["-o", "two.h5"], tmp_path, wait=False)
     parts = tmp_path / "two.h5.parts"
     deadline = time.time() + 300
     while time.time() < deadline and not list(parts.glob("item-*.pkl")):
@@ -371,7 +372,7 @@ def test_checkpoints_two_ranks_killed_and_resumed_equal_one_process(run, tmp_pat
     os.killpg(launch.pid, signal.SIGKILL)
     launch.wait()
     assert list(parts.glob("item-*.pkl")), "the launch was killed before any item finished"
-    _torchrun_cli(args + ["-o", "two.h5"], tmp_path, 2)
+    _torchrun_cli(args + ["-o", "two.h5"], tmp_path)
     two = read_training(str(tmp_path / "two.h5"))
     assert two["epochs"] == one["epochs"] == [0, 1, 2]
     for epoch in one["epochs"]:

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from ports import free_port
 
 pytestmark = pytest.mark.slow  # real components (trained models, ranks)
 
@@ -27,8 +28,8 @@ def _env():
                 PYTHONPATH=os.pathsep.join([str(ROOT)] + sys.path))
 
 
-def _torchrun(n_ranks, args, port_offset=0):
-    port = 29500 + (os.getpid() + port_offset) % 2000
+def _torchrun(n_ranks, args):
+    port = free_port()
     return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n_ranks),
             "--master-port", str(port), "-m", "symmon.frontends.cli", *args]
 
@@ -67,7 +68,7 @@ def test_eval_two_ranks_equal_one_process(tmp_path, one_process):
 
 
 def test_eval_killed_launch_resumes(tmp_path, one_process):
-    launch = subprocess.Popen(_torchrun(2, EVAL + ["-o", "k.json"], 1), cwd=tmp_path,
+    launch = subprocess.Popen(_torchrun(2, EVAL + ["-o", "k.json"]), cwd=tmp_path,
                               env=_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     parts = tmp_path / "k.json.parts"
@@ -78,7 +79,7 @@ def test_eval_killed_launch_resumes(tmp_path, one_process):
     launch.wait()
     finished = len(list(parts.glob("item-*.pkl")))
     assert 1 <= finished and not (tmp_path / "k.json").exists()
-    _run(_torchrun(2, EVAL + ["-o", "k.json"], 2), tmp_path)
+    _run(_torchrun(2, EVAL + ["-o", "k.json"]), tmp_path)
     _same_results(one_process, json.loads((tmp_path / "k.json").read_text()))
 
 
@@ -90,7 +91,7 @@ def test_purify_two_ranks_equal_one_process(tmp_path):
             "--degree", "2", "--holdout", "0.25", "--lambda", "0", "--lambda", "1000",
             "--max-rmse-increase", "100"]
     _run([sys.executable, "-m", "symmon.frontends.cli", *args, "-o", "one.h5"], tmp_path)
-    _run(_torchrun(2, args + ["-o", "two.h5"], 3), tmp_path)
+    _run(_torchrun(2, args + ["-o", "two.h5"]), tmp_path)
     one, two = Readout.load(tmp_path / "one.h5"), Readout.load(tmp_path / "two.h5")
     assert one.lam == two.lam
     np.testing.assert_allclose(two.matrix, one.matrix, rtol=1e-12, atol=1e-15)

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from ports import free_port
 
 CHILD = pathlib.Path(__file__).with_name("_ranks_child.py")
 
@@ -16,7 +17,7 @@ def _launch(tmp_path, n_ranks, *args):
     env = dict(os.environ, OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(CHILD.parents[1])] + sys.path))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
-               str(n_ranks), "--master-port", str(29500 + os.getpid() % 1000), str(CHILD),
+               str(n_ranks), "--master-port", str(free_port()), str(CHILD),
                str(tmp_path / "out.json"), *map(str, args)]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
