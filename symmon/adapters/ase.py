@@ -18,12 +18,16 @@ from .base import (OrbitModel, transformed_atoms, validate_atoms, validate_matri
 ASE_OUTPUTS = ("energy", "energies", "forces", "stress")
 
 
+def ase_results(calculator, atoms, names: Sequence[str]) -> Dict[str, object]:
+    """``names`` as an ASE calculator returns them (one calculation)."""
+    if hasattr(calculator, "get_properties"):  # one state check, one calculation
+        return calculator.get_properties(list(names), atoms)
+    return {name: calculator.get_property(name, atoms) for name in names}
+
+
 def ase_predictions(calculator, atoms, names: Sequence[str]) -> Dict[str, np.ndarray]:
     """``names`` from an ASE calculator, float64 (stress as 3x3)."""
-    if hasattr(calculator, "get_properties"):  # one state check, one calculation
-        raw = calculator.get_properties(list(names), atoms)
-    else:
-        raw = {name: calculator.get_property(name, atoms) for name in names}
+    raw = ase_results(calculator, atoms, names)
     values = {name: np.array(raw[name], dtype=np.float64) for name in names}
     if "stress" in values:
         values["stress"] = voigt_to_matrix(values["stress"])

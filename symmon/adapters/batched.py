@@ -74,17 +74,8 @@ class BatchedEvaluator:
                     for name, value in self._chunk(system, block, names, len(atoms),
                                                    volume).items()}
 
-        chunks = self.planner.run(len(matrices), len(atoms), forward,
-                                  size=self.memory_size(system, len(atoms)))
+        chunks = self.planner.run(len(matrices), len(atoms), forward)
         return {name: torch.cat([chunk[name] for chunk in chunks]) for name in names}
-
-    def memory_size(self, system, n_atoms: int) -> int:
-        """What one copy's memory is proportional to (the planner's
-        ``memory_scales_with``): atoms, or the pairs of the model's neighbour lists."""
-        if self.planner.memory_scales_with == "pairs":
-            return sum(len(system.get_neighbor_list(options).samples)
-                       for options in system.known_neighbor_lists()) or n_atoms
-        return n_atoms
 
     def _chunk(self, system, matrices, names, n_atoms, volume):
         direct = [name for name in names if name not in GRADIENT_OUTPUTS]

@@ -132,7 +132,6 @@ class MetatomicOrbitModel(OrbitModel):
             self.evaluator = BatchedEvaluator(self.systems, self.catalogue,
                                               atomistic_model_runner(self.model),
                                               self.planner)
-        self.chunk_size = chunk_size
         #: outputs :meth:`evaluate` leaves on the model's device (for a consumer that
         #: uses them there: the monitor's purified readout corrects with its features)
         self.device_outputs: Tuple[str, ...] = ()
@@ -145,6 +144,11 @@ class MetatomicOrbitModel(OrbitModel):
         return neighbor_lists_for_model("angstrom", self.model, skin=0.0)
 
     # -- capabilities --------------------------------------------------------------
+    @property
+    def chunk_size(self) -> Optional[int]:
+        """Copies per forward call set by the user (``None``: planned); the planner's."""
+        return self.planner.chunk_size
+
     @property
     def available_outputs(self) -> Sequence[str]:
         return self.catalogue.available

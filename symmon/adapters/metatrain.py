@@ -93,7 +93,6 @@ class MetatrainOrbitModel(OrbitModel):
         self.model, self.info, self.model_path = _eager_model(model, weights, dtype,
                                                               self.device)
         self.planner = ChunkPlanner(self.device, chunk_size)
-        self.chunk_size = chunk_size
         self.atomic_types = sorted(int(t) for t in getattr(self.model, "atomic_types", []))
         self.label = (f"checkpoint {os.path.basename(self.model_path)!r}" if self.model_path
                       else f"the {type(self.model).__name__} model")
@@ -116,6 +115,11 @@ class MetatrainOrbitModel(OrbitModel):
         self.is_pet = self.modules.is_pet
 
     # -- capabilities --------------------------------------------------------------
+    @property
+    def chunk_size(self) -> Optional[int]:
+        """Copies per forward call set by the user (``None``: planned); the planner's."""
+        return self.planner.chunk_size
+
     @property
     def available_outputs(self) -> Sequence[str]:
         return self.catalogue.available

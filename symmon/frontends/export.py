@@ -246,14 +246,14 @@ def _relative_values(reader: LogReader, wanted: set) -> Dict[str, Dict[Key, floa
     for q in QUANTITIES:
         name = NAMES[q].eps if NAMES[q].eps in reader.observable_names \
             else f"{q}_eps"
-        if any(n not in reader.observable_names for n in (name, f"{q}_rms", f"{q}_rel_eps")):
+        if any(n not in reader.observable_names for n in (name, NAMES[q].rms, NAMES[q].rel_eps)):
             continue
         step, _, eps = read_series(reader, name)
         if name == f"{q}_eps" and q == "energy":
             eps = eps * QUANTITY[q].per_atom_factor(n_atoms)
-        rms = lookup(step, *read_series(reader, f"{q}_rms")[::2])
+        rms = lookup(step, *read_series(reader, NAMES[q].rms)[::2])
         relative = relative_eps(q, eps, rms, overrides)
-        out[f"{q}_rel_eps"] = {key: np.float64(relative[i]) for i, key in enumerate(_keys(step))
+        out[NAMES[q].rel_eps] = {key: np.float64(relative[i]) for i, key in enumerate(_keys(step))
                                if key in wanted}
     return out
 

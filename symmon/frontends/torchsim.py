@@ -671,7 +671,6 @@ class _FirstPlan(_SharedSchedule):
             else super().plan(step, averaging)
 
 
-_UNMONITORED = StepPlan(0, None, None, False)
 
 
 class _HostBatch:
@@ -683,7 +682,7 @@ class _HostBatch:
         self.numbers = batch.numbers.cpu().numpy()
         self.masses = batch.masses.cpu().numpy()
         self.counts = batch.counts.tolist()
-        self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(int)
+        self.starts = batch.offsets.tolist()
         self.pbc = batch.pbc
 
     def atoms(self, s: int):

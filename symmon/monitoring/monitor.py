@@ -63,6 +63,7 @@ class StepResult:
     returned: Optional[Dict[str, np.ndarray]] = None  # decide: handed to the front-end
     averaged: Optional[bool] = None  # decide: the returned values were O(3)-averaged
     signals: Dict[str, float] = field(default_factory=dict)  # decide: of the returned
+    not_monitored: bool = False  # evaluate: the orbit did not fit in memory
 
     def values(self) -> Dict[str, object]:
         """The step's observables as the log names them (what was computed only)."""
@@ -118,12 +119,13 @@ class Monitor:
         self.source, self.options = source, options
         self.schedule, self.policy = Schedule(options), Policy(options)
         self.calibrations = self.schedule.calibrations
+        free = source.free_specs()
         self.extra_specs = {name: ObservableSpec((), unit, description)  # the adapter's
-                            for name, (unit, description) in source.free_specs().items()}
+                            for name, (unit, description) in free.items()}
         self.extra_specs.update(extra_specs or {})
         self.recorder = Recorder(log, options.log_mode, options.flush_every,
                                  options.trajectory, extra_names=self.extra_specs,
-                                 every_step=source.free_specs())
+                                 every_step=free)
         self.readout = readout
         if options.mode == "purified":
             self._check_readout(readout)
@@ -132,7 +134,6 @@ class Monitor:
         self.n_violations = 0
         #: steps whose orbit did not fit in memory (not monitored, the plain prediction)
         self.n_not_monitored = 0
-        self._orbit_failed = False
         self.last_values: Dict[str, object] = {}
         #: the values of the last monitored step committed to the log, with its ``step``
         self.last_monitored: Dict[str, object] = {}
@@ -268,7 +269,7 @@ class Monitor:
         result.plan = replace(result.plan, grid=None, spectrum=None, frame=None,
                               scheduled=False, calibrating=False)
         result.base, result.stacks = self.source.plain(atoms, result.quantities), {}
-        self._orbit_failed = True
+        result.not_monitored = True
 
     def _measure(self, atoms, result: StepResult) -> None:
         """ε, intervals and spectra of the grid's orbit (one sentence if not finite)."""
@@ -299,8 +300,9 @@ class Monitor:
         """What is returned, its zero-cost signals, and the finite check of steps
         without an orbit."""
         base = result.base
-        result.returned = self._returned(atoms, result.quantities, base, result.plan,
-                                         result.stacks)
+        result.returned = (base.predictions if result.not_monitored  # the plain call's
+                           else self._returned(atoms, result.quantities, base, result.plan,
+                                               result.stacks))
         result.averaged = self.averaging
         if "frame" in result.stacks and base is not None:
             result.signals.update(frame_noise(result.returned, base.predictions, len(atoms)))
@@ -403,9 +405,6 @@ class Monitor:
             values[quantity] = corrected
 
     def _returned(self, atoms, quantities, base, plan: StepPlan, stacks):
-        if self._orbit_failed:  # not monitored for lack of memory: the plain call's
-            self._orbit_failed = False
-            return base.predictions
         if self.averaging:
             grid = self.schedule.choose_average_grid(quantities)
             orbit = stacks.get("grid" if plan.grid is grid else "average")

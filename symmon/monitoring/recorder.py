@@ -67,12 +67,15 @@ class Recorder:
         if self.path is not None:
             check_log_path(self.path, mode)  # refuse bad paths before any step runs
         self._writer: Optional[LogWriter] = None
+        self._declared = set()  # names already checked (the same every step)
         self._unflushed_monitored = 0
         self._flushed_at = time.monotonic()
 
     def write(self, record: StepRecord, atoms, specs: Callable[[], dict],
               metadata: Callable[[], dict]) -> None:
-        check_declared(record.values, self.extra_names)
+        if not self._declared.issuperset(record.values):
+            check_declared(record.values, self.extra_names)
+            self._declared.update(record.values)
         if self.path is None or not (record.monitored or self.trajectory):
             return
         if self._writer is None:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from ase.calculators.calculator import all_changes
 
-from ..adapters.ase import ase_predictions  # noqa: F401 (re-exported)
+from ..adapters.ase import ase_predictions, ase_results  # noqa: F401 (re-exported)
 from ..adapters.memory import OrbitOutOfMemory, is_out_of_memory
 from ..adapters.registry import orbit_model_for
 from ..core.outputs import voigt_to_matrix, without_net_force
@@ -166,10 +166,8 @@ class ModelSource:
             # one calculation, no cache checks (the caller has one)
             self.base.calculate(atoms, names, all_changes)
             raw = self.base.results
-        elif hasattr(self.base, "get_properties"):  # one state check, one calculation
-            raw = self.base.get_properties(names, atoms)
         else:
-            raw = {name: self.base.get_property(name, atoms) for name in names}
+            raw = ase_results(self.base, atoms, names)
         results = {name: raw[name] for name in names}
         if "free_energy" in raw:
             results["free_energy"] = raw["free_energy"]
@@ -186,7 +184,7 @@ class ModelSource:
         metatomic model: the unrotated structure is then the stack ``"identity"``."""
         self.orbit_model.prepare(atoms)
         if not frames and not features:
-            return (self._plain(atoms, quantities) if base else None), {}
+            return (self.plain(atoms, quantities) if base else None), {}
         # the unrotated copy in the batch: the first check, and raw direct forces
         fold = base and self.folds and (not self._fold_checked or (
             self.nc_forces and "forces" in quantities))
@@ -203,7 +201,7 @@ class ModelSource:
         self._remove_mean(values)
         if not base:
             return None, values
-        plain = self._plain(atoms, quantities)
+        plain = self.plain(atoms, quantities)
         if fold and not self._fold_checked:
             self._check_fold(values["identity"], plain, quantities)
         if raw_forces is not None and plain.raw_forces is None:
@@ -212,9 +210,6 @@ class ModelSource:
 
     def plain(self, atoms, quantities) -> BaseValues:
         """The base calculator's own call (no orbit)."""
-        return self._plain(atoms, quantities)
-
-    def _plain(self, atoms, quantities) -> BaseValues:
         predictions, results = self._own_call(atoms, quantities)
         conservative = "forces" in predictions and not self.nc_forces
         signals = self.orbit_model.free_values(getattr(self.base, "results", {}), len(atoms)) \
